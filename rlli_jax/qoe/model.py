@@ -41,3 +41,8 @@ class SimulatorQoE:
 
     def default_params(self):
         return {}
+
+
+def default_qoe_model() -> QoEModel:
+    """Return the QoE model the environment uses when none is given."""
+    return SimulatorQoE()
