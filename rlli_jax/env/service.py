@@ -1,0 +1,311 @@
+"""`DiffusionServiceEnv`: an edge server serving N users' text-to-image requests per slot.
+
+One step is one service slot. Users whose prompts are similar are grouped and share the first
+denoising steps; the action allocates bandwidth, GPU share, total steps and the share ratio;
+the reward is the users' mean QoE (MOS from the persona QoE model) minus an energy cost.
+The system model is this project's own reconstruction (docs/system_model.md): the paper's
+constants, state and action layouts are not public.
+
+Observation layout (float32, `ObservationLayout` holds the slices):
+    per_user  [N, 9] flattened user-major, columns:
+        0   log channel gain, normalised: (10 log10(SNR) - 20) / 20
+        1-5 persona traits (openness, conscientiousness, extraversion, agreeableness,
+            neuroticism) in [0, 1]
+        6   similarity of the user's prompt to its group representative's (1 for a
+            representative)
+        7   1 if the user is its group's representative, else 0
+        8   group size / N
+    pair_similarity  [N (N - 1) / 2]  upper triangle (row-major, above the diagonal) of the
+        users' prompt-similarity matrix
+    slot_fraction  [1]  slot index / horizon
+    budget_remaining  [1]  remaining fraction of the energy budget (1 when the budget is off)
+
+`info` (scalars, means over users or groups of the slot):
+    qoe, quality, latency_s, compute_latency_s, transmit_latency_s, total_steps,
+    energy_j (total energy charged this slot), gpu_energy_j, transmit_energy_j,
+    shared_steps (mean S_g over groups), num_groups, over_budget (1 when the budget was spent
+    before this slot), num_invalid_actions (action entries that were NaN or outside [-1, 1]
+    and were sanitised).
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from gymnax.environments import environment, spaces
+
+from rlli_jax.env import physics
+from rlli_jax.env.params import EnvParams
+from rlli_jax.env.prompts import PromptBank, load_prompt_bank
+from rlli_jax.qoe.model import QoEModel, default_qoe_model
+from rlli_jax.qoe.personas import NUM_TRAITS, sample_traits
+
+NUM_ACTIONS_PER_USER = 4
+# Log gain, the persona traits, similarity, is-representative, group size.
+NUM_USER_FEATURES = 4 + NUM_TRAITS
+# Offset and scale of the normalised log channel gain: (SNR_dB - offset) / scale.
+SNR_DB_OFFSET = 20.0
+SNR_DB_SCALE = 20.0
+
+
+@struct.dataclass
+class EnvState(environment.EnvState):
+    """Evolving data of one environment. Shapes: N users."""
+
+    distance_m: jnp.ndarray  # [N], fixed per episode
+    shadowing_db: jnp.ndarray  # [N], fixed per episode
+    fading: jnp.ndarray  # [N, 2] (Re, Im) of the Rayleigh fading coefficient h
+    traits: jnp.ndarray  # [N, 5] persona traits, fixed per episode
+    prompt_ids: jnp.ndarray  # [N] int32, this slot's prompts
+    groups: physics.Groups  # groups of this slot's prompts
+    energy_used_j: jnp.ndarray  # scalar, energy charged so far this episode
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservationLayout:
+    """Slices of the flat observation vector for `num_users` users."""
+
+    num_users: int
+
+    @property
+    def per_user(self) -> slice:
+        return slice(0, NUM_USER_FEATURES * self.num_users)
+
+    @property
+    def pair_similarity(self) -> slice:
+        start = self.per_user.stop
+        return slice(start, start + self.num_users * (self.num_users - 1) // 2)
+
+    @property
+    def slot_fraction(self) -> int:
+        return self.pair_similarity.stop
+
+    @property
+    def budget_remaining(self) -> int:
+        return self.slot_fraction + 1
+
+    @property
+    def size(self) -> int:
+        return self.budget_remaining + 1
+
+    def user_features(self, obs: jax.Array) -> jax.Array:
+        """Return the per-user block [..., N, 9] of observations [..., obs_dim]."""
+        block = obs[..., self.per_user]
+        return block.reshape(*obs.shape[:-1], self.num_users, NUM_USER_FEATURES)
+
+
+class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
+    """Shared-denoising diffusion image service at one edge server (gymnax 1.0 API).
+
+    Static facts: `num_users`, `horizon` (slots per episode, then `truncated`), the prompt
+    bank's size and topic count, and the QoE model. Constants live in `EnvParams`.
+    """
+
+    def __init__(
+        self,
+        num_users: int = 8,
+        horizon: int = 16,
+        prompt_bank: PromptBank | None = None,
+        qoe_model: QoEModel | None = None,
+    ):
+        super().__init__()
+        if not isinstance(num_users, int | np.integer) or num_users < 1:
+            raise ValueError(f"num_users = {num_users!r} is invalid: it must be an integer >= 1")
+        if not isinstance(horizon, int | np.integer) or horizon < 1:
+            raise ValueError(f"horizon = {horizon!r} is invalid: it must be an integer >= 1")
+        self.num_users = int(num_users)
+        self.horizon = int(horizon)
+        self.prompt_bank = prompt_bank if prompt_bank is not None else load_prompt_bank()
+        self.num_prompts = self.prompt_bank.num_prompts
+        self.num_topics = self.prompt_bank.num_topics
+        self.qoe_model = qoe_model if qoe_model is not None else default_qoe_model()
+        self.layout = ObservationLayout(self.num_users)
+        self._upper_rows, self._upper_cols = np.triu_indices(self.num_users, k=1)
+
+    # The environment is a static argument of jit: hash and compare by its static facts.
+    def _static_key(self) -> tuple:
+        return (
+            type(self),
+            self.num_users,
+            self.horizon,
+            self.num_prompts,
+            self.num_topics,
+            self.qoe_model,
+        )
+
+    def __hash__(self) -> int:
+        return hash(self._static_key())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DiffusionServiceEnv) and self._static_key() == other._static_key()
+
+    @property
+    def name(self) -> str:
+        return "DiffusionService-v0"
+
+    @property
+    def num_actions(self) -> int:
+        return NUM_ACTIONS_PER_USER * self.num_users
+
+    @property
+    def obs_dim(self) -> int:
+        return self.layout.size
+
+    @property
+    def default_params(self) -> EnvParams:
+        return self.make_params()
+
+    def make_params(self, **overrides: Any) -> EnvParams:
+        """Build validated `EnvParams` from the prompt bank and QoE model, with overrides.
+
+        Raises:
+            ValueError: an unknown field, or a value that breaks its field's rule.
+        """
+        known = {field.name for field in dataclasses.fields(EnvParams)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown EnvParams field(s) {unknown}; known fields: {sorted(known)}")
+        values = {
+            "prompt_similarity": jnp.asarray(self.prompt_bank.similarity),
+            "prompt_topics": jnp.asarray(self.prompt_bank.topics),
+            "qoe_params": self.qoe_model.default_params(),
+        }
+        values.update(overrides)
+        return EnvParams(**values).validate()
+
+    def action_space(self, params: EnvParams | None = None) -> spaces.Box:
+        return spaces.Box(-1.0, 1.0, (self.num_actions,), jnp.float32)
+
+    def observation_space(self, params: EnvParams | None = None) -> spaces.Box:
+        return spaces.Box(-jnp.inf, jnp.inf, (self.obs_dim,), jnp.float32)
+
+    def is_truncated(self, state: EnvState, params: EnvParams) -> jax.Array:
+        return state.time >= self.horizon
+
+    def is_terminated(self, state: EnvState, params: EnvParams) -> jax.Array:
+        return jnp.array(False)
+
+    def _draw_prompts(self, key: jax.Array, params: EnvParams) -> jax.Array:
+        """Draw one prompt per user, [N] int32, with Zipf-skewed topic popularity."""
+        topic_rank = jnp.arange(self.num_topics, dtype=jnp.float32)
+        topic_log_prob = -params.topic_zipf_exponent * jnp.log1p(topic_rank)
+        topic_one_hot = params.prompt_topics[:, None] == jnp.arange(self.num_topics)[None, :]
+        prompts_per_topic = jnp.maximum(jnp.sum(topic_one_hot, axis=0), 1)  # [num_topics]
+        prompt_logits = (topic_log_prob - jnp.log(prompts_per_topic))[params.prompt_topics]
+        return jax.random.categorical(key, prompt_logits, shape=(self.num_users,)).astype(jnp.int32)
+
+    def reset_env(self, key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
+        key_distance, key_shadowing, key_fading, key_traits, key_prompts = jax.random.split(key, 5)
+        num_users = self.num_users
+        prompt_ids = self._draw_prompts(key_prompts, params)
+        state = EnvState(
+            time=jnp.array(0, dtype=jnp.int32),
+            distance_m=jax.random.uniform(
+                key_distance,
+                (num_users,),
+                minval=params.min_distance_m,
+                maxval=params.max_distance_m,
+            ),
+            shadowing_db=params.shadowing_std_db * jax.random.normal(key_shadowing, (num_users,)),
+            fading=jnp.sqrt(0.5) * jax.random.normal(key_fading, (num_users, 2)),
+            traits=sample_traits(key_traits, num_users),
+            prompt_ids=prompt_ids,
+            groups=physics.group_users(prompt_ids, params),
+            energy_used_j=jnp.array(0.0, dtype=jnp.float32),
+        )
+        return self.get_obs(state, params), state
+
+    def step_env(
+        self, key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams
+    ) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict[str, jax.Array]]:
+        key_fading, key_prompts = jax.random.split(key)
+        action, num_invalid = physics.sanitize_action(jnp.asarray(action, jnp.float32))
+        allocation = physics.map_action(action, params)
+        groups = state.groups
+
+        over_budget = state.energy_used_j >= params.energy_budget_j
+        group_shared = jnp.where(over_budget, 0.0, physics.shared_steps(allocation, groups))
+        user_shared = group_shared[groups.representative]
+
+        compute_latency = physics.compute_latency_s(allocation, groups, group_shared, params)
+        gpu_energy = physics.gpu_energy_j(allocation, groups, group_shared, params)
+
+        fidelity = physics.semantic_fidelity(
+            user_shared, allocation.total_steps, groups.similarity, params
+        )
+        fidelity = jnp.where(groups.is_representative, 1.0, fidelity)
+        quality = physics.base_quality(allocation.total_steps, params) * fidelity
+
+        gain = physics.channel_gain(state.distance_m, state.shadowing_db, state.fading)
+        snr = physics.snr(gain, params)
+        rate = physics.downlink_rate_bps(allocation.bandwidth_share, snr, params)
+        transmit_latency = params.image_bits / rate
+        transmit_energy = jnp.sum(params.tx_power_w * allocation.bandwidth_share * transmit_latency)
+        latency = compute_latency + transmit_latency
+
+        qoe = self.qoe_model(params.qoe_params, state.traits, quality, latency)
+        energy = (gpu_energy + transmit_energy) * jnp.where(
+            over_budget, params.overbudget_factor, 1.0
+        )
+        reference_energy = self.num_users * params.max_total_steps * params.energy_per_step_j
+        reward = jnp.mean(qoe) - params.energy_weight * energy / reference_energy
+
+        next_prompts = self._draw_prompts(key_prompts, params)
+        next_state = state.replace(
+            time=state.time + 1,
+            fading=physics.evolve_fading(key_fading, state.fading, params),
+            prompt_ids=next_prompts,
+            groups=physics.group_users(next_prompts, params),
+            energy_used_j=state.energy_used_j + energy,
+        )
+        num_groups = jnp.sum(groups.is_representative)
+        info = {
+            "qoe": jnp.mean(qoe),
+            "quality": jnp.mean(quality),
+            "latency_s": jnp.mean(latency),
+            "compute_latency_s": jnp.mean(compute_latency),
+            "transmit_latency_s": jnp.mean(transmit_latency),
+            "total_steps": jnp.mean(allocation.total_steps),
+            "energy_j": energy,
+            "gpu_energy_j": gpu_energy,
+            "transmit_energy_j": transmit_energy,
+            "shared_steps": jnp.sum(group_shared) / num_groups,
+            "num_groups": num_groups.astype(jnp.float32),
+            "over_budget": over_budget.astype(jnp.float32),
+            "num_invalid_actions": num_invalid,
+        }
+        terminated = self.is_terminated(next_state, params)
+        return self.get_obs(next_state, params), next_state, reward, terminated, info
+
+    def get_obs(self, state: EnvState, params: EnvParams, key: jax.Array | None = None):
+        """Return the flat observation [obs_dim]; the layout is in the module docstring."""
+        gain = physics.channel_gain(state.distance_m, state.shadowing_db, state.fading)
+        snr_db = 10.0 * jnp.log10(physics.snr(gain, params))
+        groups = state.groups
+        group_size = groups.size[groups.representative] / self.num_users
+        per_user = jnp.concatenate(
+            [
+                ((snr_db - SNR_DB_OFFSET) / SNR_DB_SCALE)[:, None],
+                state.traits,
+                groups.similarity[:, None],
+                groups.is_representative.astype(jnp.float32)[:, None],
+                group_size[:, None],
+            ],
+            axis=1,
+        )  # [N, 9]
+        ids = state.prompt_ids
+        pair_similarity = params.prompt_similarity[
+            ids[self._upper_rows], ids[self._upper_cols]
+        ]  # [N (N - 1) / 2]
+        slot_fraction = state.time / self.horizon
+        budget_remaining = jnp.clip(1.0 - state.energy_used_j / params.energy_budget_j, 0.0, 1.0)
+        return jnp.concatenate(
+            [
+                per_user.reshape(-1),
+                pair_similarity,
+                jnp.stack([slot_fraction, budget_remaining]),
+            ]
+        ).astype(jnp.float32)
