@@ -1,0 +1,206 @@
+"""Diffusion actor: a DDPM reverse chain over the action, conditioned on the observation.
+
+The schedule and the reverse step follow the diffusion-policy code of Wang et al., "Diffusion
+Policies as an Expressive Policy Class for Offline Reinforcement Learning" (Diffusion-QL, ICLR
+2023), which the GDMOPT code of Du et al. reuses: the VP beta schedule, a network that predicts
+the noise, x0 reconstructed from that prediction and clipped to [-1, 1], and the DDPM posterior
+mean plus posterior noise at every step except the last.
+
+Step indices are 0-based as in that code: the chain runs i = T-1, ..., 0 and step i maps x_{i+1}
+to x_i, so schedule entry i belongs to the paper's t = i + 1.
+
+Chain noise at evaluation: the chain always runs with its own Gaussian noise, in training, in
+the target actor and in evaluation, as the authors' code does. The policy is therefore a
+stochastic function of (obs, key), and "deterministic evaluation" of this actor means no
+exploration noise on top of the chain, not a noise-free chain. Training through the noisy chain
+pushes the actor to map every noise draw to a high-Q action, so the evaluated policy is the
+one that was optimised; a noise-free mean path would be a different, never-trained function.
+"""
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from rlli_jax.agents.networks import Actor, DiffusionActorNetwork
+
+# Floor of the posterior variance inside the log: the variance of step 0 is exactly 0.
+POSTERIOR_VARIANCE_FLOOR = 1e-20
+
+
+def vp_beta_schedule(num_steps: int, beta_min: float = 0.1, beta_max: float = 10.0) -> np.ndarray:
+    """Compute the variance-preserving betas [T] in float64.
+
+    beta_t = 1 - exp(-beta_min / T - 0.5 (beta_max - beta_min) (2t - 1) / T^2) for t = 1..T,
+    the discretisation of the VP SDE used by `vp_beta_schedule` in the Diffusion-QL code.
+    """
+    if num_steps < 1:
+        raise ValueError(f"invalid num_steps = {num_steps}: must be >= 1")
+    if not 0.0 < beta_min <= beta_max:
+        raise ValueError(
+            f"invalid beta_min = {beta_min}, beta_max = {beta_max}: need 0 < beta_min <= beta_max"
+        )
+    t = np.arange(1, num_steps + 1, dtype=np.float64)
+    exponent = -beta_min / num_steps - 0.5 * (beta_max - beta_min) * (2 * t - 1) / num_steps**2
+    return 1.0 - np.exp(exponent)
+
+
+@struct.dataclass
+class DiffusionSchedule:
+    """Per-step constants [T] float32 of the DDPM chain; entry i is the paper's t = i + 1."""
+
+    betas: jax.Array
+    alphas: jax.Array  # 1 - beta
+    alpha_bars: jax.Array  # cumulative product of alphas
+    alpha_bars_prev: jax.Array  # alpha_bar of the previous step, 1 before step 0
+    sqrt_recip_alpha_bars: jax.Array  # sqrt(1 / alpha_bar)
+    sqrt_recip_alpha_bars_minus_one: jax.Array  # sqrt(1 / alpha_bar - 1)
+    posterior_variance: jax.Array  # beta (1 - alpha_bar_prev) / (1 - alpha_bar)
+    posterior_log_variance_clipped: jax.Array  # log(max(posterior_variance, 1e-20))
+    posterior_mean_coef1: (
+        jax.Array
+    )  # coefficient of x0: beta sqrt(alpha_bar_prev) / (1 - alpha_bar)
+    posterior_mean_coef2: jax.Array  # coefficient of x_t: (1 - ab_prev) sqrt(alpha) / (1 - ab)
+
+    @property
+    def num_steps(self) -> int:
+        return self.betas.shape[0]
+
+
+def make_schedule(
+    num_steps: int = 5, beta_min: float = 0.1, beta_max: float = 10.0
+) -> DiffusionSchedule:
+    """Compute the VP schedule and the DDPM posterior coefficients, in float64 then float32."""
+    betas = vp_beta_schedule(num_steps, beta_min, beta_max)
+    alphas = 1.0 - betas
+    alpha_bars = np.cumprod(alphas)
+    alpha_bars_prev = np.concatenate([[1.0], alpha_bars[:-1]])
+    posterior_variance = betas * (1.0 - alpha_bars_prev) / (1.0 - alpha_bars)
+    constants = dict(
+        betas=betas,
+        alphas=alphas,
+        alpha_bars=alpha_bars,
+        alpha_bars_prev=alpha_bars_prev,
+        sqrt_recip_alpha_bars=np.sqrt(1.0 / alpha_bars),
+        sqrt_recip_alpha_bars_minus_one=np.sqrt(1.0 / alpha_bars - 1.0),
+        posterior_variance=posterior_variance,
+        posterior_log_variance_clipped=np.log(
+            np.maximum(posterior_variance, POSTERIOR_VARIANCE_FLOOR)
+        ),
+        posterior_mean_coef1=betas * np.sqrt(alpha_bars_prev) / (1.0 - alpha_bars),
+        posterior_mean_coef2=(1.0 - alpha_bars_prev) * np.sqrt(alphas) / (1.0 - alpha_bars),
+    )
+    return DiffusionSchedule(**{k: jnp.asarray(v, jnp.float32) for k, v in constants.items()})
+
+
+def reverse_step(
+    schedule: DiffusionSchedule,
+    noisy_action: jax.Array,
+    predicted_noise: jax.Array,
+    step: jax.Array,
+    noise: jax.Array,
+) -> jax.Array:
+    """Take one DDPM reverse step x_{i+1} -> x_i with the x0-parameterised posterior.
+
+    x0 = sqrt(1/ab_i) x - sqrt(1/ab_i - 1) eps, clipped to [-1, 1];
+    mean = coef1_i x0 + coef2_i x;  x_i = mean + exp(0.5 log_var_i) noise, with no noise at i = 0.
+
+    Args:
+        schedule: the chain's constants.
+        noisy_action: x_{i+1}, [B, action_dim].
+        predicted_noise: eps predicted for x_{i+1}, [B, action_dim].
+        step: 0-based step index i, an int scalar (traced inside the sampling scan).
+        noise: standard normal draw [B, action_dim] for the posterior noise.
+    """
+    x0 = (
+        schedule.sqrt_recip_alpha_bars[step] * noisy_action
+        - schedule.sqrt_recip_alpha_bars_minus_one[step] * predicted_noise
+    )
+    x0 = jnp.clip(x0, -1.0, 1.0)
+    mean = (
+        schedule.posterior_mean_coef1[step] * x0
+        + schedule.posterior_mean_coef2[step] * noisy_action
+    )
+    std = jnp.exp(0.5 * schedule.posterior_log_variance_clipped[step])
+    return mean + jnp.where(step > 0, std, 0.0) * noise
+
+
+def sample_chain(
+    schedule: DiffusionSchedule,
+    predict_noise: Callable[[jax.Array, jax.Array], jax.Array],
+    key: jax.Array,
+    shape: Sequence[int],
+) -> jax.Array:
+    """Run the reverse chain from x_T ~ N(0, I) with `lax.scan` and return x_0 in [-1, 1].
+
+    Args:
+        schedule: the chain's constants, T steps.
+        predict_noise: (x [B, A], step int scalar) -> eps [B, A]; it closes over anything that
+            does not change across steps (parameters, state features, time embeddings).
+        key: draws x_T and the T posterior noises in one call.
+        shape: (B, A).
+    """
+    num_steps = schedule.num_steps
+    draws = jax.random.normal(key, (num_steps + 1, *shape))  # x_T, then one noise per step
+    steps = jnp.arange(num_steps - 1, -1, -1)  # T-1, ..., 0
+
+    def denoise(noisy_action, step_and_noise):
+        step, noise = step_and_noise
+        predicted_noise = predict_noise(noisy_action, step)
+        return reverse_step(schedule, noisy_action, predicted_noise, step, noise), None
+
+    action, _ = jax.lax.scan(denoise, draws[0], (steps, draws[1:]))
+    # The last step returns the clipped x0 up to float32 rounding of its coefficients.
+    return jnp.clip(action, -1.0, 1.0)
+
+
+def make_diffusion_actor(
+    action_dim: int,
+    num_steps: int = 5,
+    beta_min: float = 0.1,
+    beta_max: float = 10.0,
+    hidden_sizes: Sequence[int] = (256, 256),
+    encoder_hidden_sizes: Sequence[int] = (256,),
+    time_embedding_dim: int = 16,
+) -> Actor:
+    """Build the G-DDPG actor: the reverse chain with a state-conditioned noise network.
+
+    apply(params, obs [B, obs_dim], key) encodes obs once, embeds all T step indices once, and
+    scans the T denoising steps with both reused; gradients flow through the whole chain.
+    """
+    network = DiffusionActorNetwork(
+        action_dim=action_dim,
+        hidden_sizes=tuple(hidden_sizes),
+        encoder_hidden_sizes=tuple(encoder_hidden_sizes),
+        time_embedding_dim=time_embedding_dim,
+    )
+    schedule = make_schedule(num_steps, beta_min, beta_max)
+
+    def init(key: jax.Array, obs_dim: int):
+        return network.init(
+            key,
+            jnp.zeros((1, obs_dim), jnp.float32),
+            jnp.zeros((1, action_dim), jnp.float32),
+            jnp.zeros((1,), jnp.int32),
+        )
+
+    def apply(params, obs: jax.Array, key: jax.Array) -> jax.Array:
+        state_features = network.apply(params, obs, method=DiffusionActorNetwork.encode)
+        time_embeddings = network.apply(
+            params, jnp.arange(num_steps), method=DiffusionActorNetwork.embed_time
+        )  # [T, time_embedding_dim]
+
+        def predict_noise(noisy_action, step):
+            return network.apply(
+                params,
+                noisy_action,
+                time_embeddings[step][None],  # [1, E], broadcast over the batch
+                state_features,
+                method=DiffusionActorNetwork.predict_noise,
+            )
+
+        return sample_chain(schedule, predict_noise, key, (obs.shape[0], action_dim))
+
+    return Actor(init=init, apply=apply)
