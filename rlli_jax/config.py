@@ -1,0 +1,428 @@
+"""Run configuration: frozen dataclasses per section, loaded from YAML with `--set` overrides.
+
+Sections:
+    env      static environment shape (users, horizon) and overrides of traced `EnvParams` fields
+    agent    static agent settings (`AgentConfig`: algo, network sizes, T, batch size)
+    hyper    traced agent hyperparameters (learning rates, tau, gamma, exploration noise); a
+             null value takes the algorithm's default from `DEFAULT_HYPERPARAMS`
+    train    run length, vectorised environments, replay, chunking, evaluation, checkpoints
+    logging  optional outputs (TensorBoard, progress bar)
+
+Static fields are part of the compiled program; traced ones (`hyper`, `env.params`) enter the
+program as a pytree argument, so changing them does not recompile.
+
+Every check runs in Python while the config is built, before anything is compiled. A bad key or
+value raises ValueError naming the key's path, the value and the rule.
+"""
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from rlli_jax.agents.ddpg import DEFAULT_HYPERPARAMS, AgentConfig, AgentHyperparams
+from rlli_jax.env.params import EnvParams
+
+# EnvParams fields that hold arrays or pytrees built by the environment, not scalar constants.
+_NON_SCALAR_ENV_FIELDS = ("prompt_similarity", "prompt_topics", "qoe_params")
+ENV_PARAM_NAMES = tuple(
+    field.name
+    for field in dataclasses.fields(EnvParams)
+    if field.name not in _NON_SCALAR_ENV_FIELDS
+)
+HYPERPARAM_NAMES = tuple(field.name for field in dataclasses.fields(AgentHyperparams))
+ENV_IDS = ("DiffusionService-v0",)
+
+
+def _require(condition: bool, path: str, value: Any, rule: str) -> None:
+    if not condition:
+        raise ValueError(f"invalid {path} = {value!r}: {rule}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """Environment section: static shape plus overrides of traced `EnvParams` constants."""
+
+    id: str = "DiffusionService-v0"
+    num_users: int = 8
+    horizon: int = 16
+    # Sorted (name, value) pairs; YAML and `--set env.params.NAME=VALUE` give a mapping.
+    params: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self):
+        _require(self.id in ENV_IDS, "env.id", self.id, f"must be one of {list(ENV_IDS)}")
+        _require(self.num_users >= 1, "env.num_users", self.num_users, "must be >= 1")
+        _require(self.horizon >= 1, "env.horizon", self.horizon, "must be >= 1")
+        pairs = self.params.items() if isinstance(self.params, Mapping) else self.params
+        checked = {}
+        for name, value in pairs:
+            if name not in ENV_PARAM_NAMES:
+                raise ValueError(_unknown_key_message(f"env.params.{name}", ENV_PARAM_NAMES))
+            checked[name] = _coerce_float(value, f"env.params.{name}")
+        object.__setattr__(self, "params", tuple(sorted(checked.items())))
+        _validate_env_overrides(self.param_overrides)
+
+    @property
+    def param_overrides(self) -> dict[str, float]:
+        """The `EnvParams` overrides as keyword arguments of `env.make_params`."""
+        return dict(self.params)
+
+
+def _validate_env_overrides(overrides: Mapping[str, float]) -> None:
+    """Check overrides against the `EnvParams` rules with a stand-in one-prompt bank."""
+    params = EnvParams(
+        prompt_similarity=np.ones((1, 1), np.float32),
+        prompt_topics=np.zeros((1,), np.int32),
+        **overrides,
+    )
+    try:
+        params.validate()
+    except ValueError as error:
+        raise ValueError(f"invalid env.params: {error}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperConfig:
+    """Traced agent hyperparameters; None takes the algorithm's default."""
+
+    actor_lr: float | None = None
+    critic_lr: float | None = None
+    tau: float | None = None
+    gamma: float | None = None
+    exploration_std: float | None = None
+
+    def __post_init__(self):
+        rules = {
+            "actor_lr": ("must be > 0", lambda x: x > 0),
+            "critic_lr": ("must be > 0", lambda x: x > 0),
+            "tau": ("must lie in (0, 1]", lambda x: 0 < x <= 1),
+            "gamma": ("must lie in [0, 1)", lambda x: 0 <= x < 1),
+            "exploration_std": ("must be >= 0", lambda x: x >= 0),
+        }
+        for name, (rule, predicate) in rules.items():
+            value = getattr(self, name)
+            if value is not None:
+                _require(math.isfinite(value) and predicate(value), f"hyper.{name}", value, rule)
+
+    def resolve(self, algo: str) -> dict[str, float]:
+        """Return every hyperparameter as a float, filling None from `algo`'s defaults."""
+        values = dict(DEFAULT_HYPERPARAMS[algo])
+        values.update({k: v for k, v in dataclasses.asdict(self).items() if v is not None})
+        return values
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Run length, replay, chunking, evaluation and checkpoint settings (all static)."""
+
+    seed: int = 0
+    num_envs: int = 64
+    total_env_steps: int = 100_000
+    steps_per_chunk: int = 16
+    warmup_env_steps: int = 10_000
+    buffer_size: int = 100_000
+    updates_per_step: int = 1
+    eval_episodes: int = 64
+    eval_every_chunks: int = 0
+    checkpoint_every_chunks: int = 10
+    max_checkpoints: int = 3
+
+    def __post_init__(self):
+        positive = (
+            "num_envs",
+            "total_env_steps",
+            "steps_per_chunk",
+            "buffer_size",
+            "updates_per_step",
+            "checkpoint_every_chunks",
+            "max_checkpoints",
+        )
+        for name in positive:
+            _require(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "must be >= 1")
+        for name in ("seed", "warmup_env_steps", "eval_episodes", "eval_every_chunks"):
+            _require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "must be >= 0")
+        _require(
+            self.buffer_size >= self.num_envs,
+            "train.buffer_size",
+            self.buffer_size,
+            f"must be >= train.num_envs = {self.num_envs}, one step of every environment",
+        )
+
+    @property
+    def env_steps_per_chunk(self) -> int:
+        """Environment transitions collected per chunk, over all environments."""
+        return self.num_envs * self.steps_per_chunk
+
+    @property
+    def num_chunks(self) -> int:
+        """Chunks in the run; `total_env_steps` is rounded up to whole chunks."""
+        return math.ceil(self.total_env_steps / self.env_steps_per_chunk)
+
+    @property
+    def num_iterations(self) -> int:
+        """Vectorised steps (one step of every environment) in the run."""
+        return self.num_chunks * self.steps_per_chunk
+
+    @property
+    def warmup_iterations(self) -> int:
+        """Vectorised steps with uniform random actions and no gradient updates."""
+        return math.ceil(self.warmup_env_steps / self.num_envs)
+
+    @property
+    def num_updates(self) -> int:
+        """Gradient steps in the run."""
+        return max(self.num_iterations - self.warmup_iterations, 0) * self.updates_per_step
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    """Optional outputs; JSONL and CSV metrics are always written."""
+
+    tensorboard: bool = False
+    progress_bar: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole run. Build with `load_config` or `Config.from_dict`; never mutated."""
+
+    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
+    agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
+    hyper: HyperConfig = dataclasses.field(default_factory=HyperConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+
+    def __post_init__(self):
+        _require(
+            self.agent.batch_size <= self.train.buffer_size,
+            "agent.batch_size",
+            self.agent.batch_size,
+            f"must be <= train.buffer_size = {self.train.buffer_size}",
+        )
+
+    @property
+    def hyperparams(self) -> AgentHyperparams:
+        """The traced agent hyperparameters as float32 scalars."""
+        return AgentHyperparams.create(**self.hyper.resolve(self.agent.algo))
+
+    @property
+    def derived(self) -> dict[str, Any]:
+        """Values computed from the config, recorded next to it in the run directory."""
+        return {
+            "hyper": self.hyper.resolve(self.agent.algo),
+            "train.env_steps_per_chunk": self.train.env_steps_per_chunk,
+            "train.num_chunks": self.train.num_chunks,
+            "train.num_iterations": self.train.num_iterations,
+            "train.actual_env_steps": self.train.num_iterations * self.train.num_envs,
+            "train.warmup_iterations": self.train.warmup_iterations,
+            "train.num_updates": self.train.num_updates,
+        }
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Return plain nested data (lists, dicts, numbers) that `from_dict` reads back."""
+        result = {}
+        for field in dataclasses.fields(self):
+            section = getattr(self, field.name)
+            values = {}
+            for inner in dataclasses.fields(section):
+                value = getattr(section, inner.name)
+                if field.name == "env" and inner.name == "params":
+                    value = dict(value)
+                elif isinstance(value, tuple):
+                    value = list(value)
+                values[inner.name] = value
+            result[field.name] = values
+        return result
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, source: str = "config") -> "Config":
+        """Build a config from nested mappings, rejecting unknown keys and mistyped values."""
+        data = {} if data is None else data
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{source} must be a mapping of sections, got {type(data).__name__}")
+        section_types = {field.name: field.type for field in dataclasses.fields(cls)}
+        for name in data:
+            if name not in section_types:
+                raise ValueError(_unknown_key_message(str(name), section_types, source))
+        sections = {}
+        for name, section_type in section_types.items():
+            section_data = data.get(name) or {}
+            if not isinstance(section_data, Mapping):
+                raise ValueError(
+                    f"{source}: section {name} must be a mapping, got {section_data!r}"
+                )
+            sections[name] = _build_section(section_type, name, section_data, source)
+        return cls(**sections)
+
+
+def _build_section(section_type: type, section: str, data: Mapping[str, Any], source: str):
+    hints = typing.get_type_hints(section_type)
+    fields = [field.name for field in dataclasses.fields(section_type)]
+    values = {}
+    for key, value in data.items():
+        path = f"{section}.{key}"
+        if key not in fields:
+            raise ValueError(_unknown_key_message(path, fields, source))
+        if section == "env" and key == "params":
+            if value is None:
+                value = {}
+            if not isinstance(value, Mapping):
+                raise ValueError(f"invalid {path} = {value!r}: must be a mapping of EnvParams")
+            values[key] = dict(value)
+        else:
+            values[key] = _coerce(value, hints[key], path)
+    try:
+        return section_type(**values)
+    except ValueError as error:
+        message = str(error)
+        # AgentConfig raises "invalid AgentConfig.x = ..."; name the key by its config path.
+        message = message.replace("AgentConfig.", "agent.")
+        raise ValueError(message if source == "config" else f"{source}: {message}") from None
+
+
+def _unknown_key_message(path: str, known: Iterable[str], source: str = "config") -> str:
+    known = list(known)
+    name = path.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    prefix = "" if source == "config" else f"{source}: "
+    return f"{prefix}unknown key {path!r}{hint}; known keys here: {sorted(known)}"
+
+
+def _coerce(value: Any, annotation: Any, path: str) -> Any:
+    """Check `value` against a field annotation and return it in the field's type."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        inner = [option for option in options if option is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], path)
+        raise TypeError(f"unsupported annotation {annotation} for {path}")
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"invalid {path} = {value!r}: expected a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(item, args[0], f"{path}[{i}]") for i, item in enumerate(value))
+        raise TypeError(f"unsupported annotation {annotation} for {path}")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"invalid {path} = {value!r}: expected true or false")
+        return value
+    if annotation is int:
+        return _coerce_int(value, path)
+    if annotation is float:
+        return _coerce_float(value, path)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ValueError(f"invalid {path} = {value!r}: expected a string")
+        return value
+    raise TypeError(f"unsupported annotation {annotation} for {path}")
+
+
+def _coerce_float(value: Any, path: str) -> float:
+    # PyYAML reads exponents without a dot (1e-4) as strings, so numeric strings are accepted.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"invalid {path} = {value!r}: expected a number") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"invalid {path} = {value!r}: expected a number")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"invalid {path} = nan: expected a number")
+    return value
+
+
+def _coerce_int(value: Any, path: str) -> int:
+    if isinstance(value, str | float) and not isinstance(value, bool):
+        number = _coerce_float(value, path)
+        if not math.isfinite(number) or number != int(number):
+            raise ValueError(f"invalid {path} = {value!r}: expected an integer")
+        return int(number)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"invalid {path} = {value!r}: expected an integer")
+    return value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `section.key=value` (or `env.params.NAME=value`) into a key path and a YAML value."""
+    if "=" not in text:
+        raise ValueError(f"invalid override {text!r}: expected section.key=value")
+    path, raw_value = text.split("=", 1)
+    keys = path.strip().split(".")
+    if len(keys) < 2 or any(not key for key in keys):
+        raise ValueError(f"invalid override {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+    except yaml.YAMLError as error:
+        message = f"invalid override {text!r}: the value is not valid YAML ({error})"
+        raise ValueError(message) from None
+    return keys, value
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of nested config data with each `section.key=value` override set."""
+    result = {name: dict(section or {}) for name, section in (data or {}).items()}
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = result.setdefault(keys[0], {})
+        for key in keys[1:-1]:
+            child = node.get(key)
+            node[key] = dict(child) if isinstance(child, Mapping) else {}
+            node = node[key]
+        node[keys[-1]] = value
+    return result
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into nested dicts."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} not found")
+    with path.open() as stream:
+        try:
+            data = yaml.safe_load(stream)
+        except yaml.YAMLError as error:
+            raise ValueError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+    if data is not None and not isinstance(data, Mapping):
+        raise ValueError(f"config file {str(path)!r} must contain a mapping of sections")
+    return dict(data or {})
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Load a config from YAML (defaults when `path` is None) with `section.key=value` overrides.
+
+    Raises:
+        ValueError: a missing file, an unknown key, a mistyped value or a value breaking a rule.
+    """
+    data = read_yaml(path) if path is not None else {}
+    source = "config" if path is None else f"config file {str(path)!r}"
+    overrides = list(overrides)
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source = "config" if path is None else f"{source} with --set overrides"
+    return Config.from_dict(data, source)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML that `load_config` reads back; derived values go in
+    a header comment."""
+    header = ["# Resolved config of this run. Derived values (not read back):"]
+    for key, value in config.derived.items():
+        header.append(f"#   {key}: {value}")
+    text = "\n".join(header) + "\n" + yaml.safe_dump(config.to_dict(), sort_keys=False)
+    path = Path(path)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
