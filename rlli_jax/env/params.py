@@ -129,7 +129,7 @@ def validate_env_params(params: EnvParams) -> None:
             continue
         for value in np.atleast_1d(values).ravel():
             if math.isnan(value) or not predicate(float(value)):
-                raise ValueError(f"EnvParams.{name} = {value!r} is invalid: {name} {rule}")
+                raise ValueError(f"EnvParams.{name} = {float(value)!r} is invalid: {name} {rule}")
 
     for low_name, high_name in _ORDER_RULES:
         low = _concrete_scalars(getattr(params, low_name))

@@ -1,0 +1,328 @@
+"""Contract, property and determinism tests of `DiffusionServiceEnv` with the packaged bank."""
+
+import dataclasses
+import functools
+
+import gymnax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rlli_jax  # noqa: F401  (registers the gymnax ids)
+from rlli_jax.env import physics
+from rlli_jax.env.prompts import load_prompt_bank
+from rlli_jax.env.service import NUM_USER_FEATURES, DiffusionServiceEnv
+
+NUM_USERS = 8
+
+
+@functools.cache
+def default_env() -> DiffusionServiceEnv:
+    return DiffusionServiceEnv(num_users=NUM_USERS, horizon=4)
+
+
+@functools.cache
+def jitted_step_pieces():
+    """One compiled function returning every quantity the property tests check."""
+    env = default_env()
+    params = env.default_params
+
+    @jax.jit
+    def run(key, action):
+        _, state = env.reset(key, params)
+        allocation = physics.map_action(physics.sanitize_action(action)[0], params)
+        _, _, reward, _, _, info = env.step(key, state, action, params)
+        no_share_action = action.at[3 * NUM_USERS :].set(-1.0)
+        _, _, _, _, _, info_no_share = env.step(key, state, no_share_action, params)
+        return allocation, reward, info, info_no_share
+
+    return run
+
+
+def test_registered_ids_make_envs():
+    env, params = gymnax.make("DiffusionService-v0")
+    assert isinstance(env, DiffusionServiceEnv)
+    assert env.action_space(params).shape == (4 * 8,)
+    probe, probe_params = gymnax.make("WaterFilling-v0")
+    assert probe.action_space(probe_params).shape == (10,)
+
+
+def test_observation_layout_sizes():
+    env = default_env()
+    obs, _ = env.reset(jax.random.key(0), env.default_params)
+    # 9 per user + 28 pairs + slot fraction + budget remaining = 72 + 28 + 2 = 102.
+    assert obs.shape == (102,)
+    assert env.obs_dim == NUM_USER_FEATURES * NUM_USERS + NUM_USERS * (NUM_USERS - 1) // 2 + 2
+    assert env.observation_space(env.default_params).shape == obs.shape
+    assert obs.dtype == jnp.float32
+
+
+def test_observation_fields_match_state():
+    env = default_env()
+    params = env.default_params
+    obs, state = env.reset(jax.random.key(3), params)
+    features = env.layout.user_features(obs)
+    np.testing.assert_allclose(features[:, 1:6], state.traits, atol=1e-6)
+    np.testing.assert_allclose(features[:, 6], state.groups.similarity, atol=1e-6)
+    np.testing.assert_allclose(features[:, 7], state.groups.is_representative)
+    ids = np.asarray(state.prompt_ids)
+    rows, cols = np.triu_indices(NUM_USERS, k=1)
+    expected_pairs = np.asarray(params.prompt_similarity)[ids[rows], ids[cols]]
+    np.testing.assert_allclose(obs[env.layout.pair_similarity], expected_pairs, atol=1e-6)
+    assert float(obs[env.layout.slot_fraction]) == 0.0
+    assert float(obs[env.layout.budget_remaining]) == 1.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.floats(-1.0, 1.0, allow_nan=False, width=32),
+        min_size=4 * NUM_USERS,
+        max_size=4 * NUM_USERS,
+    ),
+    st.integers(0, 2**31 - 1),
+)
+def test_step_properties_hold_for_any_action(action, seed):
+    allocation, reward, info, info_no_share = jitted_step_pieces()(
+        jax.random.key(seed), jnp.asarray(action, jnp.float32)
+    )
+    np.testing.assert_allclose(jnp.sum(allocation.bandwidth_share), 1.0, atol=1e-5)
+    np.testing.assert_allclose(jnp.sum(allocation.gpu_share), 1.0, atol=1e-5)
+    assert float(info["latency_s"]) > 0
+    assert 0.0 <= float(info["quality"]) <= 1.0
+    assert 1.0 <= float(info["qoe"]) <= 5.0
+    assert float(info["gpu_energy_j"]) <= float(info_no_share["gpu_energy_j"]) + 1e-3
+    assert bool(jnp.isfinite(reward))
+    assert int(info["num_invalid_actions"]) == 0
+
+
+def test_step_user_level_bounds():
+    # Per-user quality and QoE (not only their means) stay in range for random actions.
+    env = default_env()
+    params = env.default_params
+    qoe_model = env.qoe_model
+    keys = jax.random.split(jax.random.key(7), 256)
+    actions = jax.random.uniform(jax.random.key(8), (256, 4 * NUM_USERS), minval=-1, maxval=1)
+    traits = jax.random.uniform(jax.random.key(9), (256, NUM_USERS, 5))
+    quality = jax.random.uniform(jax.random.key(10), (256, NUM_USERS))
+    latency = jnp.exp(jax.random.uniform(jax.random.key(11), (256, NUM_USERS), minval=-3, maxval=6))
+    mos = qoe_model(params.qoe_params, traits, quality, latency)
+    assert float(mos.min()) >= 1.0 and float(mos.max()) <= 5.0
+    _, states = jax.vmap(env.reset, in_axes=(0, None))(keys, params)
+    _, _, rewards, _, _, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
+        keys, states, actions, params
+    )
+    assert bool(jnp.all(jnp.isfinite(rewards)))
+
+
+def test_nan_action_is_sanitised_and_counted():
+    env = default_env()
+    params = env.default_params
+    obs, state = env.reset(jax.random.key(0), params)
+    action = jnp.full((4 * NUM_USERS,), jnp.nan).at[:3].set(jnp.array([5.0, -5.0, 0.0]))
+    next_obs, next_state, reward, _, _, info = env.step(jax.random.key(1), state, action, params)
+    assert bool(jnp.isfinite(reward))
+    assert bool(jnp.all(jnp.isfinite(next_obs)))
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(next_state))
+    # 29 NaN entries + 5.0 + -5.0 are invalid; 0.0 is valid.
+    assert int(info["num_invalid_actions"]) == 4 * NUM_USERS - 1
+
+
+def rollout(env, params, key, actions):
+    """Python loop of single jitted steps; returns stacked rewards and observations."""
+    key_reset, key_steps = jax.random.split(key)
+    obs, state = env.reset(key_reset, params)
+    rewards, observations = [], []
+    for step_key, action in zip(jax.random.split(key_steps, len(actions)), actions, strict=True):
+        obs, state, reward, _, _, _ = env.step(step_key, state, action, params)
+        rewards.append(reward)
+        observations.append(obs)
+    return jnp.stack(rewards), jnp.stack(observations)
+
+
+def test_vmapped_step_equals_python_loop():
+    env = default_env()
+    params = env.default_params
+    num_envs, num_steps = 3, 5
+    env_keys = jax.random.split(jax.random.key(42), num_envs)
+    actions = jax.random.uniform(
+        jax.random.key(5), (num_envs, num_steps, 4 * NUM_USERS), minval=-1, maxval=1
+    )
+
+    @jax.jit
+    def batched(keys, actions):
+        def one_env(key, env_actions):
+            key_reset, key_steps = jax.random.split(key)
+            obs, state = env.reset(key_reset, params)
+
+            def body(carry, inputs):
+                state = carry
+                step_key, action = inputs
+                obs, state, reward, _, _, _ = env.step(step_key, state, action, params)
+                return state, (reward, obs)
+
+            _, (rewards, observations) = jax.lax.scan(
+                body, state, (jax.random.split(key_steps, num_steps), env_actions)
+            )
+            return rewards, observations
+
+        return jax.vmap(one_env)(keys, actions)
+
+    batched_rewards, batched_obs = batched(env_keys, actions)
+    for i in range(num_envs):
+        loop_rewards, loop_obs = rollout(env, params, env_keys[i], actions[i])
+        np.testing.assert_allclose(batched_rewards[i], loop_rewards, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(batched_obs[i], loop_obs, rtol=1e-5, atol=1e-5)
+
+
+def test_same_key_same_trajectory_different_keys_differ():
+    env = default_env()
+    params = env.default_params
+    actions = jax.random.uniform(jax.random.key(5), (4, 4 * NUM_USERS), minval=-1, maxval=1)
+    rewards_a, obs_a = rollout(env, params, jax.random.key(1), actions)
+    rewards_b, obs_b = rollout(env, params, jax.random.key(1), actions)
+    rewards_c, obs_c = rollout(env, params, jax.random.key(2), actions)
+    np.testing.assert_array_equal(rewards_a, rewards_b)
+    np.testing.assert_array_equal(obs_a, obs_b)
+    assert not np.allclose(rewards_a, rewards_c)
+    assert not np.allclose(obs_a, obs_c)
+
+
+def test_auto_reset_at_horizon_sets_truncated_only():
+    env = default_env()  # horizon 4
+    params = env.default_params
+    obs, state = env.reset(jax.random.key(0), params)
+    action = jnp.zeros(4 * NUM_USERS)
+    flags = []
+    for i in range(9):
+        obs, state, _, terminated, truncated, _ = env.step(jax.random.key(i), state, action, params)
+        flags.append((bool(terminated), bool(truncated), int(state.time)))
+    assert [f[0] for f in flags] == [False] * 9
+    assert [f[1] for f in flags] == [False, False, False, True] * 2 + [False]
+    # After the truncating step the state is a fresh episode at slot 0.
+    assert [f[2] for f in flags] == [1, 2, 3, 0, 1, 2, 3, 0, 1]
+
+
+def test_energy_budget_forces_no_sharing_and_costs_more():
+    env = default_env()
+    params = env.make_params(energy_budget_j=1.0, overbudget_factor=2.0)
+    _, state = env.reset(jax.random.key(0), params)
+    action = jnp.concatenate([jnp.zeros(3 * NUM_USERS), jnp.ones(NUM_USERS)])  # rho = 0.9
+    obs, state, _, _, _, info_first = env.step(jax.random.key(1), state, action, params)
+    # The first slot is within budget; it spends more than 1 J, so the budget is gone.
+    assert float(info_first["over_budget"]) == 0.0
+    assert float(obs[env.layout.budget_remaining]) == 0.0
+    _, _, _, _, _, info_second = env.step(jax.random.key(2), state, action, params)
+    assert float(info_second["over_budget"]) == 1.0
+    assert float(info_second["shared_steps"]) == 0.0
+    expected = 2.0 * (info_second["gpu_energy_j"] + info_second["transmit_energy_j"])
+    np.testing.assert_allclose(info_second["energy_j"], expected, rtol=1e-5)
+
+
+def test_sharing_saves_energy_with_similar_prompts():
+    # Every user requests the same prompt, so all are in one group and sharing saves steps.
+    env = default_env()
+    params = env.make_params(topic_zipf_exponent=0.0)
+    _, state = env.reset(jax.random.key(0), params)
+    same_prompt = jnp.zeros(NUM_USERS, jnp.int32)
+    state = state.replace(prompt_ids=same_prompt, groups=physics.group_users(same_prompt, params))
+    share = jnp.concatenate([jnp.zeros(3 * NUM_USERS), jnp.ones(NUM_USERS)])
+    no_share = jnp.concatenate([jnp.zeros(3 * NUM_USERS), -jnp.ones(NUM_USERS)])
+    _, _, _, _, _, info_share = env.step(jax.random.key(1), state, share, params)
+    _, _, _, _, _, info_alone = env.step(jax.random.key(1), state, no_share, params)
+    assert float(info_share["num_groups"]) == 1.0
+    # T = 28 each, S = round(0.9 * 28) = 25: saves 7 * 25 steps * 20 J = 3500 J.
+    np.testing.assert_allclose(
+        info_alone["gpu_energy_j"] - info_share["gpu_energy_j"], 3500.0, rtol=1e-5
+    )
+
+
+def test_reward_uses_energy_weight():
+    env = default_env()
+    action = jnp.zeros(4 * NUM_USERS)
+    params_free = env.make_params(energy_weight=0.0)
+    params_costly = env.make_params(energy_weight=1.0)
+    _, state = env.reset(jax.random.key(0), params_free)
+    _, _, reward_free, _, _, info = env.step(jax.random.key(1), state, action, params_free)
+    _, _, reward_costly, _, _, _ = env.step(jax.random.key(1), state, action, params_costly)
+    np.testing.assert_allclose(reward_free, info["qoe"], rtol=1e-6)
+    reference = NUM_USERS * 50.0 * 20.0
+    np.testing.assert_allclose(reward_free - reward_costly, info["energy_j"] / reference, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"bandwidth_hz": -1.0}, r"bandwidth_hz = -1.0 .*must be > 0"),
+        ({"min_total_steps": 60.0}, r"min_total_steps .* exceeds max_total_steps"),
+        ({"group_threshold": 1.5}, r"group_threshold = 1.5 .*\[-1, 1\]"),
+        ({"tx_power_w": float("nan")}, r"tx_power_w = nan"),
+        ({"fading_correlation": 1.2}, r"fading_correlation"),
+        ({"min_distance_m": 900.0}, r"min_distance_m .* exceeds max_distance_m"),
+        ({"overbudget_factor": 0.5}, r"overbudget_factor = 0.5 .*>= 1"),
+        ({"no_such_field": 1.0}, r"unknown EnvParams field"),
+    ],
+)
+def test_invalid_params_raise(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        default_env().make_params(**overrides)
+
+
+def test_invalid_similarity_in_params_raises():
+    env = default_env()
+    bad = np.asarray(env.default_params.prompt_similarity).copy()
+    bad[0, 1] = 0.3
+    bad[1, 0] = -0.3
+    with pytest.raises(ValueError, match="symmetric"):
+        env.make_params(prompt_similarity=jnp.asarray(bad))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_users": 0}, r"num_users = 0 is invalid"),
+        ({"num_users": 2.5}, r"num_users = 2.5 is invalid"),
+        ({"horizon": 0}, r"horizon = 0 is invalid"),
+    ],
+)
+def test_invalid_env_shapes_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DiffusionServiceEnv(**kwargs)
+
+
+def test_prompt_bank_file_missing_raises(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        load_prompt_bank(tmp_path / "missing.json", tmp_path / "missing.npy")
+
+
+def test_single_user_env_works():
+    env = DiffusionServiceEnv(num_users=1, horizon=2)
+    params = env.default_params
+    obs, state = env.reset(jax.random.key(0), params)
+    assert obs.shape == (NUM_USER_FEATURES + 0 + 2,)
+    _, _, reward, _, _, info = env.step(jax.random.key(1), state, jnp.zeros(4), params)
+    assert bool(jnp.isfinite(reward))
+    assert float(info["num_groups"]) == 1.0
+
+
+def test_env_params_are_vmappable_without_recompiling():
+    env = default_env()
+    base = env.default_params
+    bandwidths = jnp.array([1e6, 5e6, 20e6])
+    stacked = jax.tree.map(lambda leaf: leaf, base)
+    stacked = dataclasses.replace(stacked, bandwidth_hz=bandwidths)
+    action = jnp.zeros(4 * NUM_USERS)
+
+    def transmit_latency(params):
+        _, state = env.reset(jax.random.key(0), params)
+        _, _, _, _, _, info = env.step(jax.random.key(1), state, action, params)
+        return info["transmit_latency_s"]
+
+    axes = jax.tree.map(lambda _: None, base)
+    axes = dataclasses.replace(axes, bandwidth_hz=0)
+    latencies = jax.jit(jax.vmap(transmit_latency, in_axes=(axes,)))(stacked)
+    # More bandwidth, shorter transmit time.
+    assert float(latencies[0]) > float(latencies[1]) > float(latencies[2])
