@@ -1,4 +1,4 @@
-"""rlli_jax: RLLI (reinforcement learning with LLM interaction) for diffusion image services, in JAX.
+"""rlli_jax: RLLI (reinforcement learning with LLM interaction) for diffusion services in JAX.
 
 Importing the package registers the gymnax ids `DiffusionService-v0` and `WaterFilling-v0`.
 """
