@@ -1,0 +1,256 @@
+"""Rater backend for any OpenAI-compatible chat-completions server (vLLM, llama.cpp, Ollama, ...).
+
+Each request is one POST to `{base_url}/chat/completions`. HTTP 429 and 5xx responses, timeouts
+and connection errors are retried with exponential backoff (a numeric Retry-After header is
+honoured up to `backoff_max_s`); other 4xx responses fail at once. At most `concurrency` requests
+are in flight. An answer that `parse_rating` rejects becomes a failure that keeps the raw text.
+The API key is read from the environment variable named by `api_key_env` and is only ever sent
+in the Authorization header: it is not stored in results, records or log messages.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import httpx
+
+from rlli_jax.qoe.raters import RatingResult, ResultCallback
+from rlli_jax.qoe.template import RatingParseError, RatingRequest, parse_rating, render_messages
+
+logger = logging.getLogger(__name__)
+
+# Longest raw text kept in a failure record, in characters; longer bodies are cut.
+MAX_RAW_TEXT_CHARS = 2000
+RETRY_STATUS_CODES = frozenset({429, 500, 502, 503, 504})
+
+
+class _RetryableError(Exception):
+    def __init__(self, message: str, raw_text: str | None, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.raw_text = raw_text
+        self.retry_after_s = retry_after_s
+
+
+class _PermanentError(Exception):
+    def __init__(self, message: str, raw_text: str | None):
+        super().__init__(message)
+        self.raw_text = raw_text
+
+
+def _truncate(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_RAW_TEXT_CHARS:
+        return text
+    return text[:MAX_RAW_TEXT_CHARS] + f"... [{len(text) - MAX_RAW_TEXT_CHARS} chars cut]"
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date; plain exponential backoff applies instead
+    return max(seconds, 0.0)
+
+
+def _message_content(body: str) -> str:
+    """Return choices[0].message.content of a chat-completions response body.
+
+    Raises:
+        _PermanentError: the body is not a chat-completions response.
+    """
+    try:
+        document = json.loads(body)
+        content = document["choices"][0]["message"]["content"]
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError) as error:
+        raise _PermanentError(
+            f"response is not a chat completion ({type(error).__name__}: {error})", body
+        ) from error
+    if not isinstance(content, str):
+        raise _PermanentError(f"message content must be a string, got {content!r}", body)
+    return content
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenAIRater:
+    """Ratings from an OpenAI-compatible chat-completions server.
+
+    Fields are the connection and retry settings; times are in seconds.
+    """
+
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+    concurrency: int = 4
+    temperature: float = 0.7
+    max_tokens: int = 32
+    # Ask for a JSON object through `response_format`; turn off for servers that reject it.
+    json_mode: bool = True
+    backend: str = dataclasses.field(default="openai", init=False)
+    simulated: bool = dataclasses.field(default=False, init=False)
+
+    def __post_init__(self):
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        if not self.model:
+            raise ValueError("model must be a non-empty string")
+        for name in ("timeout_s", "backoff_base_s", "backoff_max_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        api_key = os.environ.get(self.api_key_env)
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        return headers
+
+    def _payload(self, request: RatingRequest) -> dict:
+        payload = {
+            "model": self.model,
+            "messages": render_messages(request),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        if self.json_mode:
+            payload["response_format"] = {"type": "json_object"}
+        return payload
+
+    def _backoff_s(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
+        if retry_after_s is not None:
+            return min(retry_after_s, self.backoff_max_s)
+        delay = min(self.backoff_base_s * 2.0**attempt, self.backoff_max_s)
+        # Up to 10% jitter, so concurrent workers that failed together do not retry in lockstep.
+        return delay * (1.0 + 0.1 * rng.random())
+
+    def _post_once(self, client: httpx.Client, request: RatingRequest) -> str:
+        """Send one POST and return the message content.
+
+        Raises:
+            _RetryableError: 429, 5xx, timeout or connection error.
+            _PermanentError: any other HTTP error, or a body that is not a chat completion.
+        """
+        try:
+            response = client.post(self.endpoint, json=self._payload(request))
+        except httpx.TimeoutException as error:
+            raise _RetryableError(
+                f"timed out after {self.timeout_s} s ({error!r})", None
+            ) from error
+        except httpx.TransportError as error:
+            raise _RetryableError(f"connection failed ({error!r})", None) from error
+
+        if response.status_code in RETRY_STATUS_CODES:
+            raise _RetryableError(
+                f"HTTP {response.status_code}",
+                response.text,
+                _parse_retry_after(response.headers.get("Retry-After")),
+            )
+        if response.status_code != 200:
+            raise _PermanentError(f"HTTP {response.status_code}", response.text)
+        return _message_content(response.text)
+
+    def _rate_one(self, client: httpx.Client, request: RatingRequest) -> RatingResult:
+        rng = random.Random(request.request_id)
+        for attempt in range(self.max_retries + 1):
+            try:
+                content = self._post_once(client, request)
+            except _RetryableError as error:
+                if attempt == self.max_retries:
+                    logger.warning(
+                        "request %s failed after %d attempts: %s",
+                        request.request_id,
+                        attempt + 1,
+                        error,
+                    )
+                    return RatingResult(
+                        request=request,
+                        rating=None,
+                        raw_text=_truncate(error.raw_text),
+                        error=f"{error} after {attempt + 1} attempts",
+                        attempts=attempt + 1,
+                    )
+                delay_s = self._backoff_s(attempt, error.retry_after_s, rng)
+                logger.info(
+                    "request %s: %s, retry %d of %d in %.2f s",
+                    request.request_id,
+                    error,
+                    attempt + 1,
+                    self.max_retries,
+                    delay_s,
+                )
+                time.sleep(delay_s)
+                continue
+            except _PermanentError as error:
+                logger.warning("request %s failed: %s", request.request_id, error)
+                return RatingResult(
+                    request=request,
+                    rating=None,
+                    raw_text=_truncate(error.raw_text),
+                    error=str(error),
+                    attempts=attempt + 1,
+                )
+
+            try:
+                rating = parse_rating(content)
+            except RatingParseError as error:
+                logger.info("request %s: unparsable answer: %s", request.request_id, error)
+                return RatingResult(
+                    request=request,
+                    rating=None,
+                    raw_text=_truncate(content),
+                    error=f"unparsable answer: {error}",
+                    attempts=attempt + 1,
+                )
+            return RatingResult(
+                request=request, rating=rating, raw_text=_truncate(content), attempts=attempt + 1
+            )
+        raise AssertionError("unreachable: the loop returns on its last attempt")
+
+    def rate(
+        self, requests: Sequence[RatingRequest], on_result: ResultCallback | None = None
+    ) -> list[RatingResult]:
+        """Rate every request with at most `concurrency` in flight; results in request order."""
+        results: list[RatingResult | None] = [None] * len(requests)
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+        )
+        with (
+            httpx.Client(
+                headers=self._headers(), timeout=httpx.Timeout(self.timeout_s), limits=limits
+            ) as client,
+            ThreadPoolExecutor(max_workers=self.concurrency) as executor,
+        ):
+            futures = {
+                executor.submit(self._rate_one, client, request): index
+                for index, request in enumerate(requests)
+            }
+            try:
+                for future in as_completed(futures):
+                    result = future.result()
+                    results[futures[future]] = result
+                    if on_result is not None:
+                        on_result(result)
+            except BaseException:
+                # On Ctrl-C or a failing callback, drop the requests that have not started.
+                executor.shutdown(wait=True, cancel_futures=True)
+                raise
+        return results

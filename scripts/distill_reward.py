@@ -1,0 +1,123 @@
+"""Distil a ratings file into the persona reward network and save an orbax checkpoint.
+
+Example:
+    python scripts/distill_reward.py --ratings ratings_simulated.jsonl --out runs/reward_net
+
+Prints the validation metrics and writes them, with the config and the dataset hash, into the
+checkpoint's metadata and into OUT/metrics.json.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+import rlli_jax
+from rlli_jax.qoe.dataset import load_ratings
+from rlli_jax.qoe.distill import DistillConfig, distill
+from rlli_jax.qoe.reward_net import save_reward_net
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    defaults = DistillConfig()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ratings", type=Path, required=True, help="JSONL or JSONL.gz file")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--strict", action="store_true", help="fail on any invalid line instead of skipping it"
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="split and init seed")
+    parser.add_argument(
+        "--epochs", type=int, default=defaults.max_epochs, help="maximum number of epochs"
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=defaults.patience,
+        help="epochs without a better validation loss before stopping",
+    )
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument(
+        "--hidden-sizes",
+        type=lambda text: tuple(int(part) for part in text.split(",")),
+        default=defaults.hidden_sizes,
+        help="comma-separated hidden layer widths, e.g. 64,64",
+    )
+    parser.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    config = DistillConfig(
+        hidden_sizes=args.hidden_sizes,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        max_epochs=args.epochs,
+        patience=args.patience,
+        validation_fraction=args.validation_fraction,
+        seed=args.seed,
+    )
+    if args.out.exists() and not args.overwrite:
+        raise ValueError(f"--out {args.out} already exists; pass --overwrite to replace it")
+
+    dataset = load_ratings(args.ratings, strict=args.strict)
+    label = " (simulated)" if dataset.all_simulated else ""
+    print(
+        f"{args.ratings}: {dataset.num_ratings} ratings{label}, {dataset.num_failed} failed "
+        f"requests, {len(dataset.bad_lines)} invalid lines skipped"
+    )
+    for bad in dataset.bad_lines[:10]:
+        print(f"  line {bad.line_number}: {bad.reason}")
+
+    with tqdm(total=config.max_epochs, unit="epoch", desc="distil") as progress:
+
+        def show_epoch(epoch: int, losses: dict) -> None:
+            progress.update(1)
+            progress.set_postfix(
+                train=f"{losses['train_loss']:.4f}",
+                val=f"{losses['validation_loss']:.4f}",
+                best=f"{losses['best_validation_loss']:.4f}",
+                refresh=False,
+            )
+
+        result = distill(dataset, config, on_epoch=show_epoch)
+
+    metadata = {
+        "package_version": rlli_jax.__version__,
+        "config": dataclasses.asdict(config),
+        "dataset_file": args.ratings.name,
+        "dataset_hash": dataset.dataset_hash,
+        "dataset_num_ratings": dataset.num_ratings,
+        "dataset_simulated": dataset.all_simulated,
+        "dataset_raters": list(dataset.raters),
+        "template_hashes": list(dataset.template_hashes),
+        "best_epoch": result.best_epoch,
+        "num_epochs": result.num_epochs,
+        "validation_metrics": result.metrics,
+    }
+    path = save_reward_net(
+        args.out, result.model, result.params, metadata, overwrite=args.overwrite
+    )
+    (path / "metrics.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+
+    print(f"best epoch {result.best_epoch} of {result.num_epochs}; validation{label}:")
+    for name, value in result.metrics.items():
+        print(f"  {name}: {value:.4f}" if isinstance(value, float) else f"  {name}: {value}")
+    print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

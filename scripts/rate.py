@@ -1,0 +1,141 @@
+"""Collect persona ratings of sampled service outcomes and append them to a JSONL file.
+
+Examples:
+    python scripts/rate.py --backend simulator --num 24000 --out ratings_simulated.jsonl
+    python scripts/rate.py --backend openai --base-url http://127.0.0.1:8080/v1 \\
+        --model gemma-3-270m --num 300 --out ratings_gemma.jsonl --concurrency 2
+
+Requests 0 .. num-1 are fixed by --seed; a re-run with the same arguments skips the request ids
+already in --out and sends only the rest.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rlli_jax.env.prompts import load_prompt_bank
+from rlli_jax.qoe.collect import (
+    OutcomeRanges,
+    collect_ratings,
+    read_request_ids,
+    request_id,
+    sample_requests,
+)
+from rlli_jax.qoe.raters import BACKENDS, make_rater
+
+# Requests sampled and handed to the rater at a time; a Ctrl-C loses at most the unfinished
+# requests of one chunk, which the next run sends again.
+CHUNK_SIZE = 256
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=BACKENDS, required=True, help="rater backend")
+    parser.add_argument("--num", type=int, required=True, help="number of requests in the run")
+    parser.add_argument("--out", type=Path, required=True, help="JSONL file to append to")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled requests")
+    parser.add_argument(
+        "--base-url", help="openai: server URL including /v1, e.g. http://127.0.0.1:8080/v1"
+    )
+    parser.add_argument("--model", help="openai: model name sent with each request")
+    parser.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="openai: environment variable with the API key (none sent when unset)",
+    )
+    parser.add_argument("--concurrency", type=int, default=4, help="openai: max requests in flight")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="openai: per-request timeout in seconds"
+    )
+    parser.add_argument(
+        "--max-retries", type=int, default=4, help="openai: retries on 429, 5xx and timeouts"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.7, help="openai: sampling temperature"
+    )
+    parser.add_argument(
+        "--no-json-mode",
+        action="store_true",
+        help="openai: do not send response_format (for servers that reject it)",
+    )
+    parser.add_argument("--min-quality", type=float, default=OutcomeRanges.min_quality)
+    parser.add_argument("--max-quality", type=float, default=OutcomeRanges.max_quality)
+    parser.add_argument(
+        "--min-latency", type=float, default=OutcomeRanges.min_latency_s, help="seconds"
+    )
+    parser.add_argument(
+        "--max-latency", type=float, default=OutcomeRanges.max_latency_s, help="seconds"
+    )
+    parser.add_argument("--verbose", action="store_true", help="log every retry and failure")
+    return parser.parse_args(argv)
+
+
+def build_rater(args: argparse.Namespace):
+    if args.backend == "simulator":
+        return make_rater("simulator", seed=args.seed)
+    if not args.base_url or not args.model:
+        raise ValueError("--base-url and --model are required with --backend openai")
+    return make_rater(
+        "openai",
+        base_url=args.base_url,
+        model=args.model,
+        api_key_env=args.api_key_env,
+        concurrency=args.concurrency,
+        timeout_s=args.timeout,
+        max_retries=args.max_retries,
+        temperature=args.temperature,
+        json_mode=not args.no_json_mode,
+    )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.num < 1:
+        raise ValueError(f"--num must be >= 1, got {args.num}")
+    ranges = OutcomeRanges(
+        min_quality=args.min_quality,
+        max_quality=args.max_quality,
+        min_latency_s=args.min_latency,
+        max_latency_s=args.max_latency,
+    )
+    rater = build_rater(args)
+    prompt_texts = load_prompt_bank().texts
+
+    done_ids = read_request_ids(args.out)
+    pending = [index for index in range(args.num) if request_id(args.seed, index) not in done_ids]
+    num_done = args.num - len(pending)
+    counts = {"ok": 0, "failed": 0}
+
+    def count_result(result) -> None:
+        counts["ok" if result.ok else "failed"] += 1
+        progress.update(1)
+        progress.set_postfix(failed=counts["failed"], refresh=False)
+
+    with tqdm(total=args.num, initial=num_done, unit="rating", desc=args.backend) as progress:
+        for start in range(0, len(pending), CHUNK_SIZE):
+            requests = sample_requests(
+                args.seed, pending[start : start + CHUNK_SIZE], prompt_texts, ranges
+            )
+            collect_ratings(rater, requests, args.out, on_result=count_result)
+
+    print(
+        f"{args.out}: {counts['ok']} new ratings, {counts['failed']} new failures, "
+        f"{num_done} requests already present (skipped)"
+        + (" [simulated ratings]" if rater.simulated else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
