@@ -1,20 +1,19 @@
 """Diffusion actor: a DDPM reverse chain over the action, conditioned on the observation.
 
-The schedule and the reverse step follow the diffusion-policy code of Wang et al., "Diffusion
-Policies as an Expressive Policy Class for Offline Reinforcement Learning" (Diffusion-QL, ICLR
-2023), which the GDMOPT code of Du et al. reuses: the VP beta schedule, a network that predicts
-the noise, x0 reconstructed from that prediction and clipped to [-1, 1], and the DDPM posterior
-mean plus posterior noise at every step except the last.
+The schedule and the reverse step follow the diffusion-policy code of Wang et al. (Diffusion-QL,
+github.com/Zhendong-Wang/Diffusion-Policies-for-Offline-RL, agents/helpers.py) as reused by Du et
+al. in GDMOPT (github.com/HongyangDu/GDMOPT, diffusion/diffusion.py): the VP beta schedule, a
+network that predicts the noise, x0 reconstructed from that prediction and clipped to [-1, 1],
+and the DDPM posterior mean plus posterior noise at every step except the last.
 
-Step indices are 0-based as in that code: the chain runs i = T-1, ..., 0 and step i maps x_{i+1}
-to x_i, so schedule entry i belongs to the paper's t = i + 1.
+Step indices are 0-based as in that code. The chain runs i = T-1, ..., 0, and step i maps
+x_{i+1} to x_i, so schedule entry i is t = i + 1 of the schedule formula.
 
-Chain noise at evaluation: the chain always runs with its own Gaussian noise, in training, in
-the target actor and in evaluation, as the authors' code does. The policy is therefore a
-stochastic function of (obs, key), and "deterministic evaluation" of this actor means no
-exploration noise on top of the chain, not a noise-free chain. Training through the noisy chain
-pushes the actor to map every noise draw to a high-Q action, so the evaluated policy is the
-one that was optimised; a noise-free mean path would be a different, never-trained function.
+The chain always draws its own Gaussian noise: in training, in the target actor and in
+evaluation, as the authors' `sample` does. The policy is therefore a stochastic function of
+(obs, key), and evaluating it without exploration noise still runs the noisy chain. Training
+backpropagates through that noisy chain, so it pushes every noise draw towards a high-Q action.
+A noise-free mean path would be a different function, one that training never optimised.
 """
 
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ def vp_beta_schedule(num_steps: int, beta_min: float = 0.1, beta_max: float = 10
     """Compute the variance-preserving betas [T] in float64.
 
     beta_t = 1 - exp(-beta_min / T - 0.5 (beta_max - beta_min) (2t - 1) / T^2) for t = 1..T,
-    the discretisation of the VP SDE used by `vp_beta_schedule` in the Diffusion-QL code.
+    as `vp_beta_schedule` in the Diffusion-QL code, which fixes beta_min 0.1 and beta_max 10.
     """
     if num_steps < 1:
         raise ValueError(f"invalid num_steps = {num_steps}: must be >= 1")
@@ -49,7 +48,7 @@ def vp_beta_schedule(num_steps: int, beta_min: float = 0.1, beta_max: float = 10
 
 @struct.dataclass
 class DiffusionSchedule:
-    """Per-step constants [T] float32 of the DDPM chain; entry i is the paper's t = i + 1."""
+    """Per-step constants [T] float32 of the DDPM chain; entry i is t = i + 1 of the formulas."""
 
     betas: jax.Array
     alphas: jax.Array  # 1 - beta
@@ -132,6 +131,7 @@ def sample_chain(
     predict_noise: Callable[[jax.Array, jax.Array], jax.Array],
     key: jax.Array,
     shape: Sequence[int],
+    unroll: int | bool = True,
 ) -> jax.Array:
     """Run the reverse chain from x_T ~ N(0, I) with `lax.scan` and return x_0 in [-1, 1].
 
@@ -141,6 +141,10 @@ def sample_chain(
             does not change across steps (parameters, state features, time embeddings).
         key: draws x_T and the T posterior noises in one call.
         shape: (B, A).
+        unroll: `lax.scan` unroll factor. The default True unrolls all T steps: with T = 5 on
+            a 2-core CPU (XLA, jax 0.10.2) the gradient through the chain took about 20 ms
+            unrolled against 66-92 ms rolled, for batch 512 and a 256-256 network. Pass a
+            smaller factor for long chains, where unrolling inflates compile time.
     """
     num_steps = schedule.num_steps
     draws = jax.random.normal(key, (num_steps + 1, *shape))  # x_T, then one noise per step
@@ -151,7 +155,7 @@ def sample_chain(
         predicted_noise = predict_noise(noisy_action, step)
         return reverse_step(schedule, noisy_action, predicted_noise, step, noise), None
 
-    action, _ = jax.lax.scan(denoise, draws[0], (steps, draws[1:]))
+    action, _ = jax.lax.scan(denoise, draws[0], (steps, draws[1:]), unroll=unroll)
     # The last step returns the clipped x0 up to float32 rounding of its coefficients.
     return jnp.clip(action, -1.0, 1.0)
 
@@ -167,8 +171,8 @@ def make_diffusion_actor(
 ) -> Actor:
     """Build the G-DDPG actor: the reverse chain with a state-conditioned noise network.
 
-    apply(params, obs [B, obs_dim], key) encodes obs once, embeds all T step indices once, and
-    scans the T denoising steps with both reused; gradients flow through the whole chain.
+    apply(params, obs [B, obs_dim], key) encodes obs once and embeds all T step indices once.
+    It then scans the T denoising steps, which reuse both, and gradients flow through the chain.
     """
     network = DiffusionActorNetwork(
         action_dim=action_dim,

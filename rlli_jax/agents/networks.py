@@ -29,11 +29,23 @@ class MLP(nn.Module):
         return nn.Dense(self.output_size)(hidden)
 
 
+def mish(x: jax.Array) -> jax.Array:
+    """Compute Mish x tanh(softplus(x)) with one exp: tanh(log(1 + e)) = n / (n + 2), n = e (e + 2).
+
+    Equal to `jax.nn.mish` to float32 rounding, and faster on CPU, where the three
+    transcendentals of `jax.nn.mish` dominate the cost of the diffusion chain. For x > 20 the
+    ratio is 1 in float32, so clamping the exponent there only prevents overflow.
+    """
+    e = jnp.exp(jnp.minimum(x, 20.0))
+    n = e * (e + 2.0)
+    return x * n / (n + 2.0)
+
+
 def _activation(name: str):
     if name == "relu":
         return nn.relu
     if name == "mish":
-        return jax.nn.mish
+        return mish
     raise ValueError(f"invalid activation = {name!r}: expected 'relu' or 'mish'")
 
 
@@ -86,7 +98,7 @@ class TimeEmbedding(nn.Module):
     @nn.compact
     def __call__(self, timesteps: jax.Array) -> jax.Array:
         embedding = sinusoidal_embedding(timesteps, self.dim)
-        embedding = jax.nn.mish(nn.Dense(2 * self.dim)(embedding))
+        embedding = mish(nn.Dense(2 * self.dim)(embedding))
         return nn.Dense(self.dim)(embedding)
 
 
@@ -128,17 +140,19 @@ class NoisePredictor(nn.Module):
             + nn.Dense(first_size, use_bias=False, name="time_input")(time_embedding)
             + state_features
         )
-        hidden = jax.nn.mish(hidden)
+        hidden = mish(hidden)
         for size in self.hidden_sizes[1:]:
-            hidden = jax.nn.mish(nn.Dense(size)(hidden))
+            hidden = mish(nn.Dense(size)(hidden))
         return nn.Dense(self.action_dim)(hidden)
 
 
 class DiffusionActorNetwork(nn.Module):
     """Parameters of the diffusion actor, with one method per part of the reverse chain.
 
-    `encode` runs once per action, `embed_time` once per chain (on all T steps together) and
-    `predict_noise` once per denoising step; `__call__` runs all three and exists for `init`.
+    The layout follows the noise MLP of GDMOPT (github.com/HongyangDu/GDMOPT, diffusion/model.py)
+    with the state branch folded into the first hidden layer. `encode` runs once per action,
+    `embed_time` once per chain on all T steps together, and `predict_noise` once per denoising
+    step. `__call__` runs all three and exists for `init`.
     """
 
     action_dim: int

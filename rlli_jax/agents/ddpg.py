@@ -1,0 +1,347 @@
+"""DDPG and G-DDPG: one update for any actor, with twin critics and Polyak target networks.
+
+The two algorithms differ only in the actor, chosen by `AgentConfig.algo` from `ACTOR_FACTORIES`:
+"ddpg" is a tanh MLP, "gddpg" the diffusion reverse chain of `rlli_jax.agents.diffusion`. The
+critic update, actor loss, target update and exploration noise are shared, so a new actor only
+needs a factory returning an `Actor`.
+
+Static settings (shapes, sizes, T) live in the frozen `AgentConfig`; a change recompiles.
+Learning rates, tau, gamma and the exploration noise live in `AgentHyperparams`, a pytree of
+float32 scalars traced by `jit`, so a new value does not recompile and a population of values
+can be vmapped. The learning rate scales the Adam direction after the optimiser, so it never
+enters the optimiser state.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import chex
+import distrax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from rlli_jax.agents.diffusion import make_diffusion_actor
+from rlli_jax.agents.networks import Actor, TwinCritic, make_mlp_actor
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    """Static agent settings; every field is part of the compiled program."""
+
+    algo: str = "gddpg"  # actor kind, a key of ACTOR_FACTORIES: "ddpg" or "gddpg"
+    actor_hidden_sizes: tuple[int, ...] = (256, 256)  # MLP actor, or the diffusion noise network
+    critic_hidden_sizes: tuple[int, ...] = (256, 256)  # each of the twin critics
+    encoder_hidden_sizes: tuple[int, ...] = (256,)  # diffusion state encoder, before its output
+    time_embedding_dim: int = 16  # diffusion step embedding width (even, >= 4)
+    diffusion_steps: int = 5  # T, denoising steps of the diffusion actor
+    beta_min: float = 0.1  # VP schedule lower bound
+    beta_max: float = 10.0  # VP schedule upper bound
+    batch_size: int = 512  # transitions per gradient step, sampled from the replay buffer
+    max_grad_norm: float | None = None  # global-norm gradient clipping per network; None is off
+
+    def __post_init__(self):
+        if self.algo not in ACTOR_FACTORIES:
+            raise ValueError(
+                f"invalid AgentConfig.algo = {self.algo!r}: expected one of "
+                f"{sorted(ACTOR_FACTORIES)}"
+            )
+        for name in ("actor_hidden_sizes", "critic_hidden_sizes", "encoder_hidden_sizes"):
+            sizes = tuple(getattr(self, name))
+            if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes):
+                raise ValueError(
+                    f"invalid AgentConfig.{name} = {sizes!r}: expected a non-empty sequence "
+                    "of positive ints"
+                )
+            object.__setattr__(self, name, sizes)  # lists from YAML become hashable tuples
+        if self.time_embedding_dim < 4 or self.time_embedding_dim % 2:
+            raise ValueError(
+                f"invalid AgentConfig.time_embedding_dim = {self.time_embedding_dim}: "
+                "must be even and >= 4"
+            )
+        if self.diffusion_steps < 1:
+            raise ValueError(
+                f"invalid AgentConfig.diffusion_steps = {self.diffusion_steps}: must be >= 1"
+            )
+        if not 0.0 < self.beta_min <= self.beta_max:
+            raise ValueError(
+                f"invalid AgentConfig.beta_min = {self.beta_min}, beta_max = {self.beta_max}: "
+                "need 0 < beta_min <= beta_max"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"invalid AgentConfig.batch_size = {self.batch_size}: must be >= 1")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(
+                f"invalid AgentConfig.max_grad_norm = {self.max_grad_norm}: must be > 0 or None"
+            )
+
+
+@struct.dataclass
+class AgentHyperparams:
+    """Traced hyperparameters, float32 scalars (or [P] arrays for a vmapped population)."""
+
+    actor_lr: jax.Array  # Adam step size of the actor
+    critic_lr: jax.Array  # Adam step size of the twin critics
+    tau: jax.Array  # Polyak rate: target <- tau * online + (1 - tau) * target
+    gamma: jax.Array  # discount
+    exploration_std: jax.Array  # std of the Gaussian noise added to actions when exploring
+
+    @classmethod
+    def create(cls, **values: float) -> "AgentHyperparams":
+        """Build from Python numbers, cast to float32 arrays so the traced types never vary."""
+        return cls(**{name: jnp.asarray(value, jnp.float32) for name, value in values.items()})
+
+
+# Per-algorithm defaults, tuned on the water-filling probe (tests/test_probe_learning.py). The
+# diffusion actor needs a 10x smaller step than the MLP actor: at actor_lr 1e-3 its chain
+# collapses to one constant action.
+DEFAULT_HYPERPARAMS: dict[str, dict[str, float]] = {
+    "ddpg": dict(actor_lr=1e-3, critic_lr=1e-3, tau=0.005, gamma=0.99, exploration_std=0.1),
+    "gddpg": dict(actor_lr=1e-4, critic_lr=1e-3, tau=0.005, gamma=0.99, exploration_std=0.1),
+}
+
+
+def default_hyperparams(algo: str, **overrides: float) -> AgentHyperparams:
+    """Return the default traced hyperparameters of `algo`, with `overrides` applied."""
+    if algo not in DEFAULT_HYPERPARAMS:
+        raise ValueError(f"invalid algo = {algo!r}: expected one of {sorted(DEFAULT_HYPERPARAMS)}")
+    values = dict(DEFAULT_HYPERPARAMS[algo])
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise ValueError(f"unknown hyperparameters {unknown}: expected names from {sorted(values)}")
+    values.update(overrides)
+    return AgentHyperparams.create(**values)
+
+
+@struct.dataclass
+class Transition:
+    """A batch of transitions; B is the leading batch shape (one or more axes).
+
+    obs [B, obs_dim] float32, action [B, action_dim] float32 in [-1, 1], reward [B] float32,
+    next_obs [B, obs_dim] float32, terminated [B] float32 (1.0 when the episode ended in a
+    terminal state). A truncated episode stores terminated = 0 so its bootstrap is kept.
+    """
+
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    next_obs: jax.Array
+    terminated: jax.Array
+
+
+@struct.dataclass
+class AgentState:
+    """Parameters, target parameters, Adam states and the update count of one agent."""
+
+    actor_params: Any
+    critic_params: Any
+    target_actor_params: Any
+    target_critic_params: Any
+    actor_opt_state: optax.OptState
+    critic_opt_state: optax.OptState
+    step: jax.Array  # int32, number of updates applied
+    obs_dim: int = struct.field(pytree_node=False)
+    action_dim: int = struct.field(pytree_node=False)
+
+
+ActorFactory = Callable[[AgentConfig, int], Actor]
+
+ACTOR_FACTORIES: dict[str, ActorFactory] = {
+    "ddpg": lambda config, action_dim: make_mlp_actor(action_dim, config.actor_hidden_sizes),
+    "gddpg": lambda config, action_dim: make_diffusion_actor(
+        action_dim,
+        num_steps=config.diffusion_steps,
+        beta_min=config.beta_min,
+        beta_max=config.beta_max,
+        hidden_sizes=config.actor_hidden_sizes,
+        encoder_hidden_sizes=config.encoder_hidden_sizes,
+        time_embedding_dim=config.time_embedding_dim,
+    ),
+}
+
+
+def critic_target(
+    reward: jax.Array,
+    terminated: jax.Array,
+    next_q1: jax.Array,
+    next_q2: jax.Array,
+    gamma: jax.Array,
+) -> jax.Array:
+    """Compute the clipped double-Q target r + gamma (1 - terminated) min(Q1', Q2'), all [B]."""
+    return reward + gamma * (1.0 - terminated) * jnp.minimum(next_q1, next_q2)
+
+
+def polyak_update(online_params: Any, target_params: Any, tau: jax.Array) -> Any:
+    """Return tau * online + (1 - tau) * target, leaf by leaf."""
+    return jax.tree.map(
+        lambda new, old: tau * new + (1.0 - tau) * old, online_params, target_params
+    )
+
+
+class Agent(NamedTuple):
+    """The pure functions of one agent configuration (see `make_agent`)."""
+
+    config: AgentConfig
+    init: Callable[[jax.Array, int, int, AgentHyperparams], AgentState]
+    act: Callable[..., jax.Array]
+    update: Callable[
+        [AgentState, Transition, jax.Array, AgentHyperparams],
+        tuple[AgentState, dict[str, jax.Array]],
+    ]
+
+
+def make_agent(config: AgentConfig) -> Agent:
+    """Bind the static config and return the agent's pure `init`, `act` and `update`.
+
+    init(key, obs_dim, action_dim, hyper) -> AgentState.
+    act(agent_state, obs [B, obs_dim], key, hyper, explore) -> action [B, action_dim] in
+        [-1, 1]; explore is a Python bool that adds N(0, exploration_std^2) noise before the
+        clip. The diffusion actor draws its chain noise from key either way.
+    update(agent_state, batch, key, hyper) -> (agent_state, metrics): one critic step, one
+        actor step and one Polyak step; metrics are float32 scalars.
+    All three are pure and jittable; the caller chooses where to `jit`, `vmap` or `scan`.
+    """
+    critic = TwinCritic(hidden_sizes=config.critic_hidden_sizes)
+    optimizer = _make_optimizer(config.max_grad_norm)
+
+    def get_actor(action_dim: int) -> Actor:
+        return ACTOR_FACTORIES[config.algo](config, action_dim)
+
+    def init(key: jax.Array, obs_dim: int, action_dim: int, hyper: AgentHyperparams) -> AgentState:
+        del hyper  # the state does not depend on traced values; kept for a uniform signature
+        for name, value in (("obs_dim", obs_dim), ("action_dim", action_dim)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"invalid {name} = {value!r}: must be a positive int")
+        key_actor, key_critic = jax.random.split(key)
+        actor_params = get_actor(action_dim).init(key_actor, obs_dim)
+        critic_params = critic.init(
+            key_critic,
+            jnp.zeros((1, obs_dim), jnp.float32),
+            jnp.zeros((1, action_dim), jnp.float32),
+        )
+        return AgentState(
+            actor_params=actor_params,
+            critic_params=critic_params,
+            target_actor_params=actor_params,
+            target_critic_params=critic_params,
+            actor_opt_state=optimizer.init(actor_params),
+            critic_opt_state=optimizer.init(critic_params),
+            step=jnp.zeros((), jnp.int32),
+            obs_dim=obs_dim,
+            action_dim=action_dim,
+        )
+
+    def act(
+        agent_state: AgentState,
+        obs: jax.Array,
+        key: jax.Array,
+        hyper: AgentHyperparams,
+        explore: bool = False,
+    ) -> jax.Array:
+        chex.assert_shape(obs, (None, agent_state.obs_dim))
+        key_policy, key_explore = jax.random.split(key)
+        action = get_actor(agent_state.action_dim).apply(agent_state.actor_params, obs, key_policy)
+        if explore:
+            noise_distribution = distrax.Normal(
+                loc=jnp.zeros((), jnp.float32), scale=hyper.exploration_std
+            )
+            action = action + noise_distribution.sample(seed=key_explore, sample_shape=action.shape)
+        return jnp.clip(action, -1.0, 1.0)
+
+    def update(
+        agent_state: AgentState,
+        batch: Transition,
+        key: jax.Array,
+        hyper: AgentHyperparams,
+    ) -> tuple[AgentState, dict[str, jax.Array]]:
+        chex.assert_shape(batch.obs, (None, agent_state.obs_dim))
+        chex.assert_shape(batch.next_obs, (None, agent_state.obs_dim))
+        chex.assert_shape(batch.action, (None, agent_state.action_dim))
+        chex.assert_rank([batch.reward, batch.terminated], 1)
+        actor = get_actor(agent_state.action_dim)
+        key_target_action, key_actor_loss = jax.random.split(key)
+
+        # Critic step against the target networks.
+        next_action = actor.apply(
+            agent_state.target_actor_params, batch.next_obs, key_target_action
+        )
+        next_q1, next_q2 = critic.apply(
+            agent_state.target_critic_params, batch.next_obs, next_action
+        )
+        target = critic_target(
+            batch.reward, batch.terminated.astype(jnp.float32), next_q1, next_q2, hyper.gamma
+        )
+        target = jax.lax.stop_gradient(target)  # [B]
+
+        def critic_loss_fn(critic_params):
+            q1, q2 = critic.apply(critic_params, batch.obs, batch.action)
+            loss = jnp.mean(jnp.square(q1 - target)) + jnp.mean(jnp.square(q2 - target))
+            return loss, (q1, q2)
+
+        (critic_loss, (q1, q2)), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
+            agent_state.critic_params
+        )
+        critic_params, critic_opt_state = _apply_gradients(
+            optimizer, agent_state.critic_params, agent_state.critic_opt_state,
+            critic_grads, hyper.critic_lr,
+        )  # fmt: skip
+
+        # Actor step through the freshly updated critics; for the diffusion actor the gradient
+        # flows through every denoising step of the chain.
+        def actor_loss_fn(actor_params):
+            action = actor.apply(actor_params, batch.obs, key_actor_loss)
+            q1_pi, q2_pi = critic.apply(critic_params, batch.obs, action)
+            return -jnp.mean(jnp.minimum(q1_pi, q2_pi))
+
+        actor_loss, actor_grads = jax.value_and_grad(actor_loss_fn)(agent_state.actor_params)
+        actor_params, actor_opt_state = _apply_gradients(
+            optimizer, agent_state.actor_params, agent_state.actor_opt_state,
+            actor_grads, hyper.actor_lr,
+        )  # fmt: skip
+
+        new_state = agent_state.replace(
+            actor_params=actor_params,
+            critic_params=critic_params,
+            target_actor_params=polyak_update(
+                actor_params, agent_state.target_actor_params, hyper.tau
+            ),
+            target_critic_params=polyak_update(
+                critic_params, agent_state.target_critic_params, hyper.tau
+            ),
+            actor_opt_state=actor_opt_state,
+            critic_opt_state=critic_opt_state,
+            step=agent_state.step + 1,
+        )
+        metrics = {
+            "critic_loss": critic_loss,
+            "actor_loss": actor_loss,
+            "q_mean": jnp.mean(0.5 * (q1 + q2)),
+            "target_q_mean": jnp.mean(target),
+            "critic_grad_norm": optax.global_norm(critic_grads),
+            "actor_grad_norm": optax.global_norm(actor_grads),
+        }
+        return new_state, metrics
+
+    return Agent(config=config, init=init, act=act, update=update)
+
+
+def _make_optimizer(max_grad_norm: float | None) -> optax.GradientTransformation:
+    """Adam direction without the step size, which `_apply_gradients` applies as a traced value."""
+    transforms = [optax.scale_by_adam()]
+    if max_grad_norm is not None:
+        transforms.insert(0, optax.clip_by_global_norm(max_grad_norm))
+    return optax.chain(*transforms)
+
+
+def _apply_gradients(
+    optimizer: optax.GradientTransformation,
+    params: Any,
+    opt_state: optax.OptState,
+    grads: Any,
+    learning_rate: jax.Array,
+) -> tuple[Any, optax.OptState]:
+    direction, opt_state = optimizer.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda d: -learning_rate * d, direction)
+    return optax.apply_updates(params, updates), opt_state
