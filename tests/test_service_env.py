@@ -326,3 +326,17 @@ def test_env_params_are_vmappable_without_recompiling():
     latencies = jax.jit(jax.vmap(transmit_latency, in_axes=(axes,)))(stacked)
     # More bandwidth, shorter transmit time.
     assert float(latencies[0]) > float(latencies[1]) > float(latencies[2])
+
+
+def test_prompt_draws_follow_topic_popularity():
+    env = default_env()
+    params = env.make_params(topic_zipf_exponent=1.0)
+    keys = jax.random.split(jax.random.key(0), 4000)
+    prompt_ids = jax.jit(jax.vmap(lambda key: env._draw_prompts(key, params)))(keys)
+    topics = np.asarray(params.prompt_topics)[np.asarray(prompt_ids).ravel()]
+    frequency = np.bincount(topics, minlength=env.num_topics) / topics.size
+    # Topic of rank r has probability (r + 1)^-1 / H, H = sum over the 13 topics = 3.1801.
+    harmonic = sum(1.0 / (rank + 1) for rank in range(env.num_topics))
+    expected = np.array([1.0 / (rank + 1) / harmonic for rank in range(env.num_topics)])
+    np.testing.assert_allclose(frequency, expected, atol=0.01)
+    assert int(np.asarray(prompt_ids).max()) < env.num_prompts

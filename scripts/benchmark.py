@@ -1,0 +1,114 @@
+"""Measure rlli_jax throughput and write a table, a JSON record and a log-log PNG.
+
+    python scripts/benchmark.py --suite env --out runs/benchmark
+
+Each case compiles once (compile time reported apart), runs one warm-up call, then is timed
+over --repeats calls synchronised with block_until_ready; the table shows the median with min
+and max.
+"""
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+DEFAULT_NUM_ENVS = [1, 64, 1024, 4096, 16384]
+SUITES = ("env",)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=SUITES, action="append", help="suite(s) to run")
+    parser.add_argument(
+        "--num-envs",
+        type=int,
+        nargs="+",
+        default=DEFAULT_NUM_ENVS,
+        help="numbers of parallel environments to measure",
+    )
+    parser.add_argument("--num-steps", type=int, default=16, help="env steps per timed call")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (>= 1)")
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats = {args.repeats} is invalid: it must be >= 1")
+    if args.num_steps < 1:
+        parser.error(f"--num-steps = {args.num_steps} is invalid: it must be >= 1")
+    if any(n < 1 for n in args.num_envs):
+        parser.error(f"--num-envs = {args.num_envs} is invalid: every value must be >= 1")
+    args.suite = args.suite or list(SUITES)
+    return args
+
+
+def print_table(records: list[dict]) -> None:
+    header = f"{'suite':<6} {'num_envs':>9} {'median/s':>12} {'min/s':>12} {'max/s':>12} "
+    header += f"{'compile s':>10}  case"
+    print(header)
+    for record in records:
+        print(
+            f"{record['suite']:<6} {record['num_envs']:>9} {record['throughput_median']:>12.4g} "
+            f"{record['throughput_min']:>12.4g} {record['throughput_max']:>12.4g} "
+            f"{record['compile_s']:>10.2f}  {record['case']}"
+        )
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for case in sorted({r["case"] for r in records}):
+        rows = sorted((r for r in records if r["case"] == case), key=lambda r: r["num_envs"])
+        axis.errorbar(
+            [r["num_envs"] for r in rows],
+            [r["throughput_median"] for r in rows],
+            yerr=[
+                [r["throughput_median"] - r["throughput_min"] for r in rows],
+                [r["throughput_max"] - r["throughput_median"] for r in rows],
+            ],
+            marker="o",
+            label=case,
+        )
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("num_envs")
+    axis.set_ylabel("items per second (median, min-max bars)")
+    axis.legend(fontsize=7)
+    axis.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    from rlli_jax import benchmarking
+
+    info = benchmarking.machine_info()
+    print(f"machine: {info}")
+    measurements = []
+    if "env" in args.suite:
+        measurements += benchmarking.benchmark_env(
+            args.num_envs, num_steps=args.num_steps, repeats=args.repeats
+        )
+    records = [m.as_dict() for m in measurements]
+    print_table(records)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    document = {
+        "command": "python scripts/benchmark.py " + " ".join(argv),
+        "time_utc": datetime.now(timezone.utc).isoformat(),
+        "machine": info,
+        "records": records,
+    }
+    (args.out / "benchmark.json").write_text(json.dumps(document, indent=2))
+    plot(records, args.out / "benchmark.png")
+    print(f"wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
