@@ -144,12 +144,14 @@ def validate_env_params(params: EnvParams) -> None:
 
     similarity = _concrete_scalars(params.prompt_similarity)
     if similarity is not None:
-        validate_similarity(similarity, "EnvParams.prompt_similarity")
+        # A sweep may stack banks: [..., K, K]. Each matrix is checked.
+        for matrix in similarity.reshape(-1, *similarity.shape[-2:]):
+            validate_similarity(matrix, "EnvParams.prompt_similarity")
         topics = np.asarray(params.prompt_topics)
-        if topics.shape != (similarity.shape[0],):
+        if topics.shape[-1:] != similarity.shape[-1:]:
             raise ValueError(
                 f"EnvParams.prompt_topics has shape {topics.shape}, expected "
-                f"({similarity.shape[0]},): one topic per prompt"
+                f"({similarity.shape[-1]},): one topic per prompt"
             )
         if topics.size and topics.min() < 0:
             raise ValueError(f"EnvParams.prompt_topics has a negative topic id {topics.min()}")
