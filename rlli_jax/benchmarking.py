@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlli_jax.env.service import DiffusionServiceEnv
 
@@ -147,3 +148,41 @@ def benchmark_env(
             )
         )
     return measurements
+
+
+def benchmark_numpy_reference(
+    num_envs: int, *, num_steps: int, repeats: int, num_users: int = 8
+) -> Measurement:
+    """Measure the NumPy reference (a Python loop over environment objects) with the same
+    default QoE model and a uniform random policy, for a side-by-side ratio."""
+    from rlli_jax.env.numpy_reference import NumpyDiffusionServiceEnv
+
+    env = DiffusionServiceEnv(num_users=num_users)
+    params = env.default_params
+    environments = [
+        NumpyDiffusionServiceEnv(num_users, env.horizon, params, env.qoe_model.name, seed=i)
+        for i in range(num_envs)
+    ]
+    for reference in environments:
+        reference.reset()
+    rng = np.random.default_rng(0)
+
+    def rollout():
+        for _ in range(num_steps):
+            for reference in environments:
+                reference.step(rng.uniform(-1.0, 1.0, env.num_actions))
+
+    rollout()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        rollout()
+        times.append(time.perf_counter() - start)
+    return Measurement(
+        suite="env",
+        case=f"NumPy reference N={num_users} random policy (Python loop)",
+        num_envs=num_envs,
+        work_per_call=num_envs * num_steps,
+        compile_s=0.0,
+        times_s=tuple(times),
+    )

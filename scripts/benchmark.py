@@ -27,12 +27,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=DEFAULT_NUM_ENVS,
         help="numbers of parallel environments to measure",
     )
+    parser.add_argument(
+        "--numpy-envs",
+        type=int,
+        default=16,
+        help="environments in the NumPy reference's Python loop (its steps/s barely depends "
+        "on this)",
+    )
     parser.add_argument("--num-steps", type=int, default=16, help="env steps per timed call")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (>= 1)")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats = {args.repeats} is invalid: it must be >= 1")
+    if args.numpy_envs < 1:
+        parser.error(f"--numpy-envs = {args.numpy_envs} is invalid: it must be >= 1")
     if args.num_steps < 1:
         parser.error(f"--num-steps = {args.num_steps} is invalid: it must be >= 1")
     if any(n < 1 for n in args.num_envs):
@@ -51,6 +60,19 @@ def print_table(records: list[dict]) -> None:
             f"{record['throughput_min']:>12.4g} {record['throughput_max']:>12.4g} "
             f"{record['compile_s']:>10.2f}  {record['case']}"
         )
+
+
+def speed_ratios(records: list[dict]) -> dict[str, float]:
+    """Ratios measured in this run: JAX env steps/s at each num_envs over the NumPy reference."""
+    reference = [r for r in records if r["case"].startswith("NumPy reference")]
+    if not reference:
+        return {}
+    numpy_rate = reference[0]["throughput_median"]
+    return {
+        f"jax_env_{r['num_envs']}_over_numpy": r["throughput_median"] / numpy_rate
+        for r in records
+        if r["suite"] == "env" and not r["case"].startswith("NumPy reference")
+    }
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -94,8 +116,16 @@ def main(argv: list[str]) -> int:
         measurements += benchmarking.benchmark_env(
             args.num_envs, num_steps=args.num_steps, repeats=args.repeats
         )
+        measurements.append(
+            benchmarking.benchmark_numpy_reference(
+                args.numpy_envs, num_steps=args.num_steps, repeats=args.repeats
+            )
+        )
     records = [m.as_dict() for m in measurements]
     print_table(records)
+    ratios = speed_ratios(records)
+    for name, value in ratios.items():
+        print(f"{name}: {value:.1f}x")
 
     args.out.mkdir(parents=True, exist_ok=True)
     document = {
@@ -103,6 +133,7 @@ def main(argv: list[str]) -> int:
         "time_utc": datetime.now(timezone.utc).isoformat(),
         "machine": info,
         "records": records,
+        "ratios": ratios,
     }
     (args.out / "benchmark.json").write_text(json.dumps(document, indent=2))
     plot(records, args.out / "benchmark.png")
