@@ -24,6 +24,7 @@ from rlli_jax.qoe.collect import (
     request_id,
     sample_requests,
 )
+from rlli_jax.qoe.openai_rater import RESPONSE_FORMATS
 from rlli_jax.qoe.raters import BACKENDS, make_rater
 
 # Requests sampled and handed to the rater at a time; a Ctrl-C loses at most the unfinished
@@ -57,9 +58,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--temperature", type=float, default=0.7, help="openai: sampling temperature"
     )
     parser.add_argument(
-        "--no-json-mode",
+        "--response-format",
+        choices=RESPONSE_FORMATS,
+        default="json_object",
+        help="openai: structured-output request; llama_schema constrains llama-cpp-python's "
+        'server to {"rating": 1-5}, none is for servers that reject the field',
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=32, help="openai: max tokens of each answer"
+    )
+    parser.add_argument(
+        "--merge-system-message",
         action="store_true",
-        help="openai: do not send response_format (for servers that reject it)",
+        help="openai: put the system text into the user message (for Gemma chat templates)",
     )
     parser.add_argument("--min-quality", type=float, default=OutcomeRanges.min_quality)
     parser.add_argument("--max-quality", type=float, default=OutcomeRanges.max_quality)
@@ -87,7 +98,9 @@ def build_rater(args: argparse.Namespace):
         timeout_s=args.timeout,
         max_retries=args.max_retries,
         temperature=args.temperature,
-        json_mode=not args.no_json_mode,
+        response_format=args.response_format,
+        max_tokens=args.max_tokens,
+        merge_system_message=args.merge_system_message,
     )
 
 

@@ -28,6 +28,21 @@ logger = logging.getLogger(__name__)
 MAX_RAW_TEXT_CHARS = 2000
 RETRY_STATUS_CODES = frozenset({429, 500, 502, 503, 504})
 
+# JSON schema of an answer: exactly one integer rating from 1 to 5.
+RATING_SCHEMA = {
+    "type": "object",
+    "properties": {"rating": {"type": "integer", "enum": [1, 2, 3, 4, 5]}},
+    "required": ["rating"],
+    "additionalProperties": False,
+}
+# Values of `OpenAIRater.response_format`, and the `response_format` field each one sends:
+#   none         no field
+#   json_object  {"type": "json_object"}: any JSON object (OpenAI, vLLM, llama.cpp, Ollama)
+#   json_schema  {"type": "json_schema", ...}: RATING_SCHEMA in the OpenAI structured-output form
+#   llama_schema {"type": "json_object", "schema": ...}: RATING_SCHEMA in the form
+#                llama-cpp-python 0.3's server turns into a grammar
+RESPONSE_FORMATS = ("none", "json_object", "json_schema", "llama_schema")
+
 
 class _RetryableError(Exception):
     def __init__(self, message: str, raw_text: str | None, retry_after_s: float | None = None):
@@ -93,8 +108,11 @@ class OpenAIRater:
     concurrency: int = 4
     temperature: float = 0.7
     max_tokens: int = 32
-    # Ask for a JSON object through `response_format`; turn off for servers that reject it.
-    json_mode: bool = True
+    # What to ask for through the request's `response_format` field, see RESPONSE_FORMATS.
+    response_format: str = "json_object"
+    # Send the system text at the top of the user message instead, for chat templates that
+    # drop system messages (llama-cpp-python 0.3's "gemma" chat format drops them).
+    merge_system_message: bool = False
     backend: str = dataclasses.field(default="openai", init=False)
     simulated: bool = dataclasses.field(default=False, init=False)
 
@@ -112,6 +130,10 @@ class OpenAIRater:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.response_format not in RESPONSE_FORMATS:
+            raise ValueError(
+                f"response_format must be one of {RESPONSE_FORMATS}, got {self.response_format!r}"
+            )
 
     @property
     def endpoint(self) -> str:
@@ -125,14 +147,25 @@ class OpenAIRater:
         return headers
 
     def _payload(self, request: RatingRequest) -> dict:
+        messages = render_messages(request)
+        if self.merge_system_message:
+            system, user = messages
+            messages = [{"role": "user", "content": f"{system['content']}\n\n{user['content']}"}]
         payload = {
             "model": self.model,
-            "messages": render_messages(request),
+            "messages": messages,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
-        if self.json_mode:
+        if self.response_format == "json_object":
             payload["response_format"] = {"type": "json_object"}
+        elif self.response_format == "json_schema":
+            payload["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "rating", "strict": True, "schema": RATING_SCHEMA},
+            }
+        elif self.response_format == "llama_schema":
+            payload["response_format"] = {"type": "json_object", "schema": RATING_SCHEMA}
         return payload
 
     def _backoff_s(self, attempt: int, retry_after_s: float | None, rng: random.Random) -> float:
