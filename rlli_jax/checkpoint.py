@@ -1,0 +1,107 @@
+"""Orbax checkpoints of a training state, with fallback past corrupt or partial checkpoints.
+
+Each checkpoint is one step directory written by `orbax.checkpoint.CheckpointManager`
+(orbax-checkpoint 0.12): the state pytree (`StandardSave`) and a JSON metadata item. Orbax
+writes into a temporary directory and renames it when the write has finished, so a process
+killed mid-write leaves no step directory, only a temporary one that the next manager removes.
+A step directory damaged later (a truncated or deleted file) fails to restore; `restore_latest`
+then reports it and falls back to the previous checkpoint.
+
+Saves are synchronous: `save` returns after the checkpoint is final on disk.
+"""
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredCheckpoint:
+    """A restored checkpoint, and the newer ones that failed to restore."""
+
+    step: int
+    state: Any
+    metadata: dict[str, Any]
+    # (step, error message) of each newer checkpoint that could not be restored.
+    skipped: tuple[tuple[int, str], ...] = ()
+
+
+class Checkpointer:
+    """Synchronous orbax checkpoint manager for one run directory."""
+
+    def __init__(self, directory: str | Path, max_to_keep: int = 3):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=True,
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=True,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def all_steps(self) -> list[int]:
+        """Return the steps of the finished checkpoints, oldest first."""
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, metadata: dict[str, Any]) -> None:
+        """Write `state` (a pytree of arrays) and JSON-serialisable `metadata` as `step`."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            metadata=ocp.args.JsonSave(metadata),
+        )
+        self._manager.save(step, args=args, force=True)
+        self._manager.wait_until_finished()
+
+    def restore_latest(self, target: Any) -> RestoredCheckpoint | None:
+        """Restore the newest checkpoint that reads back whole, shaped like `target`.
+
+        Args:
+            target: a pytree of arrays or `jax.ShapeDtypeStruct` with the saved structure.
+
+        Returns:
+            None when there is no checkpoint. A checkpoint that fails to restore is logged as
+            a warning, listed in `skipped`, and the next older one is tried.
+
+        Raises:
+            ValueError: checkpoints exist but none of them can be restored.
+        """
+        skipped = []
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        steps = self.all_steps()
+        for step in reversed(steps):
+            args = ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract),
+                metadata=ocp.args.JsonRestore(),
+            )
+            try:
+                restored = self._manager.restore(step, args=args)
+            except Exception as error:  # noqa: BLE001  (orbax raises many types on bad files)
+                message = f"{type(error).__name__}: {error}"
+                logger.warning(
+                    "checkpoint %d in %s failed to restore, trying an older one: %s",
+                    step,
+                    self.directory,
+                    message,
+                )
+                skipped.append((step, message))
+                continue
+            return RestoredCheckpoint(
+                step=step,
+                state=restored.state,
+                metadata=dict(restored.metadata),
+                skipped=tuple(skipped),
+            )
+        if steps:
+            details = "; ".join(f"step {step}: {message}" for step, message in skipped)
+            raise ValueError(f"no checkpoint in {self.directory} could be restored ({details})")
+        return None
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,154 @@
+"""Metric files of a run: JSONL and CSV rows keyed by environment step, optional TensorBoard.
+
+Each row is flat: `env_step`, `kind` ("train" or "eval") and scalar metrics. Training rows
+go to both files, evaluation rows to the JSONL only. The CSV header is the first row's
+keys; a later row with new keys adds them to the JSONL only. On resume, `truncate_after`
+drops rows written after the checkpoint being resumed from, so no step appears twice.
+"""
+
+import csv
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+JSONL_NAME = "metrics.jsonl"
+CSV_NAME = "metrics.csv"
+
+
+def _json_value(value: Any) -> Any:
+    # JSON has no NaN or infinity; write null so every reader accepts the file.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsWriter:
+    """Append metric rows to `run_dir/metrics.jsonl` and `run_dir/metrics.csv`."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = False):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = self.run_dir / JSONL_NAME
+        self.csv_path = self.run_dir / CSV_NAME
+        self._csv_fields = _read_csv_header(self.csv_path)
+        self._tensorboard = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def write(self, row: Mapping[str, Any], step: int, prefix: str = "train") -> None:
+        """Write one row of scalars, keyed by `step` (environment steps)."""
+        row = {"env_step": int(step), "kind": prefix, **row}
+        with self.jsonl_path.open("a") as stream:
+            stream.write(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n")
+            stream.flush()
+        if prefix == "train":
+            self._write_csv(row)
+        if self._tensorboard is not None:
+            for name, value in row.items():
+                if name != "env_step" and isinstance(value, int | float):
+                    self._tensorboard.add_scalar(f"{prefix}/{name}", value, int(step))
+            self._tensorboard.flush()
+
+    def _write_csv(self, row: Mapping[str, Any]) -> None:
+        if self._csv_fields is None:
+            self._csv_fields = list(row)
+            with self.csv_path.open("w", newline="") as stream:
+                csv.writer(stream).writerow(self._csv_fields)
+        with self.csv_path.open("a", newline="") as stream:
+            writer = csv.DictWriter(stream, self._csv_fields, extrasaction="ignore")
+            writer.writerow(dict(row))
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows with `env_step` > `step` from both files (and a torn last JSONL line)."""
+        if self.jsonl_path.exists():
+            kept = []
+            for line in self.jsonl_path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a kill
+                if record.get("env_step", 0) <= step:
+                    kept.append(line)
+            self.jsonl_path.write_text("".join(line + "\n" for line in kept))
+        if self.csv_path.exists() and self._csv_fields is not None:
+            with self.csv_path.open(newline="") as stream:
+                rows = [
+                    row
+                    for row in csv.DictReader(stream)
+                    if row.get("env_step", "").isdigit() and int(row["env_step"]) <= step
+                ]
+            with self.csv_path.open("w", newline="") as stream:
+                writer = csv.DictWriter(stream, self._csv_fields, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def _read_csv_header(path: Path) -> list[str] | None:
+    if not path.exists():
+        return None
+    with path.open(newline="") as stream:
+        header = next(csv.reader(stream), None)
+    return header or None
+
+
+def read_metrics(run_dir: str | Path, prefix: str | None = "train") -> list[dict[str, Any]]:
+    """Read the JSONL rows of a run, skipping lines cut short by a kill.
+
+    `prefix` selects rows by their `kind` field ("train" or "eval"); None returns all rows.
+    """
+    path = Path(run_dir) / JSONL_NAME
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if prefix is None or record.get("kind", "train") == prefix:
+            rows.append(record)
+    return rows
+
+
+def plot_learning_curves(
+    run_dirs: list[str | Path],
+    path: str | Path,
+    names: tuple[str, ...] = ("episode_return", "qoe", "critic_loss", "actor_loss"),
+) -> None:
+    """Draw training curves of one or more runs against environment steps into a PNG.
+
+    Evaluation rows, where present, are drawn as markers on the QoE and return panels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5))
+    for run_dir in run_dirs:
+        label = Path(run_dir).name
+        train_rows = read_metrics(run_dir, "train")
+        eval_rows = read_metrics(run_dir, "eval")
+        for axis, name in zip(axes, names, strict=True):
+            points = [(r["env_step"], r[name]) for r in train_rows if r.get(name) is not None]
+            if points:
+                steps, values = zip(*points, strict=True)
+                (line,) = axis.plot(steps, values, label=label)
+                evaluated = [(r["env_step"], r[name]) for r in eval_rows if name in r]
+                if evaluated:
+                    eval_steps, eval_values = zip(*evaluated, strict=True)
+                    axis.plot(eval_steps, eval_values, "o", color=line.get_color())
+            axis.set_title(name)
+            axis.set_xlabel("environment steps")
+    axes[0].legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,404 @@
+"""The training program: `make_train(config)` builds one pure, jittable DDPG / G-DDPG run.
+
+One iteration steps all `num_envs` environments once (vmapped), writes their transitions to
+the replay buffer and then runs `updates_per_step` gradient steps. A chunk is `lax.scan` over
+`steps_per_chunk` iterations under one `jit`; the whole run `train(key)` is a scan over chunks.
+Python drives chunks one at a time (`run_chunk`) so that a script can log, checkpoint and
+evaluate between them. `train(key)` runs the same computation in one program; XLA fuses it
+differently, so its floats can differ from the chunked form's in the last bits. The chunked
+form is bit-reproducible on CPU: the same state and hyperparameters give the same next state.
+
+Static values (shapes, network sizes, T, batch and buffer sizes, chunk length) are closed
+over, so a new value means a new compiled program. Traced values (agent hyperparameters and
+every `EnvParams` constant, including the energy weight lambda_E) enter as the `TrainHyperparams`
+argument, so changing them reuses the compiled program, and `jax.vmap(program.train)` over a
+batch of keys and `TrainHyperparams` runs a population in one compile.
+
+Episodes: environments are stepped with `step_env` and reset together, only when at least
+one of them is done. In a single run every environment has the same fixed horizon, so the
+reset runs once per episode instead of once per slot as with gymnax's auto-reset `step`.
+Under a `vmap` over a population the condition is batched, so the reset runs every slot
+(correct, slower).
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from rlli_jax.agents.ddpg import Agent, AgentHyperparams, AgentState, Transition, make_agent
+from rlli_jax.agents.replay import (
+    Replay,
+    ReplayState,
+    check_replay_memory,
+    estimate_replay_bytes,
+    example_transition,
+    make_replay_buffer,
+)
+from rlli_jax.config import Config
+from rlli_jax.env.params import EnvParams
+from rlli_jax.env.service import DiffusionServiceEnv, EnvState
+from rlli_jax.evaluation import make_agent_policy, run_episodes
+
+# Per-slot `info` entries logged as training metrics (means over environments).
+ENV_METRICS = ("qoe", "quality", "latency_s", "energy_j", "shared_steps", "total_steps")
+
+
+@struct.dataclass
+class TrainHyperparams:
+    """Traced values of a run: agent hyperparameters and environment constants."""
+
+    agent: AgentHyperparams
+    env: EnvParams
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a run carries between iterations; a checkpoint stores all of it."""
+
+    agent: AgentState
+    replay: ReplayState
+    env_state: EnvState  # batched over [num_envs]
+    obs: jax.Array  # [num_envs, obs_dim] float32
+    episode_return: jax.Array  # [num_envs] float32, reward summed since the last reset
+    iteration: jax.Array  # int32 scalar, vectorised steps done
+    key: jax.Array  # typed PRNG key
+
+
+class _Static(NamedTuple):
+    """The static parts of a run that the step functions close over."""
+
+    env: DiffusionServiceEnv
+    agent: Agent
+    replay: Replay
+    num_envs: int
+    warmup_iterations: int
+    updates_per_step: int
+    update_metric_names: tuple[str, ...]
+
+
+def make_env(config: Config) -> DiffusionServiceEnv:
+    """Build the environment of `config.env`."""
+    return DiffusionServiceEnv(num_users=config.env.num_users, horizon=config.env.horizon)
+
+
+def make_hyperparams(config: Config, env: DiffusionServiceEnv | None = None) -> TrainHyperparams:
+    """Build the traced values of `config` (validated, as float32 leaves)."""
+    env = make_env(config) if env is None else env
+    return TrainHyperparams(
+        agent=config.hyperparams,
+        env=env.make_params(**config.env.param_overrides),
+    )
+
+
+def _select(condition: jax.Array, when_true: Any, when_false: Any) -> Any:
+    """Pick per environment: condition [num_envs], trees with leading axis [num_envs]."""
+
+    def pick(a, b):
+        mask = condition.reshape(condition.shape + (1,) * (a.ndim - 1))
+        return jnp.where(mask, a, b)
+
+    return jax.tree.map(pick, when_true, when_false)
+
+
+def _reset_all(static: _Static, key: jax.Array, env_params: EnvParams):
+    keys = jax.random.split(key, static.num_envs)
+    return jax.vmap(static.env.reset_env, in_axes=(0, None))(keys, env_params)
+
+
+def collect_step(
+    static: _Static, state: TrainState, hyper: TrainHyperparams, key: jax.Array
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Act in every environment, step it, store the transitions and reset finished episodes."""
+    key_act, key_step, key_reset = jax.random.split(key, 3)
+    num_actions = static.env.num_actions
+
+    def explore(_):
+        return static.agent.act(state.agent, state.obs, key_act, hyper.agent, explore=True)
+
+    def warmup(_):
+        return jax.random.uniform(key_act, (static.num_envs, num_actions), minval=-1.0, maxval=1.0)
+
+    in_warmup = state.iteration < static.warmup_iterations
+    action = jax.lax.cond(in_warmup, warmup, explore, None)  # [num_envs, num_actions]
+
+    step_keys = jax.random.split(key_step, static.num_envs)
+    next_obs, env_state, reward, terminated, info = jax.vmap(
+        static.env.step_env, in_axes=(0, 0, 0, None)
+    )(step_keys, state.env_state, action, hyper.env)
+    truncated = jax.vmap(static.env.is_truncated, in_axes=(0, None))(env_state, hyper.env)
+    done = terminated | truncated  # [num_envs]
+
+    replay_state = static.replay.add(
+        state.replay,
+        Transition(
+            obs=state.obs,
+            action=action,
+            reward=reward,
+            next_obs=next_obs,
+            terminated=terminated.astype(jnp.float32),
+        ),
+    )
+
+    def reset_done(_):
+        reset_obs, reset_state = _reset_all(static, key_reset, hyper.env)
+        return _select(done, reset_obs, next_obs), _select(done, reset_state, env_state)
+
+    obs, env_state = jax.lax.cond(jnp.any(done), reset_done, lambda _: (next_obs, env_state), None)
+
+    episode_return = state.episode_return + reward
+    num_done = jnp.sum(done)
+    metrics = {name: jnp.mean(info[name]) for name in ENV_METRICS}
+    metrics["reward"] = jnp.mean(reward)
+    metrics["episodes_done"] = num_done.astype(jnp.float32)
+    # Mean return of the episodes that ended this step; 0 when none did.
+    metrics["episode_return"] = jnp.sum(jnp.where(done, episode_return, 0.0)) / jnp.maximum(
+        num_done, 1
+    )
+    new_state = state.replace(
+        replay=replay_state,
+        env_state=env_state,
+        obs=obs,
+        episode_return=jnp.where(done, 0.0, episode_return),
+    )
+    return new_state, metrics
+
+
+def update_step(
+    static: _Static, state: TrainState, hyper: TrainHyperparams, key: jax.Array
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """Run `updates_per_step` gradient steps once warmup is over; metrics are their means."""
+
+    def run_updates(agent_state: AgentState):
+        def one_update(agent_state, update_key):
+            key_sample, key_update = jax.random.split(update_key)
+            batch = static.replay.sample(state.replay, key_sample)
+            return static.agent.update(agent_state, batch, key_update, hyper.agent)
+
+        update_keys = jax.random.split(key, static.updates_per_step)
+        agent_state, metrics = jax.lax.scan(one_update, agent_state, update_keys)
+        metrics = {name: jnp.mean(values) for name, values in metrics.items()}
+        metrics["updated"] = jnp.ones((), jnp.float32)
+        return agent_state, metrics
+
+    def skip(agent_state: AgentState):
+        metrics = {name: jnp.zeros((), jnp.float32) for name in static.update_metric_names}
+        metrics["updated"] = jnp.zeros((), jnp.float32)
+        return agent_state, metrics
+
+    ready = (state.iteration >= static.warmup_iterations) & static.replay.can_sample(state.replay)
+    agent_state, metrics = jax.lax.cond(ready, run_updates, skip, state.agent)
+    return state.replace(agent=agent_state), metrics
+
+
+def train_iteration(
+    static: _Static, state: TrainState, hyper: TrainHyperparams
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One vectorised environment step followed by the gradient steps."""
+    key, key_collect, key_update = jax.random.split(state.key, 3)
+    state, collect_metrics = collect_step(static, state, hyper, key_collect)
+    state, update_metrics = update_step(static, state, hyper, key_update)
+    params = (state.agent.actor_params, state.agent.critic_params)
+    params_finite = jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(params)])
+    )
+    metrics = {**collect_metrics, **update_metrics}
+    metrics["params_finite"] = params_finite.astype(jnp.float32)
+    metrics["iteration"] = state.iteration
+    return state.replace(key=key, iteration=state.iteration + 1), metrics
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainProgram:
+    """The pure functions of one run configuration, built by `make_train`.
+
+    Calling the program runs the whole training: `program(key, hyper)` is `train`.
+    `trace_counts` counts how often each function was traced, for tests and benchmarks.
+    """
+
+    config: Config
+    env: DiffusionServiceEnv
+    agent: Agent
+    replay: Replay
+    default_hyperparams: TrainHyperparams
+    update_metric_names: tuple[str, ...]
+    init: Callable[[jax.Array, TrainHyperparams], TrainState]
+    run_chunk: Callable[[TrainState, TrainHyperparams], tuple[TrainState, dict[str, jax.Array]]]
+    evaluate: Callable[[AgentState, TrainHyperparams, jax.Array], dict[str, jax.Array]]
+    trace_counts: dict[str, int]
+
+    def train(
+        self, key: jax.Array, hyper: TrainHyperparams | None = None
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        """Run all chunks in one `lax.scan`; pure and jittable.
+
+        Returns the final state and metrics [num_chunks, steps_per_chunk] per name.
+        """
+        hyper = self.default_hyperparams if hyper is None else hyper
+        state = self.init(key, hyper)
+
+        def chunk(state, _):
+            return self.run_chunk(state, hyper)
+
+        return jax.lax.scan(chunk, state, None, length=self.config.train.num_chunks)
+
+    def __call__(self, key: jax.Array, hyper: TrainHyperparams | None = None):
+        return self.train(key, hyper)
+
+    @property
+    def num_chunks(self) -> int:
+        return self.config.train.num_chunks
+
+
+def make_train(config: Config, check_memory: bool = True) -> TrainProgram:
+    """Build the training program of `config`; validates everything, compiles nothing.
+
+    `init` and `run_chunk` are jitted (compiled on first call); `train` is pure and can be
+    wrapped in `jax.jit` or `jax.vmap`.
+
+    Raises:
+        ValueError: an invalid environment constant, or a replay buffer that does not fit in
+            free memory (when `check_memory`).
+    """
+    env = make_env(config)
+    hyper = make_hyperparams(config, env)
+    agent = make_agent(config.agent)
+    train_config = config.train
+    replay = make_replay_buffer(
+        capacity=train_config.buffer_size,
+        batch_size=config.agent.batch_size,
+        min_size=config.agent.batch_size,
+    )
+    if check_memory:
+        check_replay_memory(
+            estimate_replay_bytes(train_config.buffer_size, env.obs_dim, env.num_actions)
+        )
+
+    update_metric_names = _update_metric_names(agent, env, hyper, config.agent.batch_size)
+    static = _Static(
+        env=env,
+        agent=agent,
+        replay=replay,
+        num_envs=train_config.num_envs,
+        warmup_iterations=train_config.warmup_iterations,
+        updates_per_step=train_config.updates_per_step,
+        update_metric_names=update_metric_names,
+    )
+    trace_counts = {"init": 0, "run_chunk": 0, "evaluate": 0}
+
+    def init(key: jax.Array, hyper: TrainHyperparams) -> TrainState:
+        trace_counts["init"] += 1
+        key_agent, key_reset, key_run = jax.random.split(key, 3)
+        agent_state = agent.init(key_agent, env.obs_dim, env.num_actions, hyper.agent)
+        obs, env_state = _reset_all(static, key_reset, hyper.env)
+        return TrainState(
+            agent=agent_state,
+            replay=replay.init(example_transition(env.obs_dim, env.num_actions)),
+            env_state=env_state,
+            obs=obs,
+            episode_return=jnp.zeros((train_config.num_envs,), jnp.float32),
+            iteration=jnp.zeros((), jnp.int32),
+            key=key_run,
+        )
+
+    def run_chunk(state: TrainState, hyper: TrainHyperparams):
+        trace_counts["run_chunk"] += 1
+
+        def body(state, _):
+            return train_iteration(static, state, hyper)
+
+        return jax.lax.scan(body, state, None, length=train_config.steps_per_chunk)
+
+    def evaluate(agent_state: AgentState, hyper: TrainHyperparams, key: jax.Array):
+        trace_counts["evaluate"] += 1
+        policy = make_agent_policy(agent, agent_state, hyper.agent)
+        return run_episodes(env, hyper.env, policy, key, train_config.eval_episodes)
+
+    return TrainProgram(
+        config=config,
+        env=env,
+        agent=agent,
+        replay=replay,
+        default_hyperparams=hyper,
+        update_metric_names=update_metric_names,
+        init=jax.jit(init),
+        run_chunk=jax.jit(run_chunk, donate_argnums=0),
+        evaluate=jax.jit(evaluate),
+        trace_counts=trace_counts,
+    )
+
+
+def _update_metric_names(
+    agent: Agent, env: DiffusionServiceEnv, hyper: TrainHyperparams, batch_size: int
+) -> tuple[str, ...]:
+    """Names of the metrics `agent.update` returns, found by abstract evaluation."""
+
+    def one_update(key):
+        agent_state = agent.init(key, env.obs_dim, env.num_actions, hyper.agent)
+        batch = jax.tree.map(
+            lambda leaf: jnp.zeros((batch_size,) + leaf.shape, leaf.dtype),
+            example_transition(env.obs_dim, env.num_actions),
+        )
+        return agent.update(agent_state, batch, key, hyper.agent)[1]
+
+    shapes = jax.eval_shape(one_update, jax.random.key(0))
+    return tuple(sorted(shapes))
+
+
+def state_to_checkpoint(state: TrainState) -> TrainState:
+    """Replace the typed PRNG key by its raw uint32 data, which orbax can store."""
+    return state.replace(key=jax.random.key_data(state.key))
+
+
+def state_from_checkpoint(state: TrainState) -> TrainState:
+    """Undo `state_to_checkpoint`."""
+    return state.replace(key=jax.random.wrap_key_data(jnp.asarray(state.key)))
+
+
+def find_nonfinite(metrics: dict[str, Any]) -> tuple[int, str, float] | None:
+    """Return (iteration, metric, value) of the first non-finite metric of a chunk, else None.
+
+    Args:
+        metrics: host arrays [steps_per_chunk] per name, as returned by `run_chunk`.
+    """
+    iterations = np.asarray(metrics["iteration"])
+    for index in range(iterations.shape[0]):
+        if float(metrics["params_finite"][index]) < 1.0:
+            return int(iterations[index]), "params_finite (an actor or critic parameter)", 0.0
+        for name, values in metrics.items():
+            value = float(np.asarray(values)[index])
+            if not math.isfinite(value):
+                return int(iterations[index]), name, value
+    return None
+
+
+def summarize_chunk(
+    metrics: dict[str, Any], update_metric_names: tuple[str, ...]
+) -> dict[str, float]:
+    """Reduce one chunk's metrics [steps_per_chunk] to floats for logging.
+
+    Update metrics average over the iterations that ran updates; `episode_return` averages
+    over finished episodes; the rest average over all iterations.
+    """
+    metrics = {name: np.asarray(values, np.float64) for name, values in metrics.items()}
+    updated = metrics["updated"] > 0
+    episodes = metrics["episodes_done"]
+    summary = {}
+    for name, values in metrics.items():
+        if name in ("iteration", "updated", "params_finite", "episodes_done"):
+            continue
+        if name == "episode_return":
+            total = episodes.sum()
+            summary[name] = float((values * episodes).sum() / total) if total else math.nan
+        elif name in update_metric_names:
+            summary[name] = float(values[updated].mean()) if updated.any() else math.nan
+        else:
+            summary[name] = float(values.mean())
+    summary["updates"] = float(updated.sum())
+    summary["episodes"] = float(episodes.sum())
+    return summary

@@ -1,0 +1,126 @@
+"""Train a DDPG or G-DDPG allocation policy on the diffusion service environment.
+
+Examples:
+    python scripts/train.py --num-envs 4096
+    python scripts/train.py --config configs/quick.yaml --algo ddpg --out runs/quick
+    python scripts/train.py --set hyper.actor_lr=3e-4 --set env.params.energy_weight=0.5
+    python scripts/train.py --resume runs/gddpg-seed0
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rlli_jax.config import load_config
+from rlli_jax.runner import NonFiniteError, load_run_config, run_training
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help=f"YAML config file (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--algo", choices=("ddpg", "gddpg"), help="sets agent.algo")
+    parser.add_argument("--num-envs", type=int, help="sets train.num_envs, parallel environments")
+    parser.add_argument(
+        "--total-env-steps", type=int, help="sets train.total_env_steps, over all environments"
+    )
+    parser.add_argument("--seed", type=int, help="sets train.seed")
+    parser.add_argument("--out", help="run directory (default: runs/<algo>-seed<seed>)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable), e.g. hyper.actor_lr=1e-4",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its newest checkpoint, with its saved config",
+    )
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace):
+    overrides = list(args.set)
+    for flag, key in (
+        ("algo", "agent.algo"),
+        ("num_envs", "train.num_envs"),
+        ("total_env_steps", "train.total_env_steps"),
+        ("seed", "train.seed"),
+    ):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.resume:
+        if overrides or args.config or args.out:
+            raise ValueError(
+                "--resume continues a run with its saved config; do not combine it with "
+                "--config, --out, --set or other overrides"
+            )
+        return load_run_config(args.resume)
+    return load_config(args.config or DEFAULT_CONFIG, overrides)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    run_dir = Path(args.resume or args.out or f"runs/{config.agent.algo}-seed{config.train.seed}")
+
+    progress = tqdm(
+        total=config.train.num_chunks * config.train.env_steps_per_chunk,
+        unit="step",
+        unit_scale=True,
+        disable=not config.logging.progress_bar,
+        desc=config.agent.algo,
+    )
+
+    def on_chunk(chunk):
+        progress.n = chunk.env_steps
+        progress.set_postfix(
+            steps_per_s=f"{chunk.env_steps_per_s:.0f}",
+            reward=f"{chunk.metrics['reward']:.3f}",
+            qoe=f"{chunk.metrics['qoe']:.3f}",
+        )
+        progress.refresh()
+
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    start = time.perf_counter()
+    try:
+        summary = run_training(config, run_dir, resume=bool(args.resume), on_chunk=on_chunk)
+    except (ValueError, NonFiniteError) as error:
+        progress.close()
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    progress.close()
+    summary.pop("final_state")
+    summary["wall_s"] = time.perf_counter() - start
+    print(json.dumps(_brief(summary), indent=2))
+    return 0
+
+
+def _brief(summary: dict) -> dict:
+    """Return the headline numbers of a summary: timings and mean QoE per policy."""
+    brief = {k: summary[k] for k in ("algo", "env_steps", "compile_s", "train_s", "wall_s")}
+    brief["env_steps_per_s"] = summary["env_steps_per_s"]
+    evaluation = summary.get("evaluation")
+    if evaluation:
+        brief["qoe"] = {"policy": evaluation["policy"]["qoe"]}
+        brief["reward"] = {"policy": evaluation["policy"]["reward"]}
+        for name, result in evaluation["baselines"].items():
+            brief["qoe"][name] = result["qoe"]
+            brief["reward"][name] = result["reward"]
+    return brief
+
+
+if __name__ == "__main__":
+    sys.exit(main())
