@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlli_jax.env.batched import step_batch
 from rlli_jax.env.service import DiffusionServiceEnv
 
 
@@ -104,7 +105,6 @@ def make_env_rollout(env: DiffusionServiceEnv, params, num_envs: int, num_steps:
     environments under a uniform random policy, the whole loop in one `lax.scan`."""
     action_dim = env.num_actions
     reset = jax.vmap(env.reset, in_axes=(0, None))
-    step = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
     def rollout(key):
         key_reset, key_loop = jax.random.split(key)
@@ -114,8 +114,8 @@ def make_env_rollout(env: DiffusionServiceEnv, params, num_envs: int, num_steps:
             state, reward_sum = carry
             key_action, key_step = jax.random.split(key_slot)
             action = jax.random.uniform(key_action, (num_envs, action_dim), minval=-1.0, maxval=1.0)
-            _, state, reward, _, _, _ = step(
-                jax.random.split(key_step, num_envs), state, action, params
+            _, state, reward, _, _, _ = step_batch(
+                env, jax.random.split(key_step, num_envs), state, action, params
             )
             return (state, reward_sum + jnp.sum(reward)), None
 
