@@ -186,3 +186,96 @@ def benchmark_numpy_reference(
         compile_s=0.0,
         times_s=tuple(times),
     )
+
+
+ACT_DIFFUSION_STEPS = (1, 3, 5, 10, 20)
+UPDATE_BATCH_SIZES = (256, 512, 1024)
+
+
+def _agent_for(algo: str, obs_dim: int, action_dim: int, **config_overrides):
+    from rlli_jax.agents.ddpg import AgentConfig, default_hyperparams, make_agent
+
+    agent = make_agent(AgentConfig(algo=algo, **config_overrides))
+    hyper = default_hyperparams(algo)
+    agent_state = agent.init(jax.random.key(0), obs_dim, action_dim, hyper)
+    return agent, agent_state, hyper
+
+
+def benchmark_act(
+    num_envs_list: list[int],
+    *,
+    num_calls: int,
+    repeats: int,
+    diffusion_steps: tuple[int, ...] = ACT_DIFFUSION_STEPS,
+    num_users: int = 8,
+) -> list[Measurement]:
+    """Measure policy actions per second (deterministic `act`) of the MLP actor and of the
+    diffusion actor at each number of denoising steps T, on service-environment shapes."""
+    env = DiffusionServiceEnv(num_users=num_users)
+    cases = [("ddpg", {}, "MLP actor")] + [
+        ("gddpg", {"diffusion_steps": steps}, f"diffusion actor T={steps}")
+        for steps in diffusion_steps
+    ]
+    measurements = []
+    for algo, overrides, label in cases:
+        agent, agent_state, hyper = _agent_for(algo, env.obs_dim, env.num_actions, **overrides)
+        for num_envs in num_envs_list:
+            obs = jax.random.normal(jax.random.key(1), (num_envs, env.obs_dim))
+
+            def act_many(agent_state, obs, key, agent=agent, hyper=hyper):
+                def body(total, key_call):
+                    action = agent.act(agent_state, obs, key_call, hyper, explore=False)
+                    return total + jnp.sum(action), None
+
+                total, _ = jax.lax.scan(body, jnp.float32(0.0), jax.random.split(key, num_calls))
+                return total
+
+            compile_s, times = time_compiled(
+                jax.jit(act_many), (agent_state, obs, jax.random.key(2)), repeats=repeats
+            )
+            measurements.append(
+                Measurement("act", label, num_envs, num_envs * num_calls, compile_s, times)
+            )
+    return measurements
+
+
+def benchmark_update(
+    *,
+    num_updates: int,
+    repeats: int,
+    batch_sizes: tuple[int, ...] = UPDATE_BATCH_SIZES,
+    num_users: int = 8,
+) -> list[Measurement]:
+    """Measure gradient steps per second of DDPG and G-DDPG (default T) at each batch size, on
+    service-environment shapes. `num_envs` in the records holds the batch size."""
+    from rlli_jax.agents.ddpg import Transition
+
+    env = DiffusionServiceEnv(num_users=num_users)
+    measurements = []
+    for algo in ("ddpg", "gddpg"):
+        agent, agent_state, hyper = _agent_for(algo, env.obs_dim, env.num_actions)
+        for batch_size in batch_sizes:
+            keys = jax.random.split(jax.random.key(3), 3)
+            batch = Transition(
+                obs=jax.random.normal(keys[0], (batch_size, env.obs_dim)),
+                action=jax.random.uniform(keys[1], (batch_size, env.num_actions), minval=-1),
+                reward=jax.random.normal(keys[2], (batch_size,)),
+                next_obs=jax.random.normal(keys[0], (batch_size, env.obs_dim)) + 0.1,
+                terminated=jnp.zeros((batch_size,)),
+            )
+
+            def update_many(agent_state, batch, key, agent=agent, hyper=hyper):
+                def body(agent_state, key_update):
+                    agent_state, metrics = agent.update(agent_state, batch, key_update, hyper)
+                    return agent_state, metrics["critic_loss"]
+
+                return jax.lax.scan(body, agent_state, jax.random.split(key, num_updates))
+
+            compile_s, times = time_compiled(
+                jax.jit(update_many), (agent_state, batch, jax.random.key(4)), repeats=repeats
+            )
+            label = f"{algo} update batch={batch_size}"
+            measurements.append(
+                Measurement("update", label, batch_size, num_updates, compile_s, times)
+            )
+    return measurements

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 DEFAULT_NUM_ENVS = [1, 64, 1024, 4096, 16384]
-SUITES = ("env",)
+SUITES = ("env", "act", "update")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -63,16 +63,26 @@ def print_table(records: list[dict]) -> None:
 
 
 def speed_ratios(records: list[dict]) -> dict[str, float]:
-    """Ratios measured in this run: JAX env steps/s at each num_envs over the NumPy reference."""
+    """Ratios measured in this run.
+
+    jax_env_<n>_over_numpy: JAX env steps/s at n envs over the NumPy reference's.
+    diffusion_T<t>_cost_over_mlp_<n>: time per action of the diffusion actor with t denoising
+    steps over the MLP actor's, at n envs.
+    """
+    ratios = {}
     reference = [r for r in records if r["case"].startswith("NumPy reference")]
-    if not reference:
-        return {}
-    numpy_rate = reference[0]["throughput_median"]
-    return {
-        f"jax_env_{r['num_envs']}_over_numpy": r["throughput_median"] / numpy_rate
-        for r in records
-        if r["suite"] == "env" and not r["case"].startswith("NumPy reference")
-    }
+    if reference:
+        numpy_rate = reference[0]["throughput_median"]
+        for r in records:
+            if r["suite"] == "env" and not r["case"].startswith("NumPy reference"):
+                ratios[f"jax_env_{r['num_envs']}_over_numpy"] = r["throughput_median"] / numpy_rate
+    mlp = {r["num_envs"]: r for r in records if r["suite"] == "act" and r["case"] == "MLP actor"}
+    for r in records:
+        if r["suite"] == "act" and r["case"].startswith("diffusion") and r["num_envs"] in mlp:
+            steps = r["case"].split("T=")[1]
+            name = f"diffusion_T{steps}_cost_over_mlp_{r['num_envs']}"
+            ratios[name] = mlp[r["num_envs"]]["throughput_median"] / r["throughput_median"]
+    return ratios
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -120,6 +130,14 @@ def main(argv: list[str]) -> int:
             benchmarking.benchmark_numpy_reference(
                 args.numpy_envs, num_steps=args.num_steps, repeats=args.repeats
             )
+        )
+    if "act" in args.suite:
+        measurements += benchmarking.benchmark_act(
+            args.num_envs, num_calls=args.num_steps, repeats=args.repeats
+        )
+    if "update" in args.suite:
+        measurements += benchmarking.benchmark_update(
+            num_updates=args.num_steps, repeats=args.repeats
         )
     records = [m.as_dict() for m in measurements]
     print_table(records)
