@@ -1,0 +1,240 @@
+"""Reward network: forward pass, distillation on a small dataset, checkpoints, shipped default."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlli_jax.qoe.collect import collect_ratings, sample_requests
+from rlli_jax.qoe.dataset import load_ratings
+from rlli_jax.qoe.distill import DistillConfig, distill, spearman
+from rlli_jax.qoe.model import default_qoe_model
+from rlli_jax.qoe.personas import sample_traits
+from rlli_jax.qoe.raters import SimulatorRater
+from rlli_jax.qoe.reward_net import (
+    CHECKPOINT_FORMAT_VERSION,
+    RewardNetQoE,
+    default_checkpoint_path,
+    load_reward_net,
+    save_reward_net,
+)
+from rlli_jax.qoe.simulator import simulated_mos
+
+PROMPTS = ("a red apple on a table", "a lemon on a table")
+SMALL_HIDDEN = (16, 16)
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ratings") / "ratings_simulated.jsonl"
+    collect_ratings(SimulatorRater(seed=0), sample_requests(0, range(1500), PROMPTS), path)
+    return load_ratings(path, strict=True)
+
+
+@pytest.fixture(scope="module")
+def small_result(small_dataset):
+    config = DistillConfig(hidden_sizes=SMALL_HIDDEN, max_epochs=60, patience=10, batch_size=128)
+    return distill(small_dataset, config)
+
+
+def test_forward_shapes_and_range():
+    model = RewardNetQoE(hidden_sizes=SMALL_HIDDEN)
+    params = model.init_params(jax.random.key(0))
+    traits = jax.random.uniform(jax.random.key(1), (3, 8, 5))
+    quality = jax.random.uniform(jax.random.key(2), (3, 8))
+    latency = jnp.exp(jax.random.uniform(jax.random.key(3), (3, 8), minval=-2, maxval=5))
+    mos = model(params, traits, quality, latency)
+    assert mos.shape == (3, 8)
+    assert float(mos.min()) >= 1.0
+    assert float(mos.max()) <= 5.0
+
+
+def test_forward_under_jit_and_vmap_over_params():
+    model = RewardNetQoE(hidden_sizes=SMALL_HIDDEN)
+    stacked = jax.vmap(model.init_params)(jax.random.split(jax.random.key(0), 4))
+    traits = jnp.full((8, 5), 0.5)
+    quality = jnp.linspace(0, 1, 8)
+    latency = jnp.full(8, 3.0)
+    mos = jax.jit(jax.vmap(model, in_axes=(0, None, None, None)))(stacked, traits, quality, latency)
+    assert mos.shape == (4, 8)
+    assert not np.allclose(mos[0], mos[1])
+
+
+def test_model_is_hashable_static():
+    assert hash(RewardNetQoE()) == hash(RewardNetQoE())
+    assert RewardNetQoE() == RewardNetQoE(hidden_sizes=[64, 64])
+    assert RewardNetQoE() != RewardNetQoE(hidden_sizes=(32,))
+
+
+@pytest.mark.parametrize("hidden_sizes", [(), (64, 0), (64, -1), (64, 2.5)])
+def test_model_rejects_bad_hidden_sizes(hidden_sizes):
+    with pytest.raises(ValueError, match="hidden_sizes must be a non-empty tuple"):
+        RewardNetQoE(hidden_sizes=hidden_sizes)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("learning_rate", 0.0, "learning_rate must be a finite number > 0"),
+        ("batch_size", 0, "batch_size must be a finite number > 0"),
+        ("validation_fraction", 1.0, r"validation_fraction must be in \(0, 1\)"),
+        ("weight_decay", -1e-3, "weight_decay must be >= 0"),
+        ("hidden_sizes", (8, 0), "hidden_sizes"),
+    ],
+)
+def test_distill_config_rejects_bad_value(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        DistillConfig(**{field: value})
+
+
+def test_distill_small_dataset_learns(small_result):
+    metrics = small_result.metrics
+    assert metrics["num_ratings"] == 300
+    # 1 500 noisy simulated ratings and a 16-16 network: a loose bar that training must clear.
+    assert metrics["mos_spearman"] > 0.85
+    assert metrics["mos_mae"] < 0.35
+    assert metrics["mae"] < metrics["rmse"] + 1e-9
+    losses = [entry["validation_loss"] for entry in small_result.history]
+    assert min(losses) < losses[0]
+    assert 1 <= small_result.best_epoch <= small_result.num_epochs <= 60
+
+
+def test_distill_deterministic(small_dataset):
+    config = DistillConfig(hidden_sizes=(8,), max_epochs=3, patience=3)
+    first = distill(small_dataset, config)
+    second = distill(small_dataset, config)
+    leaves = zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params), strict=True)
+    for a, b in leaves:
+        np.testing.assert_array_equal(a, b)
+
+
+def test_distill_early_stopping(small_dataset):
+    # A learning rate this large diverges or stalls, so patience must end training early.
+    config = DistillConfig(hidden_sizes=(8,), max_epochs=200, patience=3, learning_rate=5.0)
+    result = distill(small_dataset, config)
+    assert result.num_epochs < 200
+    assert result.num_epochs - result.best_epoch == 3
+
+
+def test_checkpoint_round_trip(small_result, tmp_path):
+    path = tmp_path / "reward_net"
+    save_reward_net(path, small_result.model, small_result.params, {"dataset_hash": "abc"})
+    model, params, metadata = load_reward_net(path)
+
+    assert model.hidden_sizes == SMALL_HIDDEN
+    assert metadata["dataset_hash"] == "abc"
+    assert metadata["format_version"] == CHECKPOINT_FORMAT_VERSION
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(small_result.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    traits = sample_traits(jax.random.key(0), 5)
+    quality = jnp.linspace(0.2, 1.0, 5)
+    latency = jnp.linspace(0.5, 40.0, 5)
+    np.testing.assert_allclose(
+        model(params, traits, quality, latency),
+        small_result.model(small_result.params, traits, quality, latency),
+        rtol=1e-6,
+    )
+    assert RewardNetQoE.from_checkpoint(path) == model
+    assert model.default_params()["input_std"].shape == (7,)
+
+
+def test_checkpoint_refuses_overwrite(small_result, tmp_path):
+    path = tmp_path / "reward_net"
+    save_reward_net(path, small_result.model, small_result.params)
+    with pytest.raises(ValueError, match="already exists"):
+        save_reward_net(path, small_result.model, small_result.params)
+    save_reward_net(path, small_result.model, small_result.params, overwrite=True)
+
+
+def test_save_rejects_params_of_other_shape(small_result, tmp_path):
+    with pytest.raises(ValueError, match=r"does not match hidden sizes \(64, 64\)"):
+        save_reward_net(tmp_path / "x", RewardNetQoE(), small_result.params)
+
+
+def rewrite_metadata(path, **changes) -> None:
+    metadata_file = path / "metadata" / "metadata"
+    document = json.loads(metadata_file.read_text())
+    document.update(changes)
+    metadata_file.write_text(json.dumps(document))
+
+
+def test_load_other_format_version(small_result, tmp_path):
+    path = tmp_path / "reward_net"
+    save_reward_net(path, small_result.model, small_result.params)
+    rewrite_metadata(path, format_version=CHECKPOINT_FORMAT_VERSION + 1)
+    with pytest.raises(ValueError, match="has format version 2, but this version") as error:
+        load_reward_net(path)
+    assert str(path) in str(error.value)
+
+
+def test_load_wrong_array_shape(small_result, tmp_path):
+    path = tmp_path / "reward_net"
+    save_reward_net(path, small_result.model, small_result.params)
+    # The metadata claims 32-wide layers while the stored arrays are 16 wide.
+    rewrite_metadata(path, hidden_sizes=[32, 32])
+    with pytest.raises(ValueError, match=r"has shape \(7, 16\), expected \(7, 32\)") as error:
+        load_reward_net(path)
+    assert str(path) in str(error.value)
+
+
+def test_load_other_hidden_sizes_than_expected(small_result, tmp_path):
+    path = tmp_path / "reward_net"
+    save_reward_net(path, small_result.model, small_result.params)
+    with pytest.raises(ValueError, match=r"has hidden sizes \(16, 16\), expected \(64, 64\)"):
+        load_reward_net(path, hidden_sizes=(64, 64))
+    with pytest.raises(ValueError, match=r"hidden sizes \(16, 16\), expected \(64, 64\)"):
+        RewardNetQoE(hidden_sizes=(64, 64), checkpoint=str(path)).default_params()
+
+
+def test_load_not_a_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="reward-net checkpoint not found"):
+        load_reward_net(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="is not a reward-net checkpoint"):
+        load_reward_net(tmp_path / "empty")
+
+
+def test_load_other_format_name(small_result, tmp_path):
+    path = tmp_path / "reward_net"
+    save_reward_net(path, small_result.model, small_result.params)
+    rewrite_metadata(path, format="something.else")
+    with pytest.raises(ValueError, match="metadata format is 'something.else'"):
+        load_reward_net(path)
+
+
+def test_default_qoe_model_is_shipped_reward_net():
+    model = default_qoe_model()
+    assert isinstance(model, RewardNetQoE)
+    params = model.default_params()
+    assert model.default_params() is params  # cached: loaded once per process
+    _, _, metadata = load_reward_net(default_checkpoint_path())
+    assert metadata["dataset_simulated"] is True
+    assert metadata["validation_metrics"]["mos_spearman"] >= 0.9
+
+
+def test_shipped_default_tracks_simulator_on_fresh_personas():
+    # Fresh personas and outcomes (not the shipped dataset's), spread as in the environment.
+    model = default_qoe_model()
+    key_traits, key_quality, key_latency = jax.random.split(jax.random.key(2024), 3)
+    traits = sample_traits(key_traits, 4000)
+    quality = jax.random.uniform(key_quality, (4000,))
+    latency = jnp.exp(
+        jax.random.uniform(key_latency, (4000,), minval=np.log(0.3), maxval=np.log(60))
+    )
+    predicted = np.asarray(model(model.default_params(), traits, quality, latency))
+    mos = np.asarray(simulated_mos(traits, quality, latency))
+    assert spearman(predicted, mos) >= 0.9
+    assert np.mean(np.abs(predicted - mos)) < 0.15
+
+
+def test_shipped_checkpoint_loads_from_copy(tmp_path):
+    # A copied checkpoint directory (as an installed wheel has it) loads the same parameters.
+    copy = tmp_path / "copy"
+    shutil.copytree(default_checkpoint_path(), copy)
+    _, copied, _ = load_reward_net(copy)
+    _, shipped, _ = load_reward_net(default_checkpoint_path())
+    for a, b in zip(jax.tree.leaves(copied), jax.tree.leaves(shipped), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
