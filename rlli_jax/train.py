@@ -90,10 +90,21 @@ def make_env(config: Config) -> DiffusionServiceEnv:
 def make_hyperparams(config: Config, env: DiffusionServiceEnv | None = None) -> TrainHyperparams:
     """Build the traced values of `config` (validated, as float32 leaves)."""
     env = make_env(config) if env is None else env
+    env_params = env.make_params(**config.env.param_overrides)
     return TrainHyperparams(
         agent=config.hyperparams,
-        env=env.make_params(**config.env.param_overrides),
+        env=jax.tree.map(_strongly_typed, env_params),
     )
+
+
+def _strongly_typed(leaf: Any) -> Any:
+    """Turn a Python float into a float32 array, so a jnp replacement value has the same
+    abstract type and does not retrace the program (Python floats trace as weak types)."""
+    if isinstance(leaf, float):
+        return jnp.asarray(leaf, jnp.float32)
+    if isinstance(leaf, int) and not isinstance(leaf, bool):
+        return jnp.asarray(leaf, jnp.int32)
+    return leaf
 
 
 def _select(condition: jax.Array, when_true: Any, when_false: Any) -> Any:

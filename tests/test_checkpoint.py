@@ -1,0 +1,98 @@
+"""Checkpoints: round trip, fallback past a corrupt checkpoint, partial writes ignored."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlli_jax.checkpoint import Checkpointer
+from rlli_jax.metrics import MetricsWriter, read_metrics
+
+
+def make_tree(offset: float):
+    return {
+        "params": {"w": jnp.arange(6.0).reshape(2, 3) + offset, "b": jnp.zeros(3) + offset},
+        "step": jnp.asarray(int(offset), jnp.int32),
+        "full": jnp.asarray(True),
+    }
+
+
+def test_round_trip(tmp_path):
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    checkpointer.save(3, make_tree(1.0), {"chunk": 3})
+    restored = checkpointer.restore_latest(make_tree(0.0))
+    assert restored.step == 3
+    assert restored.metadata == {"chunk": 3}
+    assert restored.skipped == ()
+    np.testing.assert_array_equal(restored.state["params"]["w"], make_tree(1.0)["params"]["w"])
+    assert int(restored.state["step"]) == 1
+
+
+def test_no_checkpoint_returns_none(tmp_path):
+    assert Checkpointer(tmp_path / "ckpt").restore_latest(make_tree(0.0)) is None
+
+
+def test_keeps_newest(tmp_path):
+    checkpointer = Checkpointer(tmp_path / "ckpt", max_to_keep=2)
+    for step in (1, 2, 3):
+        checkpointer.save(step, make_tree(float(step)), {"chunk": step})
+    assert checkpointer.all_steps() == [2, 3]
+
+
+def test_corrupt_latest_falls_back_to_previous(tmp_path):
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    checkpointer.save(1, make_tree(1.0), {"chunk": 1})
+    checkpointer.save(2, make_tree(2.0), {"chunk": 2})
+    # Damage every data file of step 2, as a disk error or a truncated copy would.
+    for path in (tmp_path / "ckpt" / "2" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    restored = checkpointer.restore_latest(make_tree(0.0))
+    assert restored.step == 1
+    assert [step for step, _ in restored.skipped] == [2]
+    assert int(restored.state["step"]) == 1
+
+
+def test_all_corrupt_raises(tmp_path):
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    checkpointer.save(1, make_tree(1.0), {"chunk": 1})
+    for path in (tmp_path / "ckpt" / "1").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="no checkpoint .* could be restored"):
+        checkpointer.restore_latest(make_tree(0.0))
+
+
+def test_unfinished_write_is_ignored(tmp_path):
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    checkpointer.save(1, make_tree(1.0), {"chunk": 1})
+    # What a process killed during a save leaves behind: orbax's temporary directory.
+    partial = tmp_path / "ckpt" / "2.orbax-checkpoint-tmp-12345"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "manifest.ocdbt").write_bytes(b"\x00" * 5)
+    reopened = Checkpointer(tmp_path / "ckpt")
+    assert reopened.all_steps() == [1]
+    assert reopened.restore_latest(make_tree(0.0)).step == 1
+
+
+def test_metrics_truncate_after_resume_point(tmp_path):
+    writer = MetricsWriter(tmp_path)
+    for step in (10, 20, 30):
+        writer.write({"reward": float(step)}, step)
+    writer.write({"qoe": 3.0}, 20, prefix="eval")
+    with (tmp_path / "metrics.jsonl").open("a") as stream:
+        stream.write('{"env_step": 40, "rew')  # a line cut short by a kill
+    writer.truncate_after(20)
+    assert [row["env_step"] for row in read_metrics(tmp_path)] == [10, 20]
+    assert [row["env_step"] for row in read_metrics(tmp_path, "eval")] == [20]
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].split(",")[:3] == ["env_step", "kind", "reward"]
+    assert len(csv_lines) == 3
+
+
+def test_metrics_write_nan_as_null(tmp_path):
+    writer = MetricsWriter(tmp_path)
+    writer.write({"critic_loss": float("nan")}, 1)
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert record["critic_loss"] is None

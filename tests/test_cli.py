@@ -1,0 +1,193 @@
+"""Command-line scripts: bad input fails before compiling; kill -9 and resume is bit-identical."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+import train as train_script  # noqa: E402  (scripts/train.py)
+
+TINY_SETTINGS = [
+    "env.num_users=3",
+    "env.horizon=4",
+    "agent.algo=ddpg",
+    "agent.actor_hidden_sizes=[16]",
+    "agent.critic_hidden_sizes=[16]",
+    "agent.batch_size=8",
+    "train.num_envs=4",
+    "train.steps_per_chunk=4",
+    "train.warmup_env_steps=8",
+    "train.buffer_size=256",
+    "train.updates_per_step=2",
+    "train.checkpoint_every_chunks=2",
+    "logging.progress_bar=false",
+]
+
+
+def tiny_args(total_env_steps: int, eval_episodes: int = 0) -> list[str]:
+    args = [f"--set={setting}" for setting in TINY_SETTINGS]
+    args += [f"--set=train.eval_episodes={eval_episodes}"]
+    return args + ["--total-env-steps", str(total_env_steps)]
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--num-envs", "0"], "invalid train.num_envs = 0: must be >= 1"),
+        (["--set", "hyper.tau=5"], r"invalid hyper.tau = 5.0: must lie in \(0, 1\]"),
+        (["--set", "agent.hidden=3"], "unknown key 'agent.hidden'"),
+        (["--set", "env.params.bandwidth_hz=-1"], "bandwidth_hz = -1.0 is invalid"),
+        (["--config", "absent.yaml"], "not found"),
+        (["--resume", "somewhere", "--seed", "3"], "do not combine"),
+    ],
+)
+def test_bad_value_fails_before_compiling(argv, match, tmp_path, capsys, monkeypatch):
+    def fail_if_called(*args, **kwargs):
+        raise AssertionError("training started despite an invalid config")
+
+    monkeypatch.setattr(train_script, "run_training", fail_if_called)
+    code = train_script.main(argv + ["--out", str(tmp_path / "run")])
+    assert code == 2
+    assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_algo_rejected_by_argparse(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.parse_args(["--algo", "ppo"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'ppo'" in capsys.readouterr().err
+
+
+def _run_script(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train.py"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _subprocess_env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    # Later processes reuse the first one's compiled programs.
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "jax_cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    return env
+
+
+def _final_state(run_dir: Path):
+    from rlli_jax.checkpoint import Checkpointer
+    from rlli_jax.runner import CHECKPOINT_DIR, load_run_config, restore_train_state
+    from rlli_jax.train import make_train
+
+    program = make_train(load_run_config(run_dir))
+    restored = restore_train_state(program, Checkpointer(run_dir / CHECKPOINT_DIR))
+    return restored
+
+
+@pytest.mark.slow
+def test_kill_and_resume_is_bit_identical(tmp_path):
+    env = _subprocess_env(tmp_path)
+    total = 4 * 4 * 60  # 60 chunks of 4 environments x 4 steps
+    straight = tmp_path / "straight"
+    result = _run_script(tiny_args(total) + ["--out", str(straight)], env)
+    assert result.returncode == 0, result.stderr
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "train.py"),
+            *tiny_args(total),
+            "--out",
+            str(killed),
+        ],  # fmt: skip
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoints = killed / "checkpoints"
+    deadline = time.monotonic() + 300
+    # Kill once at least two checkpoints exist, while later chunks are running.
+    while time.monotonic() < deadline and process.poll() is None:
+        steps = (
+            [p for p in checkpoints.glob("*") if p.name.isdigit()] if checkpoints.exists() else []
+        )
+        if len(steps) >= 2:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "summary.json").exists()
+
+    resumed = _run_script(["--resume", str(killed)], env)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["resumed_from"]["chunk"] >= 2
+
+    state_straight, meta_straight = _final_state(straight)
+    state_resumed, meta_resumed = _final_state(killed)
+    assert meta_straight["chunk"] == meta_resumed["chunk"] == 60
+    for a, b in zip(
+        jax.tree.leaves(state_straight.agent), jax.tree.leaves(state_resumed.agent), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["env_step"] for row in rows if row["kind"] == "train"]
+    assert steps == sorted(set(steps)), "a chunk was logged twice after the resume"
+
+
+@pytest.mark.slow
+def test_train_evaluate_plot_end_to_end(tmp_path):
+    env = _subprocess_env(tmp_path)
+    run_dir = tmp_path / "run"
+    result = _run_script(tiny_args(128, eval_episodes=8) + ["--out", str(run_dir)], env)
+    assert result.returncode == 0, result.stderr
+    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "curves.png"):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    evaluation = summary["evaluation"]
+    assert set(evaluation["baselines"]) == {"random", "equal_split", "greedy"}
+    for result_of_policy in [evaluation["policy"], *evaluation["baselines"].values()]:
+        for name in ("qoe", "reward", "energy_j", "latency_s", "quality", "shared_steps"):
+            assert np.isfinite(result_of_policy[name]), name
+
+    evaluated = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "evaluate.py"), "--run", str(run_dir)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["policy"]["qoe"] == pytest.approx(
+        evaluation["policy"]["qoe"]
+    )
+
+    plotted = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "plot.py"), str(run_dir), "--out",
+         str(tmp_path / "curves.png")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert plotted.returncode == 0, plotted.stderr
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_existing_run_dir_requires_resume(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("{}\n")
+    code = train_script.main(tiny_args(64) + ["--out", str(tmp_path)])
+    assert code == 1
+    assert "already holds a run" in capsys.readouterr().err

@@ -1,0 +1,171 @@
+"""Config loading: every shipped YAML loads, bad keys and values raise before compiling."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlli_jax.config import Config, apply_overrides, load_config, parse_override, save_config
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_config_loads(path):
+    config = load_config(path)
+    assert isinstance(config, Config)
+    assert config.train.num_chunks >= 1
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_config_comments_every_key(path):
+    # Every line that sets a key carries a comment, on the line or the line above.
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or ":" not in stripped:
+            continue
+        has_comment = "#" in line or (number > 0 and lines[number - 1].strip().startswith("#"))
+        assert has_comment, f"{path.name}:{number + 1} has no comment: {line!r}"
+
+
+def test_paper_config_values():
+    config = load_config(CONFIG_DIR / "paper.yaml")
+    assert config.agent.diffusion_steps == 5
+    assert config.agent.actor_hidden_sizes == (256, 256)
+    assert config.agent.critic_hidden_sizes == (256, 256)
+    assert config.agent.batch_size == 512
+    hyper = config.hyper.resolve(config.agent.algo)
+    assert hyper["actor_lr"] == pytest.approx(1e-4)
+    assert hyper["critic_lr"] == pytest.approx(1e-4)
+    assert hyper["tau"] == pytest.approx(0.005)
+    assert hyper["exploration_std"] == pytest.approx(0.1)
+
+
+def test_defaults_without_file():
+    config = load_config()
+    assert config == Config()
+
+
+def test_override_sets_values():
+    config = load_config(
+        overrides=[
+            "train.num_envs=128",
+            "hyper.actor_lr=3e-4",
+            "agent.critic_hidden_sizes=[64, 32]",
+            "env.params.energy_weight=0.5",
+            "logging.tensorboard=true",
+        ]
+    )
+    assert config.train.num_envs == 128
+    assert config.hyper.actor_lr == pytest.approx(3e-4)
+    assert config.agent.critic_hidden_sizes == (64, 32)
+    assert config.env.param_overrides == {"energy_weight": 0.5}
+    assert config.logging.tensorboard is True
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    # PyYAML reads 1e-4 as a string; the loader still takes it as a float.
+    path = tmp_path / "c.yaml"
+    path.write_text("hyper:\n  actor_lr: 1e-4\ntrain:\n  total_env_steps: 1e6\n")
+    config = load_config(path)
+    assert config.hyper.actor_lr == pytest.approx(1e-4)
+    assert config.train.total_env_steps == 1_000_000
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.num_env=3", r"unknown key 'train\.num_env' \(did you mean 'num_envs'\?\)"),
+        ("trian.num_envs=3", r"unknown key 'trian'"),
+        ("env.params.energy_wieght=1", r"unknown key 'env\.params\.energy_wieght'"),
+        ("train.num_envs=1.5", r"invalid train\.num_envs = 1\.5: expected an integer"),
+        ("train.num_envs=0", r"invalid train\.num_envs = 0: must be >= 1"),
+        ("train.num_envs=many", r"invalid train\.num_envs = 'many'"),
+        ("hyper.tau=2", r"invalid hyper\.tau = 2\.0: must lie in \(0, 1\]"),
+        ("hyper.gamma=1", r"invalid hyper\.gamma = 1\.0: must lie in \[0, 1\)"),
+        ("hyper.actor_lr=-1", r"invalid hyper\.actor_lr = -1\.0: must be > 0"),
+        ("hyper.actor_lr=.nan", r"invalid hyper\.actor_lr = nan"),
+        ("agent.algo=ppo", r"invalid agent\.algo = 'ppo'"),
+        ("agent.batch_size=0", r"invalid agent\.batch_size = 0"),
+        ("agent.actor_hidden_sizes=64", r"invalid agent\.actor_hidden_sizes = 64: expected a list"),
+        ("agent.actor_hidden_sizes=[64, x]", r"invalid agent\.actor_hidden_sizes\[1\]"),
+        ("env.params.energy_weight=-1", r"energy_weight = -1\.0 is invalid"),
+        ("env.num_users=0", r"invalid env\.num_users = 0"),
+        ("logging.tensorboard=1", r"invalid logging\.tensorboard = 1: expected true or false"),
+        ("train.buffer_size=10", r"invalid train\.buffer_size = 10: must be >= train\.num_envs"),
+        ("agent.batch_size=1000000", r"invalid agent\.batch_size = 1000000: must be <="),
+        ("train", r"invalid override 'train': expected section\.key=value"),
+    ],
+)
+def test_bad_override_raises(override, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(overrides=[override])
+
+
+def test_unknown_key_in_file_names_file_and_path(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("agent:\n  hiden_sizes: [4]\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*unknown key 'agent\.hiden_sizes'"):
+        load_config(path)
+
+
+def test_missing_file_raises(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_section_not_mapping_raises(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: 3\n")
+    with pytest.raises(ValueError, match="section train must be a mapping"):
+        load_config(path)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    config = load_config(overrides=["env.params.energy_weight=0.5", "agent.algo=ddpg"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_derived_values():
+    config = load_config(
+        overrides=[
+            "train.num_envs=10",
+            "train.steps_per_chunk=4",
+            "train.total_env_steps=95",
+            "train.warmup_env_steps=25",
+            "train.updates_per_step=2",
+        ]
+    )
+    # 95 steps round up to 3 chunks of 10 * 4 = 40 steps: 12 iterations, 3 of them warmup.
+    assert config.train.env_steps_per_chunk == 40
+    assert config.train.num_chunks == 3
+    assert config.train.num_iterations == 12
+    assert config.train.warmup_iterations == 3
+    assert config.train.num_updates == 18
+
+
+def test_null_hyperparameter_takes_algo_default():
+    ddpg = load_config(overrides=["agent.algo=ddpg"]).hyper.resolve("ddpg")
+    assert load_config(overrides=["agent.algo=ddpg", "hyper.actor_lr=null"]).hyper.actor_lr is None
+    assert ddpg["actor_lr"] > 0
+
+
+def test_parse_override_nested_path():
+    keys, value = parse_override("env.params.energy_weight=0.5")
+    assert keys == ["env", "params", "energy_weight"]
+    assert value == 0.5
+    data = apply_overrides({"env": {"num_users": 4}}, ["env.params.energy_weight=0.5"])
+    assert data == {"env": {"num_users": 4, "params": {"energy_weight": 0.5}}}
+
+
+def test_config_is_frozen():
+    config = Config()
+    with pytest.raises(AttributeError):
+        config.train.num_envs = 3  # type: ignore[misc]
+
+
+def test_to_dict_is_plain_yaml():
+    text = yaml.safe_dump(Config().to_dict())
+    assert "!!python" not in text

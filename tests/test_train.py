@@ -1,0 +1,184 @@
+"""Training program: one trace per static config, determinism, resume, non-finite detection."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlli_jax.checkpoint import Checkpointer
+from rlli_jax.config import load_config
+from rlli_jax.runner import restore_train_state, train_key
+from rlli_jax.train import (
+    TrainHyperparams,
+    find_nonfinite,
+    make_train,
+    state_to_checkpoint,
+    summarize_chunk,
+)
+
+TINY_OVERRIDES = [
+    "env.num_users=3",
+    "env.horizon=4",
+    "agent.algo=ddpg",
+    "agent.actor_hidden_sizes=[16]",
+    "agent.critic_hidden_sizes=[16]",
+    "agent.batch_size=8",
+    "train.num_envs=4",
+    "train.steps_per_chunk=4",
+    "train.total_env_steps=64",
+    "train.warmup_env_steps=8",
+    "train.buffer_size=64",
+    "train.updates_per_step=2",
+    "train.eval_episodes=4",
+]
+
+
+@pytest.fixture(scope="module")
+def program():
+    return make_train(load_config(overrides=TINY_OVERRIDES))
+
+
+def run_chunks(program, key, num_chunks, hyper=None):
+    hyper = program.default_hyperparams if hyper is None else hyper
+    state = program.init(key, hyper)
+    metrics = []
+    for _ in range(num_chunks):
+        state, chunk_metrics = program.run_chunk(state, hyper)
+        metrics.append(jax.device_get(chunk_metrics))
+    return state, metrics
+
+
+def leaves_equal(tree_a, tree_b) -> bool:
+    return all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), strict=True)
+    )
+
+
+def scaled_hyper(hyper: TrainHyperparams, **agent_values) -> TrainHyperparams:
+    values = {name: jnp.asarray(value, jnp.float32) for name, value in agent_values.items()}
+    return hyper.replace(agent=hyper.agent.replace(**values))
+
+
+def test_run_chunk_traces_once(program):
+    before = program.trace_counts["run_chunk"]
+    state, _ = run_chunks(program, train_key(0), 3)
+    # A new traced value (learning rate, lambda_E) reuses the compiled chunk.
+    hyper = scaled_hyper(program.default_hyperparams, actor_lr=3e-3, gamma=0.5)
+    hyper = hyper.replace(env=hyper.env.replace(energy_weight=jnp.asarray(0.7, jnp.float32)))
+    program.run_chunk(state, hyper)
+    assert program.trace_counts["run_chunk"] - before <= 1
+    assert program.trace_counts["run_chunk"] == 1
+
+
+def test_chunk_metrics_shapes_and_updates(program):
+    _, metrics = run_chunks(program, train_key(0), 4)
+    steps_per_chunk = program.config.train.steps_per_chunk
+    for name, values in metrics[0].items():
+        assert np.shape(values) == (steps_per_chunk,), name
+    # Warmup is 8 env steps = 2 iterations of 4 envs; updates start at iteration 2.
+    updated = np.concatenate([m["updated"] for m in metrics])
+    assert updated[:2].sum() == 0
+    assert updated[2:].all()
+    iterations = np.concatenate([m["iteration"] for m in metrics])
+    np.testing.assert_array_equal(iterations, np.arange(16))
+
+
+def test_same_seed_reproduces(program):
+    state_a, _ = run_chunks(program, train_key(0), 2)
+    state_b, _ = run_chunks(program, train_key(0), 2)
+    assert leaves_equal(state_a.agent.actor_params, state_b.agent.actor_params)
+    assert leaves_equal(state_a.agent.critic_params, state_b.agent.critic_params)
+
+
+def test_different_seeds_differ(program):
+    state_a, _ = run_chunks(program, train_key(0), 2)
+    state_b, _ = run_chunks(program, train_key(1), 2)
+    assert not leaves_equal(state_a.agent.actor_params, state_b.agent.actor_params)
+
+
+def test_resume_from_checkpoint_is_bit_identical(program, tmp_path):
+    straight, _ = run_chunks(program, train_key(0), 4)
+
+    hyper = program.default_hyperparams
+    first_half, _ = run_chunks(program, train_key(0), 2)
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    checkpointer.save(2, state_to_checkpoint(first_half), {"chunk": 2, "env_steps": 32})
+    restored, metadata = restore_train_state(program, checkpointer)
+    assert metadata["chunk"] == 2
+    state = restored
+    for _ in range(2):
+        state, _ = program.run_chunk(state, hyper)
+    assert leaves_equal(state.agent, straight.agent)
+    assert leaves_equal(state.replay, straight.replay)
+    assert leaves_equal(jax.random.key_data(state.key), jax.random.key_data(straight.key))
+
+
+def test_diverging_critic_is_reported(program):
+    # A huge critic step size drives the critic to infinity within a few updates.
+    hyper = scaled_hyper(program.default_hyperparams, critic_lr=1e30, actor_lr=1e30)
+    _, metrics = run_chunks(program, train_key(0), 4, hyper)
+    found = [find_nonfinite(chunk) for chunk in metrics]
+    first = next(item for item in found if item is not None)
+    iteration, name, _ = first
+    assert iteration >= 2  # no update runs during warmup
+    assert name
+
+
+def test_train_matches_chunked_run(program):
+    final_state, metrics = jax.jit(program.train)(train_key(0))
+    chunked, _ = run_chunks(program, train_key(0), program.num_chunks)
+    assert metrics["reward"].shape == (program.num_chunks, program.config.train.steps_per_chunk)
+    assert int(final_state.iteration) == program.config.train.num_iterations
+    # Same computation; XLA may fuse the single program differently, so allow rounding.
+    for a, b in zip(
+        jax.tree.leaves(final_state.agent.actor_params),
+        jax.tree.leaves(chunked.agent.actor_params),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_evaluate_reports_episode_metrics(program):
+    state, _ = run_chunks(program, train_key(0), 1)
+    per_episode = program.evaluate(state.agent, program.default_hyperparams, jax.random.key(3))
+    for name in ("qoe", "reward", "energy_j", "latency_s", "quality", "shared_steps"):
+        values = np.asarray(per_episode[name])
+        assert values.shape == (program.config.train.eval_episodes,), name
+        assert np.all(np.isfinite(values)), name
+    assert np.all((np.asarray(per_episode["qoe"]) >= 1) & (np.asarray(per_episode["qoe"]) <= 5))
+
+
+def test_find_nonfinite_names_first_step_and_metric():
+    metrics = {
+        "iteration": np.array([10, 11, 12]),
+        "params_finite": np.array([1.0, 1.0, 1.0]),
+        "critic_loss": np.array([1.0, np.inf, np.nan]),
+        "reward": np.array([0.0, 0.0, np.nan]),
+    }
+    assert find_nonfinite(metrics) == (11, "critic_loss", math.inf)
+    metrics["critic_loss"] = np.ones(3)
+    metrics["reward"] = np.ones(3)
+    assert find_nonfinite(metrics) is None
+    metrics["params_finite"] = np.array([1.0, 0.0, 1.0])
+    assert find_nonfinite(metrics)[:2] == (11, "params_finite (an actor or critic parameter)")
+
+
+def test_summarize_chunk_averages_by_kind():
+    metrics = {
+        "iteration": np.arange(4),
+        "params_finite": np.ones(4),
+        "updated": np.array([0.0, 0.0, 1.0, 1.0]),
+        "critic_loss": np.array([0.0, 0.0, 2.0, 4.0]),
+        "episodes_done": np.array([0.0, 2.0, 0.0, 1.0]),
+        "episode_return": np.array([0.0, 3.0, 0.0, 6.0]),
+        "reward": np.array([1.0, 2.0, 3.0, 4.0]),
+    }
+    summary = summarize_chunk(metrics, ("critic_loss",))
+    assert summary["critic_loss"] == pytest.approx(3.0)  # mean over the 2 updating steps
+    assert summary["episode_return"] == pytest.approx(4.0)  # (2 * 3 + 1 * 6) / 3 episodes
+    assert summary["reward"] == pytest.approx(2.5)
+    assert summary["updates"] == 2.0
+    assert summary["episodes"] == 3.0
