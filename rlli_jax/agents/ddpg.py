@@ -319,8 +319,8 @@ def make_agent(config: AgentConfig) -> Agent:
             "actor_loss": actor_loss,
             "q_mean": jnp.mean(0.5 * (q1 + q2)),
             "target_q_mean": jnp.mean(target),
-            "critic_grad_norm": optax.global_norm(critic_grads),
-            "actor_grad_norm": optax.global_norm(actor_grads),
+            "critic_grad_norm": optax.tree.norm(critic_grads),
+            "actor_grad_norm": optax.tree.norm(actor_grads),
         }
         return new_state, metrics
 
