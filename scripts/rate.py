@@ -27,8 +27,8 @@ from rlli_jax.qoe.collect import (
 from rlli_jax.qoe.openai_rater import RESPONSE_FORMATS
 from rlli_jax.qoe.raters import BACKENDS, make_rater
 
-# Requests sampled and handed to the rater at a time; a Ctrl-C loses at most the unfinished
-# requests of one chunk, which the next run sends again.
+# Requests sampled and handed to the rater at a time. A Ctrl-C loses at most the unfinished
+# requests of one chunk, and the next run sends them again.
 CHUNK_SIZE = 256
 
 
@@ -65,7 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         'server to {"rating": 1-5}, none is for servers that reject the field',
     )
     parser.add_argument(
-        "--max-tokens", type=int, default=32, help="openai: max tokens of each answer"
+        "--max-tokens",
+        type=int,
+        default=32,
+        help="openai: max tokens the model may generate per rating",
     )
     parser.add_argument(
         "--merge-system-message",

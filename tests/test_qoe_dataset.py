@@ -214,8 +214,10 @@ def test_sample_requests_within_ranges():
     requests = sample_requests(0, range(300), PROMPTS, ranges)
     quality = np.array([r.quality for r in requests])
     latency = np.array([r.latency_s for r in requests])
-    assert quality.min() >= 0.2 and quality.max() <= 0.9
-    assert latency.min() >= 0.5 and latency.max() <= 20
+    assert quality.min() >= 0.2
+    assert quality.max() <= 0.9
+    assert latency.min() >= 0.5
+    assert latency.max() <= 20
     # Log-uniform latency: about half the requests below the geometric mid-point.
     below = np.mean(latency < math.sqrt(0.5 * 20))
     assert 0.4 < below < 0.6
@@ -318,3 +320,21 @@ def test_shipped_dataset_valid():
     assert dataset.num_failed == 0
     assert dataset.template_hashes == (template_hash(),)
     assert set(np.unique(dataset.ratings)) == {1.0, 2.0, 3.0, 4.0, 5.0}
+
+
+def test_summary_of_simulated_ratings(tmp_path):
+    from rlli_jax.qoe.summary import summarise_ratings
+
+    path = tmp_path / "ratings.jsonl"
+    collect_ratings(SimulatorRater(seed=0), sample_requests(0, range(400), PROMPTS), path)
+    summary = summarise_ratings(load_ratings(path))
+
+    assert summary["num_ratings"] == 400
+    assert summary["parse_rate"] == 1.0
+    assert sum(summary["histogram"].values()) == 400
+    assert sum(row["num_ratings"] for row in summary["by_quality"]) == 400
+    assert sum(row["num_ratings"] for row in summary["by_latency"]) == 400
+    # The simulated persona likes quality and dislikes waiting.
+    assert summary["spearman_quality"] > 0.2
+    assert summary["spearman_log_latency"] < -0.4
+    assert summary["spearman_simulator"] > 0.8

@@ -1,6 +1,6 @@
 """The `openai` rater backend against a local OpenAI-compatible server on 127.0.0.1.
 
-The server decides how to answer from a `mode=...` marker in the prompt text: well-formed,
+The server decides how to respond from a `mode=...` marker in the prompt text: well-formed,
 fenced, prose, out of range, malformed envelope, slow, 429 and 500 responses.
 """
 
@@ -172,7 +172,7 @@ def make_test_rater(server, **overrides) -> OpenAIRater:
     return OpenAIRater(**options)
 
 
-def test_well_formed_answers(server):
+def test_well_formed_replies(server):
     rater = make_test_rater(server)
     results = rater.rate([make_request("ok:1"), make_request("ok:5"), make_request("fenced")])
     assert [r.rating for r in results] == [1, 5, 5]
@@ -215,19 +215,19 @@ def test_response_format_schemas(server):
 @pytest.mark.parametrize(
     ("mode", "error", "raw_text"),
     [
-        ("prose", "unparsable answer: answer is not valid JSON", "I'd give it a 4 out of 5."),
-        ("range", r"unparsable answer: \"rating\" must be in \[1, 5\], got 9", '{"rating": 9}'),
+        ("prose", "unparsable reply: reply is not valid JSON", "I'd give it a 4 out of 5."),
+        ("range", r"unparsable reply: \"rating\" must be in \[1, 5\], got 9", '{"rating": 9}'),
         ("envelope", "response is not a chat completion", "<html>gateway says hi</html>"),
         ("nocontent", "response is not a chat completion", '{"choices": []}'),
     ],
 )
-def test_unparsable_answer_is_failure_with_raw_text(server, mode, error, raw_text):
+def test_unparsable_reply_stored_as_failure(server, mode, error, raw_text):
     (result,) = make_test_rater(server).rate([make_request(mode)])
     assert not result.ok
     assert result.rating is None
     assert re.search(error, result.error)
     assert result.raw_text == raw_text
-    # A malformed answer is not retried: asking again would bias the ratings.
+    # A malformed reply is not retried, because asking again would bias the ratings.
     assert server.calls[f"{mode}/0"] == 1
 
 
@@ -343,7 +343,7 @@ def test_failures_stored_with_raw_text(server, tmp_path):
     assert record["status"] == "failed"
     assert record["rating"] is None
     assert record["raw_text"] == "I'd give it a 4 out of 5."
-    assert record["error"].startswith("unparsable answer")
+    assert record["error"].startswith("unparsable reply")
     assert record["simulated"] is False
     assert record["rater"] == {"backend": "openai", "model": "test-model"}
 

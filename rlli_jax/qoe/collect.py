@@ -30,9 +30,9 @@ SAMPLE_CHUNK_SIZE = 1024
 class OutcomeRanges:
     """Ranges of the sampled service outcomes.
 
-    The defaults span what the service environment produces: quality q in [0, 1], and latency
-    from about 0.3 s (few steps, a large GPU share, a fast link) to about 60 s (50 steps at a
-    1/8 GPU share of 40 steps/s plus a slow downlink). Latency is log-uniform, because ratings
+    The defaults span what the service environment produces. Quality q is in [0, 1]. Latency
+    runs from about 0.3 s (few steps, a large GPU share, a fast link) to about 60 s (50 steps at
+    a 1/8 GPU share of 40 steps/s plus a slow downlink). Latency is log-uniform, because ratings
     depend on its logarithm.
     """
 

@@ -15,7 +15,7 @@ One JSON object per line (files ending in .gz are gzip-compressed):
     template_hash     str    SHA-256 of the rating template
     timestamp         str    ISO 8601 time (UTC) the rating was received
     error             str    why the request failed; null when "ok"
-    raw_text          str    the rater's answer as received, or null (the simulator has none)
+    raw_text          str    the rater's reply as received, or null (the simulator has none)
 
 The dataset hash is the SHA-256 of the uncompressed file bytes, so a gzip copy hashes the same as
 the plain file.

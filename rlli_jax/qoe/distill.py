@@ -2,11 +2,12 @@
 
 The dataset is split once into training and validation ratings. Inputs are normalised with the
 training mean and standard deviation (stored in the parameters). Training runs whole epochs
-under `jit` (a `lax.scan` over shuffled minibatches) and stops early when the validation loss
-has not improved for `patience` epochs; the best epoch's parameters are returned.
+under `jit` (a `lax.scan` over shuffled minibatches). It stops early when the validation loss
+has not improved for `patience` epochs, and returns the best epoch's parameters.
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -142,33 +143,40 @@ def evaluate(
     return metrics
 
 
-def _make_train_epoch(model: RewardNetQoE, optimizer, batch_size: int):
-    def loss_fn(params, inputs, ratings):
-        normalised = (inputs - params["input_mean"]) / params["input_std"]
-        predicted = model.network.apply({"params": params["network"]}, normalised)
+@functools.lru_cache(maxsize=8)
+def _make_train_functions(
+    hidden_sizes: tuple[int, ...], learning_rate: float, weight_decay: float, batch_size: int
+):
+    """Build the optimizer and the jitted epoch and loss functions, cached so repeated
+    distillations with the same settings compile once."""
+    model = RewardNetQoE(hidden_sizes=hidden_sizes)
+    optimizer = optax.adamw(learning_rate, weight_decay=weight_decay)
+
+    # Only the network is optimised. The normalisation is fixed from the training data and kept
+    # out of the optimizer, because AdamW's weight decay would shrink it.
+    def loss_fn(network, input_mean, input_std, inputs, ratings):
+        normalised = (inputs - input_mean) / input_std
+        predicted = model.network.apply({"params": network}, normalised)
         return jnp.mean((predicted - ratings) ** 2)
 
-    def train_step(carry, batch):
-        params, opt_state = carry
-        loss, grads = jax.value_and_grad(loss_fn)(params, *batch)
-        # The normalisation is fixed from the training data, not learned.
-        grads = {**grads, "input_mean": jnp.zeros_like(grads["input_mean"])}
-        grads = {**grads, "input_std": jnp.zeros_like(grads["input_std"])}
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
     @jax.jit
-    def train_epoch(params, opt_state, key, inputs, ratings):
+    def train_epoch(network, opt_state, key, input_mean, input_std, inputs, ratings):
+        def train_step(carry, batch):
+            network, opt_state = carry
+            loss, grads = jax.value_and_grad(loss_fn)(network, input_mean, input_std, *batch)
+            updates, opt_state = optimizer.update(grads, opt_state, network)
+            return (optax.apply_updates(network, updates), opt_state), loss
+
         num_batches = inputs.shape[0] // batch_size
         order = jax.random.permutation(key, inputs.shape[0])[: num_batches * batch_size]
         batches = (
             inputs[order].reshape(num_batches, batch_size, -1),  # [num_batches, batch, 7]
             ratings[order].reshape(num_batches, batch_size),  # [num_batches, batch]
         )
-        (params, opt_state), losses = jax.lax.scan(train_step, (params, opt_state), batches)
-        return params, opt_state, jnp.mean(losses)
+        (network, opt_state), losses = jax.lax.scan(train_step, (network, opt_state), batches)
+        return network, opt_state, jnp.mean(losses)
 
-    return train_epoch, jax.jit(loss_fn)
+    return optimizer, train_epoch, jax.jit(loss_fn)
 
 
 def distill(
@@ -193,23 +201,28 @@ def distill(
     input_std = np.maximum(train.inputs.std(axis=0), MIN_INPUT_STD)
     key_init, key_shuffle = jax.random.split(jax.random.key(config.seed + 1))
     params = model.init_params(key_init, input_mean, input_std)
-    optimizer = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
-    opt_state = optimizer.init(params)
-    train_epoch, loss_fn = _make_train_epoch(model, optimizer, batch_size)
+    optimizer, train_epoch, loss_fn = _make_train_functions(
+        config.hidden_sizes, config.learning_rate, config.weight_decay, batch_size
+    )
+    input_mean, input_std = params["input_mean"], params["input_std"]
+    network = params["network"]
+    opt_state = optimizer.init(network)
 
     train_inputs, train_ratings = jnp.asarray(train.inputs), jnp.asarray(train.ratings)
     validation_inputs = jnp.asarray(validation.inputs)
     validation_ratings = jnp.asarray(validation.ratings)
-    best_params, best_loss, best_epoch = params, math.inf, 0
+    best_network, best_loss, best_epoch = network, math.inf, 0
     history = []
     for epoch in range(1, config.max_epochs + 1):
         key_epoch = jax.random.fold_in(key_shuffle, epoch)
-        params, opt_state, train_loss = train_epoch(
-            params, opt_state, key_epoch, train_inputs, train_ratings
+        network, opt_state, train_loss = train_epoch(
+            network, opt_state, key_epoch, input_mean, input_std, train_inputs, train_ratings
         )
-        validation_loss = float(loss_fn(params, validation_inputs, validation_ratings))
+        validation_loss = float(
+            loss_fn(network, input_mean, input_std, validation_inputs, validation_ratings)
+        )
         if validation_loss < best_loss:
-            best_params, best_loss, best_epoch = params, validation_loss, epoch
+            best_network, best_loss, best_epoch = network, validation_loss, epoch
         entry = {"train_loss": float(train_loss), "validation_loss": validation_loss}
         history.append(entry)
         if on_epoch is not None:
@@ -217,6 +230,7 @@ def distill(
         if epoch - best_epoch >= config.patience:
             break
 
+    best_params = {**params, "network": best_network}
     metrics = evaluate(
         model,
         best_params,

@@ -1,9 +1,10 @@
 """Rater backend for any OpenAI-compatible chat-completions server (vLLM, llama.cpp, Ollama, ...).
 
 Each request is one POST to `{base_url}/chat/completions`. HTTP 429 and 5xx responses, timeouts
-and connection errors are retried with exponential backoff (a numeric Retry-After header is
-honoured up to `backoff_max_s`); other 4xx responses fail at once. At most `concurrency` requests
-are in flight. An answer that `parse_rating` rejects becomes a failure that keeps the raw text.
+and connection errors are retried with exponential backoff, and a numeric Retry-After header
+replaces the backoff delay, capped at `backoff_max_s`. Other 4xx responses fail at once. At most
+`concurrency` requests are in flight. A reply that `parse_rating` rejects becomes a failure that
+keeps the raw text.
 The API key is read from the environment variable named by `api_key_env` and is only ever sent
 in the Authorization header: it is not stored in results, records or log messages.
 """
@@ -24,11 +25,11 @@ from rlli_jax.qoe.template import RatingParseError, RatingRequest, parse_rating,
 
 logger = logging.getLogger(__name__)
 
-# Longest raw text kept in a failure record, in characters; longer bodies are cut.
+# Maximum length of a stored raw reply, in characters. Longer replies are cut.
 MAX_RAW_TEXT_CHARS = 2000
 RETRY_STATUS_CODES = frozenset({429, 500, 502, 503, 504})
 
-# JSON schema of an answer: exactly one integer rating from 1 to 5.
+# JSON schema of a reply: exactly one integer rating from 1 to 5.
 RATING_SCHEMA = {
     "type": "object",
     "properties": {"rating": {"type": "integer", "enum": [1, 2, 3, 4, 5]}},
@@ -245,12 +246,12 @@ class OpenAIRater:
             try:
                 rating = parse_rating(content)
             except RatingParseError as error:
-                logger.info("request %s: unparsable answer: %s", request.request_id, error)
+                logger.info("request %s: unparsable reply: %s", request.request_id, error)
                 return RatingResult(
                     request=request,
                     rating=None,
                     raw_text=_truncate(content),
-                    error=f"unparsable answer: {error}",
+                    error=f"unparsable reply: {error}",
                     attempts=attempt + 1,
                 )
             return RatingResult(

@@ -26,8 +26,8 @@ def sample_traits(key: jax.Array, num_personas: int) -> jax.Array:
 # Words for a trait value, by fifths of [0, 1]: low to high.
 _TRAIT_LEVELS = ("very low", "low", "moderate", "high", "very high")
 
-# What a high, a middle and a low value of each trait mean for a user of an image service, in
-# TRAIT_NAMES order. The adjectives follow the usual Big Five facet descriptions.
+# Descriptions of a high, a middle and a low value of each trait for a user of an image service,
+# in TRAIT_NAMES order. The adjectives follow the usual Big Five facet descriptions.
 _TRAIT_POLES = (
     (
         "curious, imaginative and demanding about artistic quality",

@@ -2,7 +2,7 @@
 
 Backends:
 - `simulator`: the analytic persona model of `rlli_jax.qoe.simulator`. Its ratings are
-  simulated, and every record it produces says so.
+  simulated, and every record it produces is marked `simulated`.
 - `openai`: any OpenAI-compatible chat-completions server (`rlli_jax.qoe.openai_rater`).
 """
 
@@ -26,11 +26,11 @@ SIMULATOR_MODEL_NAME = "analytic-persona-v1"
 
 @dataclasses.dataclass(frozen=True)
 class RatingResult:
-    """A rater's outcome for one request: a rating, or a failure with the raw answer."""
+    """A rater's outcome for one request: a rating, or a failure with the raw reply."""
 
     request: RatingRequest
     rating: int | None  # 1-5, None when the request failed
-    raw_text: str | None = None  # the answer as received (model output or HTTP body)
+    raw_text: str | None = None  # the reply as received (model output or HTTP body)
     error: str | None = None  # why the request failed, None on success
     attempts: int = 1
 

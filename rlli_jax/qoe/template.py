@@ -1,7 +1,7 @@
-"""The versioned rating template: one chat request per rating, and strict parsing of the answer.
+"""The versioned rating template: one chat request per rating, and strict parsing of the reply.
 
 A rater sees a persona description, the text the user asked the image service for, the image
-quality in words and as a number, and the waiting time in seconds, and answers with one integer
+quality in words and as a number, and the waiting time in seconds, and replies with one integer
 1-5 as JSON: {"rating": 4}. The template hash (SHA-256 of the version and every fixed text) is
 stored with each rating, so ratings collected with different wordings are never mixed unknowingly.
 Change any text below and bump TEMPLATE_VERSION.
@@ -107,23 +107,23 @@ def template_hash() -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-# One optional Markdown code fence around the whole answer, as chat models often add.
+# One optional Markdown code fence around the whole reply, which chat models often add.
 _CODE_FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?\s*```$", re.DOTALL)
 
 
 class RatingParseError(ValueError):
-    """A rater's answer is not one JSON object with an integer "rating" in 1-5."""
+    """A model's reply is not one JSON object with an integer "rating" in 1-5."""
 
 
 def parse_rating(text: str) -> int:
-    """Parse a rater's answer strictly and return the rating.
+    """Parse a model's reply strictly and return the rating.
 
     Accepted: one JSON object, optionally inside one Markdown code fence, whose "rating" is an
     integer from 1 to 5 (other keys are ignored). Anything else raises, because guessing a number
     out of free text would put invented ratings into the dataset.
 
     Raises:
-        RatingParseError: the answer does not meet that rule.
+        RatingParseError: the reply does not meet that rule.
     """
     stripped = text.strip()
     fenced = _CODE_FENCE.match(stripped)
@@ -132,11 +132,11 @@ def parse_rating(text: str) -> int:
     try:
         document = json.loads(stripped)
     except json.JSONDecodeError as error:
-        raise RatingParseError(f"answer is not valid JSON: {error}") from error
+        raise RatingParseError(f"reply is not valid JSON: {error}") from error
     if not isinstance(document, dict):
-        raise RatingParseError(f"answer must be a JSON object, got {type(document).__name__}")
+        raise RatingParseError(f"reply must be a JSON object, got {type(document).__name__}")
     if "rating" not in document:
-        raise RatingParseError(f'answer has no "rating" key, keys are {sorted(document)}')
+        raise RatingParseError(f'reply has no "rating" key, keys are {sorted(document)}')
     rating = document["rating"]
     # bool is a subclass of int in Python, and JSON true is not a rating.
     if isinstance(rating, bool) or not isinstance(rating, int):
