@@ -1,7 +1,9 @@
 """Reward network: forward pass, distillation on a small dataset, checkpoints, shipped default."""
 
+import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 from rlli_jax.qoe.collect import collect_ratings, sample_requests
-from rlli_jax.qoe.dataset import load_ratings
+from rlli_jax.qoe.dataset import RatingsFileError, dataset_hash, load_ratings
 from rlli_jax.qoe.distill import DistillConfig, distill, spearman
 from rlli_jax.qoe.model import default_qoe_model
 from rlli_jax.qoe.personas import sample_traits
@@ -238,3 +240,38 @@ def test_shipped_checkpoint_loads_from_copy(tmp_path):
     _, shipped, _ = load_reward_net(default_checkpoint_path())
     for a, b in zip(jax.tree.leaves(copied), jax.tree.leaves(shipped), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def load_script(name: str):
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_distill_script_strict_and_default(small_dataset, tmp_path, capsys):
+    distill_main = load_script("distill_reward").main
+    ratings = tmp_path / "ratings.jsonl"
+    lines = small_dataset.path.read_text(encoding="utf-8").splitlines()[:200]
+    lines.insert(5, '{"request_id": "broken"}')
+    ratings.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    options = ["--ratings", str(ratings), "--epochs", "2", "--hidden-sizes", "8"]
+
+    with pytest.raises(RatingsFileError, match="line 6: missing field"):
+        distill_main([*options, "--out", str(tmp_path / "strict"), "--strict"])
+
+    assert distill_main([*options, "--out", str(tmp_path / "net")]) == 0
+    output = capsys.readouterr().out
+    assert "200 ratings (simulated)" in output
+    assert "1 invalid lines skipped" in output
+    assert "line 6: missing field" in output
+    model, _, metadata = load_reward_net(tmp_path / "net")
+    assert model.hidden_sizes == (8,)
+    assert metadata["dataset_hash"] == dataset_hash(ratings)
+    assert metadata["config"]["max_epochs"] == 2
+    saved_metrics = json.loads((tmp_path / "net" / "metrics.json").read_text())
+    assert saved_metrics["validation_metrics"] == metadata["validation_metrics"]
+
+    with pytest.raises(ValueError, match="already exists"):
+        distill_main([*options, "--out", str(tmp_path / "net")])
