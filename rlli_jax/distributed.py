@@ -1,0 +1,213 @@
+"""Multi-host start-up through JAX's own distributed runtime (`jax.distributed.initialize`).
+
+A script calls `add_distributed_arguments(parser)` and, before any other JAX call,
+`initialize_from_args(args)`. The process group comes from, in this order:
+
+1. `--coordinator HOST:PORT --num-processes N --process-id I` (all three, or none);
+2. the environment variables `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and
+   `JAX_PROCESS_ID` (all three, or none);
+3. `--auto-distributed`, or a SLURM job step with more than one task (`srun`): a bare
+   `jax.distributed.initialize()`, which detects Cloud TPU pod slices, SLURM and Open MPI
+   (jax 0.10);
+4. otherwise a single process, and `jax.distributed` is not started.
+
+After start-up `jax.devices()` lists the devices of every process, so a mesh built from it spans
+all hosts. Every process runs the same program on the same global arrays. Network parameters
+are therefore identical everywhere, because they come from one global key. Randomness that a
+process draws on its own must differ per process: `process_key` folds the process index into a
+key for that. Only the process for which `is_primary()` is True writes result files.
+"""
+
+import argparse
+import dataclasses
+import logging
+import os
+
+import jax
+
+logger = logging.getLogger(__name__)
+
+ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
+ENV_PROCESS_ID = "JAX_PROCESS_ID"
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSetup:
+    """How this process joined (or did not join) a process group."""
+
+    method: str  # "single", "flags", "environment" or "auto"
+    process_id: int
+    num_processes: int
+    coordinator: str | None = None
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the multi-host options to a script's argument parser."""
+    group = parser.add_argument_group(
+        "multi-host",
+        "Start one process per host with the same command and its own --process-id. "
+        f"The variables {ENV_COORDINATOR}, {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} "
+        "can replace the three flags.",
+    )
+    group.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="address of process 0, where the JAX coordination service listens",
+    )
+    group.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    group.add_argument(
+        "--process-id", type=int, metavar="I", help="index of this process, 0 to N-1"
+    )
+    group.add_argument(
+        "--auto-distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() without arguments, so JAX detects the "
+        "Cloud TPU pod slice, SLURM job or Open MPI launch",
+    )
+
+
+def initialize_from_args(args: argparse.Namespace) -> DistributedSetup:
+    """Join the process group that `args` (from `add_distributed_arguments`) describes.
+
+    Raises:
+        ValueError: only some of the three flags (or variables) are set, or their values are
+            invalid.
+    """
+    return initialize(
+        coordinator=getattr(args, "coordinator", None),
+        num_processes=getattr(args, "num_processes", None),
+        process_id=getattr(args, "process_id", None),
+        auto=getattr(args, "auto_distributed", False),
+    )
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+    environ: dict[str, str] | None = None,
+) -> DistributedSetup:
+    """Start `jax.distributed` from explicit values, the environment or auto-detection.
+
+    Must run before any other JAX call in the process. See the module docstring for the order
+    in which the sources are tried.
+    """
+    setup = resolve_setup(coordinator, num_processes, process_id, auto, environ)
+    if setup.method == "single":
+        return setup
+    if setup.method == "auto":
+        logger.info("starting jax.distributed with cluster auto-detection")
+        jax.distributed.initialize()
+        setup = dataclasses.replace(
+            setup, process_id=jax.process_index(), num_processes=jax.process_count()
+        )
+    else:
+        logger.info(
+            "starting jax.distributed: process %d of %d, coordinator %s",
+            setup.process_id,
+            setup.num_processes,
+            setup.coordinator,
+        )
+        jax.distributed.initialize(
+            coordinator_address=setup.coordinator,
+            num_processes=setup.num_processes,
+            process_id=setup.process_id,
+        )
+    return setup
+
+
+def resolve_setup(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+    environ: dict[str, str] | None = None,
+) -> DistributedSetup:
+    """Decide how to start, without starting anything; see the module docstring.
+
+    Raises:
+        ValueError: a partial or invalid set of flags or environment variables.
+    """
+    environ = os.environ if environ is None else environ
+    flags = {
+        "--coordinator": coordinator,
+        "--num-processes": num_processes,
+        "--process-id": process_id,
+    }
+    if any(value is not None for value in flags.values()):
+        return _explicit_setup("flags", flags, coordinator, num_processes, process_id)
+
+    variables = {
+        name: environ.get(name) for name in (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID)
+    }
+    if any(value is not None for value in variables.values()):
+        return _explicit_setup(
+            "environment",
+            variables,
+            variables[ENV_COORDINATOR],
+            _parse_int(variables[ENV_NUM_PROCESSES], ENV_NUM_PROCESSES),
+            _parse_int(variables[ENV_PROCESS_ID], ENV_PROCESS_ID),
+        )
+
+    if auto or _slurm_tasks(environ) > 1:
+        return DistributedSetup(method="auto", process_id=-1, num_processes=-1)
+    return DistributedSetup(method="single", process_id=0, num_processes=1)
+
+
+def _explicit_setup(
+    method: str,
+    given: dict[str, object],
+    coordinator: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+) -> DistributedSetup:
+    missing = [name for name, value in given.items() if value is None]
+    if missing:
+        raise ValueError(
+            f"incomplete multi-host settings: {', '.join(missing)} missing; set all of "
+            f"{', '.join(given)} or none of them"
+        )
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"invalid coordinator = {coordinator!r}: expected HOST:PORT with a port in 1-65535"
+        )
+    if num_processes < 1:
+        raise ValueError(f"invalid num_processes = {num_processes}: must be >= 1")
+    if not 0 <= process_id < num_processes:
+        raise ValueError(
+            f"invalid process_id = {process_id}: must lie in 0 to num_processes - 1 = "
+            f"{num_processes - 1}"
+        )
+    return DistributedSetup(
+        method=method, process_id=process_id, num_processes=num_processes, coordinator=coordinator
+    )
+
+
+def _parse_int(text: str | None, name: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"invalid {name} = {text!r}: expected an integer") from None
+
+
+def _slurm_tasks(environ) -> int:
+    """Return the task count of the current SLURM job step, or 0 outside `srun`."""
+    if "SLURM_STEP_ID" not in environ:
+        return 0
+    text = environ.get("SLURM_STEP_NUM_TASKS") or environ.get("SLURM_NTASKS") or "0"
+    return int(text) if text.isdigit() else 0
+
+
+def is_primary() -> bool:
+    """Return True on the process that writes results (process 0)."""
+    return jax.process_index() == 0
+
+
+def process_key(key: jax.Array) -> jax.Array:
+    """Fold the process index into `key`, for randomness that each process draws alone."""
+    return jax.random.fold_in(key, jax.process_index())

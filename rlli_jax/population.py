@@ -1,0 +1,511 @@
+"""Run a planned sweep: each group is one vmapped training program sharded over all devices.
+
+`run_sweep` owns an output directory:
+    sweep.yaml                      the resolved sweep config; a resume must match it
+    groups/group-NNN/config.yaml    the group's training config (static values)
+    groups/group-NNN/checkpoints/   orbax checkpoints of the whole population state
+    groups/group-NNN/results.json   per-member results, written when the group has finished
+    members/member-NNNN/            per-member learning curves (metrics.jsonl and metrics.csv)
+
+A rerun in the same directory skips every group with a `results.json` and continues an
+unfinished group from its newest checkpoint, so finished groups and members never run again.
+Members of a group run together, so a group resumes as a whole.
+
+A member whose loss, metric or parameters become non-finite is marked failed at the chunk
+where that is first seen. Its curve stops there and it gets no evaluation. The vmapped
+program keeps stepping it (dropping it would need a new compile), which does not affect the
+others because members share no data.
+
+Multi-host: every process runs this same loop on the same global arrays. Checkpoints are
+written by all processes together (orbax), so `out_dir` must be on a filesystem that every
+host sees; curves and results are written by process 0 only.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from rlli_jax import sharding
+from rlli_jax.agents.baselines import BASELINE_NAMES, make_baseline_policy
+from rlli_jax.checkpoint import Checkpointer
+from rlli_jax.config import Config, save_config
+from rlli_jax.evaluation import run_episodes, summarize
+from rlli_jax.metrics import MetricsWriter
+from rlli_jax.runner import eval_key, train_key
+from rlli_jax.sweep import (
+    SweepGroup,
+    SweepPlan,
+    load_sweep_config,
+    save_sweep_config,
+    stack_hyperparams,
+)
+from rlli_jax.train import (
+    TrainHyperparams,
+    TrainProgram,
+    TrainState,
+    find_nonfinite,
+    make_train,
+    state_from_checkpoint,
+    state_to_checkpoint,
+    summarize_chunk,
+)
+
+logger = logging.getLogger(__name__)
+
+SWEEP_CONFIG_NAME = "sweep.yaml"
+GROUPS_DIR = "groups"
+MEMBERS_DIR = "members"
+GROUP_RESULTS_NAME = "results.json"
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationProgram:
+    """The jitted, sharded functions of one group; every array has a leading [padded] axis.
+
+    init(key_data [padded, 2] uint32, hyper) -> TrainState
+    run_chunk(state, hyper) -> (state, metrics [padded, steps_per_chunk] per name); donates state
+    evaluate(agent_state, hyper, key_data) -> {"policy" or baseline name: per-episode values
+        [padded, eval_episodes] per name}
+    """
+
+    program: TrainProgram
+    mesh: Mesh
+    size: int  # real members
+    padded_size: int  # size rounded up to a multiple of the device count
+    init: Callable[[jax.Array, TrainHyperparams], TrainState]
+    run_chunk: Callable[[TrainState, TrainHyperparams], tuple[TrainState, dict[str, jax.Array]]]
+    evaluate: Callable[..., dict[str, dict[str, jax.Array]]]
+
+
+def make_population_program(
+    config: Config, size: int, mesh: Mesh, baselines: bool = True
+) -> PopulationProgram:
+    """Build the vmapped program of a population of `size` members of `config`; compiles nothing.
+
+    The population axis of every input and output is sharded over `mesh`.
+    """
+    program = make_train(config, check_memory=False)
+    population = sharding.leading_axis_sharding(mesh)
+    baseline_names = BASELINE_NAMES if baselines else ()
+
+    def init(key_data: jax.Array, hyper: TrainHyperparams) -> TrainState:
+        return jax.vmap(program.init)(jax.random.wrap_key_data(key_data), hyper)
+
+    def evaluate_member(agent_state, hyper: TrainHyperparams, key: jax.Array):
+        # The same episodes (same key) for the policy and every baseline, as in `runner`.
+        results = {"policy": program.evaluate(agent_state, hyper, key)}
+        for name in baseline_names:
+            policy = make_baseline_policy(name, program.env, hyper.env)
+            results[name] = run_episodes(
+                program.env, hyper.env, policy, key, config.train.eval_episodes
+            )
+        return results
+
+    def evaluate(agent_state, hyper: TrainHyperparams, key_data: jax.Array):
+        keys = jax.random.wrap_key_data(key_data)
+        return jax.vmap(evaluate_member)(agent_state, hyper, keys)
+
+    return PopulationProgram(
+        program=program,
+        mesh=mesh,
+        size=size,
+        padded_size=sharding.padded_size(size, mesh.devices.size),
+        init=jax.jit(init, in_shardings=population, out_shardings=population),
+        run_chunk=jax.jit(
+            jax.vmap(program.run_chunk),
+            in_shardings=population,
+            out_shardings=population,
+            donate_argnums=0,
+        ),
+        evaluate=jax.jit(evaluate, in_shardings=population, out_shardings=population),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepEvent:
+    """What `run_sweep` reports to its `on_event` callback."""
+
+    kind: str  # "group_start", "group_skipped", "chunk" or "group_done"
+    group: int
+    num_groups: int
+    chunk: int = 0  # 1-based index of the chunk just finished
+    num_chunks: int = 0
+    members: int = 0
+    failed: int = 0  # members failed so far in this group
+    env_steps_per_s: float = 0.0  # over the whole population, compile time excluded
+    seconds: float = 0.0  # compile time (group_start after compiling) or group wall time
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """Per-member results in member order, plus counts of what this call compiled and ran."""
+
+    members: list[dict[str, Any]]
+    compiles: dict[str, int]  # traces of init, run_chunk and evaluate made by this call
+    groups_run: int
+    groups_skipped: int
+    wall_s: float
+
+
+def run_sweep(
+    plan: SweepPlan,
+    out_dir: str | Path,
+    mesh: Mesh | None = None,
+    on_event: Callable[[SweepEvent], None] | None = None,
+) -> SweepResult:
+    """Run every group of `plan` not yet finished in `out_dir`, and return all members' results.
+
+    Raises:
+        ValueError: `out_dir` holds a different sweep.
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    primary = jax.process_index() == 0
+    _claim_directory(plan, out_dir, primary)
+
+    compiles = {"init": 0, "run_chunk": 0, "evaluate": 0}
+    results: list[dict[str, Any]] = []
+    groups_run = groups_skipped = 0
+    num_groups = len(plan.groups)
+    for group in plan.groups:
+        group_dir = out_dir / GROUPS_DIR / group.name
+        finished = _read_json(group_dir / GROUP_RESULTS_NAME)
+        if _agree_across_processes(finished is not None):
+            results.extend(finished["members"])
+            groups_skipped += 1
+            _emit(on_event, SweepEvent("group_skipped", group.index, num_groups,
+                                       members=group.size))  # fmt: skip
+            continue
+        group_results, traces = _run_group(plan, group, group_dir, out_dir, mesh, on_event)
+        for name, count in traces.items():
+            compiles[name] += count
+        if primary:
+            _write_json(group_dir / GROUP_RESULTS_NAME, {"members": group_results})
+        results.extend(group_results)
+        groups_run += 1
+    results.sort(key=lambda row: row["member"])
+    return SweepResult(
+        members=results,
+        compiles=compiles,
+        groups_run=groups_run,
+        groups_skipped=groups_skipped,
+        wall_s=time.perf_counter() - start,
+    )
+
+
+def _claim_directory(plan: SweepPlan, out_dir: Path, primary: bool) -> None:
+    """Save the sweep config in `out_dir`, or check that the one there is the same sweep."""
+    path = out_dir / SWEEP_CONFIG_NAME
+    if path.exists():
+        saved = load_sweep_config(path)
+        if saved.to_dict() != plan.sweep.to_dict():
+            raise ValueError(
+                f"{str(out_dir)!r} holds a different sweep (see {path}); choose a new output "
+                "directory or rerun with the same sweep config to resume"
+            )
+    elif primary:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_sweep_config(plan.sweep, path)
+
+
+def _run_group(
+    plan: SweepPlan,
+    group: SweepGroup,
+    group_dir: Path,
+    out_dir: Path,
+    mesh: Mesh,
+    on_event: Callable[[SweepEvent], None] | None,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Train, checkpoint and evaluate one group; return its member results and trace counts."""
+    group_start = time.perf_counter()
+    config = group.config
+    train_config = config.train
+    primary = jax.process_index() == 0
+    population = make_population_program(config, group.size, mesh, plan.sweep.baselines)
+    program = population.program
+    padded = population.padded_size
+    placement = sharding.leading_axis_sharding(mesh)
+    num_groups = len(plan.groups)
+
+    seeds = np.asarray([member.seed for member in group.members])
+    host_hyper = sharding.pad(stack_hyperparams(group, program.default_hyperparams), padded)
+    hyper = sharding.place(host_hyper, placement)
+    train_keys = np.stack([jax.random.key_data(train_key(int(seed))) for seed in seeds])
+    eval_keys = np.stack([jax.random.key_data(eval_key(int(seed))) for seed in seeds])
+
+    if primary:
+        group_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, group_dir / "config.yaml")
+    writers = [_member_writer(out_dir, member.name) if primary else None
+               for member in group.members]  # fmt: skip
+    checkpointer = Checkpointer(group_dir / "checkpoints", train_config.max_checkpoints)
+    try:
+        state, start_chunk, failures, timing = _initial_population(
+            population, checkpointer, sharding.place(sharding.pad(train_keys, padded), placement),
+            hyper, placement,
+        )  # fmt: skip
+        for writer in writers:
+            if writer is not None:
+                writer.truncate_after(start_chunk * train_config.env_steps_per_chunk)
+
+        compile_start = time.perf_counter()
+        run_chunk = population.run_chunk.lower(state, hyper).compile()
+        timing["compile_s"] += time.perf_counter() - compile_start
+        _emit(on_event, SweepEvent("group_start", group.index, num_groups, 0,
+                                   train_config.num_chunks, group.size, len(failures),
+                                   seconds=timing["compile_s"]))  # fmt: skip
+
+        for chunk in range(start_chunk, train_config.num_chunks):
+            chunk_start = time.perf_counter()
+            state, metrics = run_chunk(state, hyper)
+            metrics = sharding.unpad(sharding.to_host(metrics), group.size)
+            seconds = time.perf_counter() - chunk_start
+            timing["train_s"] += seconds
+            env_steps = (chunk + 1) * train_config.env_steps_per_chunk
+            _record_chunk(program, metrics, chunk, env_steps, writers, failures)
+
+            is_last = chunk + 1 == train_config.num_chunks
+            if is_last or (chunk + 1) % train_config.checkpoint_every_chunks == 0:
+                checkpointer.save(
+                    chunk + 1,
+                    state_to_checkpoint(state),
+                    {
+                        "chunk": chunk + 1,
+                        "env_steps": env_steps,
+                        "failures": failures,
+                        **timing,
+                    },  # fmt: skip
+                )
+            _emit(on_event, SweepEvent(
+                "chunk", group.index, num_groups, chunk + 1, train_config.num_chunks,
+                group.size, len(failures),
+                env_steps_per_s=group.size * train_config.env_steps_per_chunk / seconds,
+            ))  # fmt: skip
+
+        evaluation = None
+        if train_config.eval_episodes > 0:
+            evaluate_start = time.perf_counter()
+            key_data = sharding.place(sharding.pad(eval_keys, padded), placement)
+            evaluation = sharding.unpad(
+                sharding.to_host(population.evaluate(state.agent, hyper, key_data)), group.size
+            )
+            timing["evaluation_s"] = time.perf_counter() - evaluate_start
+    finally:
+        checkpointer.close()
+        for writer in writers:
+            if writer is not None:
+                writer.close()
+
+    wall_s = timing.get("previous_wall_s", 0.0) + time.perf_counter() - group_start
+    rows = [
+        _member_result(member, index, failures, evaluation, train_config, wall_s, timing)
+        for index, member in enumerate(group.members)
+    ]
+    _emit(on_event, SweepEvent("group_done", group.index, num_groups, train_config.num_chunks,
+                               train_config.num_chunks, group.size, len(failures),
+                               seconds=wall_s))  # fmt: skip
+    return rows, dict(program.trace_counts)
+
+
+def _initial_population(
+    population: PopulationProgram,
+    checkpointer: Checkpointer,
+    key_data: jax.Array,
+    hyper: TrainHyperparams,
+    placement,
+) -> tuple[TrainState, int, dict[str, dict[str, Any]], dict[str, float]]:
+    """Restore the newest checkpoint of the group, or initialise the population.
+
+    Returns (state, first chunk to run, failures by member position, timing so far).
+    """
+    timing = {"compile_s": 0.0, "train_s": 0.0}
+    abstract = jax.eval_shape(lambda k, h: state_to_checkpoint(population.init(k, h)),
+                              key_data, hyper)  # fmt: skip
+    target = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=placement), abstract
+    )
+    restored = checkpointer.restore_latest(target)
+    if restored is not None:
+        metadata = restored.metadata
+        for name in ("compile_s", "train_s", "evaluation_s"):
+            if name in metadata:
+                timing[name] = float(metadata[name])
+        return (
+            state_from_checkpoint(restored.state),
+            int(metadata["chunk"]),
+            dict(metadata.get("failures", {})),
+            timing,
+        )
+    compile_start = time.perf_counter()
+    init = population.init.lower(key_data, hyper).compile()
+    timing["compile_s"] += time.perf_counter() - compile_start
+    return init(key_data, hyper), 0, {}, timing
+
+
+def _record_chunk(
+    program: TrainProgram,
+    metrics: dict[str, np.ndarray],
+    chunk: int,
+    env_steps: int,
+    writers: list[MetricsWriter | None],
+    failures: dict[str, dict[str, Any]],
+) -> None:
+    """Mark newly diverged members as failed and write one curve row per live member.
+
+    Args:
+        metrics: host arrays [size, steps_per_chunk] per name, padding removed.
+        failures: by member position (a string, for JSON); updated in place.
+    """
+    finite = np.ones(len(writers), bool)
+    for values in metrics.values():
+        finite &= np.isfinite(np.asarray(values, np.float64)).all(axis=1)
+    finite &= (np.asarray(metrics["params_finite"]) >= 1.0).all(axis=1)
+
+    for position, writer in enumerate(writers):
+        if str(position) in failures:
+            continue
+        member_metrics = {name: values[position] for name, values in metrics.items()}
+        if not finite[position]:
+            iteration, name, value = find_nonfinite(member_metrics)
+            failures[str(position)] = {
+                "chunk": chunk + 1,
+                "env_steps": env_steps,
+                "reason": f"non-finite {name} = {value} at iteration {iteration}",
+            }
+        if writer is not None:
+            row = summarize_chunk(member_metrics, program.update_metric_names)
+            row["chunk"] = chunk + 1
+            writer.write(row, env_steps)
+
+
+def _member_result(
+    member,
+    position: int,
+    failures: dict[str, dict[str, Any]],
+    evaluation: dict[str, dict[str, np.ndarray]] | None,
+    train_config,
+    wall_s: float,
+    timing: dict[str, float],
+) -> dict[str, Any]:
+    failure = failures.get(str(position))
+    total_env_steps = train_config.num_chunks * train_config.env_steps_per_chunk
+    row: dict[str, Any] = {
+        "member": member.index,
+        "group": member.group,
+        "seed": member.seed,
+        "values": {key: _plain(value) for key, value in member.values},
+        "status": STATUS_FAILED if failure else STATUS_OK,
+        "failure": failure["reason"] if failure else None,
+        "env_steps": failure["env_steps"] if failure else total_env_steps,
+        # Members of a group run together, so they share its wall and compile times.
+        "wall_s": wall_s,
+        "compile_s": timing["compile_s"],
+        "evaluation": None,
+    }
+    if evaluation is not None and failure is None:
+        row["evaluation"] = {
+            name: summarize({key: values[position] for key, values in per_episode.items()})
+            for name, per_episode in evaluation.items()
+        }
+    return row
+
+
+def _member_writer(out_dir: Path, name: str) -> MetricsWriter:
+    return MetricsWriter(out_dir / MEMBERS_DIR / name)
+
+
+def _agree_across_processes(flag: bool) -> bool:
+    """Return process 0's value of `flag` on every process, so all take the same branch."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
+
+
+def _emit(on_event: Callable[[SweepEvent], None] | None, event: SweepEvent) -> None:
+    if on_event is not None:
+        on_event(event)
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(item) for item in value] if isinstance(value, tuple) else value
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        logger.warning("ignoring unreadable %s; the group runs again", path)
+        return None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    temporary.replace(path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def results_table(result: SweepResult, plan: SweepPlan) -> list[dict[str, Any]]:
+    """Flatten member results into rows for `results.csv`, in member order.
+
+    Columns: member, group, status, seed, each swept key, env_steps, wall_s, then
+    `eval_NAME` and `eval_NAME_stderr` of the policy and `BASELINE_NAME` of each baseline.
+    Failed members have empty evaluation cells and their reason in `failure`.
+    """
+    rows = []
+    for member in result.members:
+        row: dict[str, Any] = {
+            "member": member["member"],
+            "group": member["group"],
+            "status": member["status"],
+            "seed": member["seed"],
+        }
+        for key in plan.sweep.swept_keys:
+            row[key] = member["values"].get(key)
+        row["env_steps"] = member["env_steps"]
+        row["wall_s"] = round(member["wall_s"], 3)
+        evaluation = member["evaluation"] or {}
+        for name, value in (evaluation.get("policy") or {}).items():
+            row[f"eval_{name}"] = value
+        for baseline in BASELINE_NAMES:
+            for name, value in (evaluation.get(baseline) or {}).items():
+                if not name.endswith("_stderr") and name != "num_episodes":
+                    row[f"{baseline}_{name}"] = value
+        row["failure"] = member["failure"] or ""
+        rows.append(row)
+    return rows
+
+
+def rank_rows(rows: list[dict[str, Any]], metric: str, goal: str) -> list[dict[str, Any]]:
+    """Sort finished members best first by `eval_<metric>`; failed members go last."""
+    column = f"eval_{metric}"
+    sign = -1.0 if goal == "max" else 1.0
+
+    def key(row):
+        value = row.get(column)
+        if value is None or not math.isfinite(value):
+            return (1, 0.0)
+        return (0, sign * value)
+
+    return sorted(rows, key=key)

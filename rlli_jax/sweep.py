@@ -1,0 +1,529 @@
+"""Sweep configs: validation, expansion into members, grouping into compiled programs, memory.
+
+A sweep file names a base training config, a number of seeds and the values to try:
+
+    base: quick.yaml              # training config, relative to the sweep file
+    set: [train.total_env_steps=40960]   # overrides applied to every member
+    num_seeds: 8
+    grid:                         # Cartesian product over these keys
+      agent.algo: [ddpg, gddpg]   # static: one compiled program per value
+      hyper.actor_lr: [1.0e-4, 1.0e-3]    # traced: vmapped inside one program
+    points:                       # optional explicit combinations, each crossed with the grid
+      - {hyper.tau: 0.005, hyper.gamma: 0.0}
+    metric: qoe                   # final evaluation metric used for ranking
+    goal: max
+
+Keys are config paths. Traced keys (`hyper.NAME` and `env.params.NAME`) enter the training
+program as arguments, so every member that shares the static keys (`agent.*`, `env.num_users`,
+`env.horizon`, `train.*` except `train.seed`) runs in one `jax.vmap`-ed program that is
+compiled once. A member is one point of the sweep with one seed. Member `i` of seed `s` uses
+the training and evaluation keys of `scripts/train.py --seed s`, so it reproduces that single
+run up to float rounding.
+
+Every check runs in Python while the sweep is planned, before anything is compiled, and raises
+ValueError naming the field, the value and the rule.
+"""
+
+import dataclasses
+import difflib
+import itertools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from rlli_jax.agents.ddpg import AgentConfig
+from rlli_jax.agents.replay import available_device_bytes
+from rlli_jax.config import (
+    ENV_PARAM_NAMES,
+    HYPERPARAM_NAMES,
+    Config,
+    TrainConfig,
+    apply_overrides,
+    read_yaml,
+)
+from rlli_jax.evaluation import EPISODE_METRICS
+from rlli_jax.train import TrainHyperparams, make_train
+
+TRACED_KEYS = tuple(f"hyper.{name}" for name in HYPERPARAM_NAMES) + tuple(
+    f"env.params.{name}" for name in ENV_PARAM_NAMES
+)
+STATIC_KEYS = (
+    tuple(f"agent.{field.name}" for field in dataclasses.fields(AgentConfig))
+    + ("env.num_users", "env.horizon")
+    + tuple(
+        f"train.{field.name}" for field in dataclasses.fields(TrainConfig) if field.name != "seed"
+    )
+)
+RANKING_METRICS = (*EPISODE_METRICS, "reward", "episode_return")
+GOALS = ("max", "min")
+SWEEP_FIELDS = (
+    "base",
+    "set",
+    "num_seeds",
+    "first_seed",
+    "grid",
+    "points",
+    "metric",
+    "goal",
+    "baselines",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A validated sweep file; build with `load_sweep_config` or `SweepConfig.from_dict`."""
+
+    base: str  # path of the base training config, absolute or relative to the working dir
+    set: tuple[str, ...] = ()  # SECTION.KEY=VALUE overrides of the base config
+    num_seeds: int = 1
+    first_seed: int = 0  # seeds are first_seed, ..., first_seed + num_seeds - 1
+    grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (key, values) in file order
+    points: tuple[tuple[tuple[str, Any], ...], ...] = ()  # explicit (key, value) combinations
+    metric: str = "qoe"
+    goal: str = "max"
+    baselines: bool = True  # also evaluate every baseline policy on each member's episodes
+
+    def __post_init__(self):
+        _require(
+            _is_int(self.num_seeds) and self.num_seeds >= 1,
+            "num_seeds",
+            self.num_seeds,
+            "must be an integer >= 1",
+        )
+        _require(
+            _is_int(self.first_seed) and self.first_seed >= 0,
+            "first_seed",
+            self.first_seed,
+            "must be an integer >= 0",
+        )
+        _require(
+            self.metric in RANKING_METRICS,
+            "metric",
+            self.metric,
+            f"must be one of {list(RANKING_METRICS)}",
+        )
+        _require(self.goal in GOALS, "goal", self.goal, f"must be one of {list(GOALS)}")
+        _require(
+            isinstance(self.baselines, bool), "baselines", self.baselines, "expected true or false"
+        )
+        for key, values in self.grid:
+            _check_key(key, f"grid.{key}")
+            _require(len(values) > 0, f"grid.{key}", list(values), "must list at least one value")
+            hashable = [_hashable(value) for value in values]
+            _require(
+                len(set(hashable)) == len(hashable),
+                f"grid.{key}",
+                list(values),
+                "must not repeat a value",
+            )
+        grid_keys = {key for key, _ in self.grid}
+        for index, point in enumerate(self.points):
+            _require(len(point) > 0, f"points[{index}]", {}, "must set at least one key")
+            for key, _ in point:
+                _check_key(key, f"points[{index}].{key}")
+                _require(
+                    key not in grid_keys,
+                    f"points[{index}].{key}",
+                    dict(point)[key],
+                    "the key is also in grid; set it in one place",
+                )
+        point_keys = [tuple(sorted(key for key, _ in point)) for point in self.points]
+        _require(
+            len(set(point_keys)) <= 1,
+            "points",
+            [dict(p) for p in self.points],
+            "every point must set the same keys",
+        )
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.first_seed, self.first_seed + self.num_seeds))
+
+    @property
+    def swept_keys(self) -> tuple[str, ...]:
+        """Keys that vary over the sweep, in file order (grid first, then points)."""
+        keys = [key for key, _ in self.grid]
+        if self.points:
+            keys += [key for key, _ in self.points[0]]
+        return tuple(keys)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], directory: str | Path = ".") -> "SweepConfig":
+        """Build from parsed YAML; a relative `base` is resolved against `directory`.
+
+        Raises:
+            ValueError: an unknown or missing key, or a value that breaks a rule.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a sweep config must be a mapping, got {type(data).__name__}")
+        for key in data:
+            if key not in SWEEP_FIELDS:
+                raise ValueError(_unknown_message("sweep key", str(key), SWEEP_FIELDS))
+        if "base" not in data or not isinstance(data["base"], str) or not data["base"]:
+            raise ValueError(
+                f"invalid base = {data.get('base')!r}: must be the path of a training config"
+            )
+        base = Path(data["base"])
+        if not base.is_absolute():
+            base = Path(directory) / base
+        overrides = data.get("set") or []
+        _require(
+            isinstance(overrides, list) and all(isinstance(item, str) for item in overrides),
+            "set",
+            overrides,
+            "must be a list of SECTION.KEY=VALUE strings",
+        )
+        grid = data.get("grid") or {}
+        _require(isinstance(grid, Mapping), "grid", grid, "must map keys to lists of values")
+        for key, values in grid.items():
+            _require(isinstance(values, list), f"grid.{key}", values, "must be a list of values")
+        points = data.get("points") or []
+        _require(isinstance(points, list), "points", points, "must be a list of mappings")
+        for index, point in enumerate(points):
+            _require(isinstance(point, Mapping), f"points[{index}]", point, "must be a mapping")
+        _require(
+            bool(grid) or bool(points) or "num_seeds" in data,
+            "grid",
+            grid,
+            "a sweep needs a grid, points or num_seeds",
+        )
+        fields = {
+            name: data[name]
+            for name in ("num_seeds", "first_seed", "metric", "goal", "baselines")
+            if name in data
+        }
+        return cls(
+            base=str(base),
+            set=tuple(overrides),
+            grid=tuple(
+                (str(key), tuple(_normalize(v) for v in values)) for key, values in grid.items()
+            ),
+            points=tuple(
+                tuple((str(key), _normalize(value)) for key, value in point.items())
+                for point in points
+            ),
+            **fields,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return plain data that `from_dict` reads back."""
+        return {
+            "base": self.base,
+            "set": list(self.set),
+            "num_seeds": self.num_seeds,
+            "first_seed": self.first_seed,
+            "grid": {key: [_plain(v) for v in values] for key, values in self.grid},
+            "points": [{key: _plain(value) for key, value in point} for point in self.points],
+            "metric": self.metric,
+            "goal": self.goal,
+            "baselines": self.baselines,
+        }
+
+
+def load_sweep_config(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep YAML file."""
+    path = Path(path)
+    data = read_yaml(path)
+    try:
+        return SweepConfig.from_dict(data, path.parent)
+    except ValueError as error:
+        raise ValueError(f"sweep config {str(path)!r}: {error}") from None
+
+
+def save_sweep_config(sweep: SweepConfig, path: str | Path) -> None:
+    path = Path(path)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(yaml.safe_dump(sweep.to_dict(), sort_keys=False))
+    temporary.replace(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepMember:
+    """One training run of the sweep: a point (swept key -> value) and a seed."""
+
+    index: int  # position in the sweep, 0-based; also the row order of results.csv
+    group: int  # index of the `SweepGroup` (compiled program) that runs it
+    seed: int
+    values: tuple[tuple[str, Any], ...]  # every swept key and its value
+    config: Config  # the member's full training config (train.seed == seed)
+
+    @property
+    def name(self) -> str:
+        return f"member-{self.index:04d}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepGroup:
+    """Members sharing every static value; they run as one vmapped, compiled program."""
+
+    index: int
+    config: Config  # base config with this group's static values; traced values from the base
+    static_values: tuple[tuple[str, Any], ...]
+    members: tuple[SweepMember, ...]
+
+    @property
+    def name(self) -> str:
+        return f"group-{self.index:03d}"
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPlan:
+    """A sweep expanded into members and grouped into compiled programs."""
+
+    sweep: SweepConfig
+    groups: tuple[SweepGroup, ...]
+
+    @property
+    def members(self) -> tuple[SweepMember, ...]:
+        return tuple(sorted((m for g in self.groups for m in g.members), key=lambda m: m.index))
+
+    @property
+    def num_programs(self) -> int:
+        """Distinct static combinations, so the training programs a full run compiles."""
+        return len(self.groups)
+
+
+def plan_sweep(sweep: SweepConfig) -> SweepPlan:
+    """Expand a sweep into members and group them by static values; compiles nothing.
+
+    Every member's full config is built and validated here, so an invalid value (a negative
+    learning rate, a batch larger than the buffer) raises ValueError before any compile.
+    """
+    base_data = apply_overrides(read_yaml(sweep.base), sweep.set)
+    _build_config(base_data, {}, "base config")
+    points = _expand_points(sweep)
+
+    points_by_static: dict[Any, list[tuple[tuple[str, Any], ...]]] = {}
+    for point in points:
+        static = tuple((key, value) for key, value in point if key not in TRACED_KEYS)
+        points_by_static.setdefault(_hashable(static), []).append(point)
+
+    planned = []
+    index = 0
+    for group_index, group_points in enumerate(points_by_static.values()):
+        static = tuple((key, value) for key, value in group_points[0] if key not in TRACED_KEYS)
+        group_config = _build_config(base_data, dict(static), f"group {group_index}")
+        members = []
+        for point in group_points:
+            for seed in sweep.seeds:
+                values = {**dict(point), "train.seed": seed}
+                config = _build_config(base_data, values, f"member {index} ({_describe(point)})")
+                members.append(SweepMember(index, group_index, seed, point, config))
+                index += 1
+        planned.append(SweepGroup(group_index, group_config, static, tuple(members)))
+    # Members are numbered group by group so that each group's members are contiguous.
+    return SweepPlan(sweep=sweep, groups=tuple(planned))
+
+
+def _expand_points(sweep: SweepConfig) -> list[tuple[tuple[str, Any], ...]]:
+    grid_keys = [key for key, _ in sweep.grid]
+    grid_points = [
+        tuple(zip(grid_keys, values, strict=True))
+        for values in itertools.product(*(values for _, values in sweep.grid))
+    ]
+    explicit = list(sweep.points) or [()]
+    return [grid_point + point for grid_point in grid_points for point in explicit]
+
+
+def _build_config(base_data: Mapping[str, Any], values: Mapping[str, Any], what: str) -> Config:
+    """Build the config of `base_data` with each dotted key of `values` set."""
+    data = {name: dict(section or {}) for name, section in base_data.items()}
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, Mapping) else {}
+            node = node[part]
+        node[leaf] = _plain(value)
+    try:
+        return Config.from_dict(data)
+    except ValueError as error:
+        raise ValueError(f"{what}: {error}") from None
+
+
+def member_hyperparams(group_hyper: TrainHyperparams, member: SweepMember) -> TrainHyperparams:
+    """Return the traced values of `member`, starting from its group's defaults.
+
+    The agent values come from the member's resolved config (so a null `hyper` entry takes the
+    default of the group's algorithm); the environment constants it sweeps replace the group's.
+    """
+    agent = member.config.hyperparams
+    env_values = {
+        key.removeprefix("env.params."): jnp.asarray(value, jnp.float32)
+        for key, value in member.values
+        if key.startswith("env.params.")
+    }
+    return TrainHyperparams(agent=agent, env=group_hyper.env.replace(**env_values))
+
+
+def stack_hyperparams(group: SweepGroup, group_hyper: TrainHyperparams) -> TrainHyperparams:
+    """Stack the traced values of every member of `group` into NumPy arrays [P, ...]."""
+    per_member = [member_hyperparams(group_hyper, member) for member in group.members]
+    return jax.tree.map(lambda *leaves: np.stack([np.asarray(x) for x in leaves]), *per_member)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Device bytes of one member's training state (an estimate: XLA temporaries excluded)."""
+
+    replay_bytes: int
+    params_bytes: int  # actor and critic parameters
+    target_params_bytes: int  # their Polyak target copies
+    optimizer_bytes: int  # Adam first and second moments of both networks
+    env_bytes: int  # environment states, observations, returns, key and counters
+
+    @property
+    def total_bytes(self) -> int:
+        return (
+            self.replay_bytes
+            + self.params_bytes
+            + self.target_params_bytes
+            + self.optimizer_bytes
+            + self.env_bytes
+        )
+
+
+def estimate_member_memory(config: Config) -> MemoryEstimate:
+    """Estimate the device memory of one member of `config` from the exact state shapes.
+
+    The state's shapes come from `jax.eval_shape` of the program's `init`, which allocates and
+    compiles nothing. Activations and other XLA temporaries during a chunk are not counted;
+    with the state donated they are small next to the replay buffer unless `batch_size` times
+    the hidden sizes is large.
+    """
+    program = make_train(config, check_memory=False)
+    hyper = program.default_hyperparams
+    state = jax.eval_shape(program.init, jax.random.key(0), hyper)
+    agent = state.agent
+    env_bytes = _tree_bytes(
+        (
+            state.env_state,
+            state.obs,
+            state.episode_return,
+            state.iteration,
+            jax.random.key_data(jax.random.key(0)),
+            agent.step,
+        )
+    )
+    return MemoryEstimate(
+        replay_bytes=_tree_bytes(state.replay),
+        params_bytes=_tree_bytes((agent.actor_params, agent.critic_params)),
+        target_params_bytes=_tree_bytes((agent.target_actor_params, agent.target_critic_params)),
+        optimizer_bytes=_tree_bytes((agent.actor_opt_state, agent.critic_opt_state)),
+        env_bytes=env_bytes,
+    )
+
+
+def _tree_bytes(tree: Any) -> int:
+    return int(
+        sum(math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(tree))
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupMemory:
+    """Memory need of one group on the busiest device."""
+
+    group: int
+    member: MemoryEstimate
+    members_per_device: int
+
+    @property
+    def bytes_per_device(self) -> int:
+        return self.member.total_bytes * self.members_per_device
+
+
+def estimate_sweep_memory(plan: SweepPlan, num_devices: int) -> list[GroupMemory]:
+    """Estimate, per group, the bytes its population needs on each of `num_devices` devices."""
+    estimates = []
+    for group in plan.groups:
+        members_per_device = math.ceil(group.size / num_devices)
+        estimates.append(
+            GroupMemory(group.index, estimate_member_memory(group.config), members_per_device)
+        )
+    return estimates
+
+
+def check_sweep_memory(
+    plan: SweepPlan, devices: Sequence[jax.Device], headroom: float = 0.8
+) -> list[GroupMemory]:
+    """Raise ValueError if a group's population does not fit in `headroom` of free memory.
+
+    Groups run one after another, so the largest group decides. Free memory is read from the
+    first device (`memory_stats()` on accelerators, MemAvailable on CPU).
+    """
+    estimates = estimate_sweep_memory(plan, len(devices))
+    free_bytes, source = available_device_bytes(devices[0])
+    for estimate in estimates:
+        if estimate.bytes_per_device > headroom * free_bytes:
+            raise ValueError(
+                f"group {estimate.group} needs about {estimate.bytes_per_device / 2**30:.2f} GiB "
+                f"per device ({estimate.members_per_device} members x "
+                f"{estimate.member.total_bytes / 2**20:.1f} MiB) but only "
+                f"{headroom:.0%} of {free_bytes / 2**30:.2f} GiB free ({source}) may be used; "
+                "reduce train.buffer_size, the number of members, or add devices"
+            )
+    return estimates
+
+
+def _require(condition: bool, field: str, value: Any, rule: str) -> None:
+    if not condition:
+        raise ValueError(f"invalid {field} = {value!r}: {rule}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_key(key: str, field: str) -> None:
+    if key == "train.seed":
+        raise ValueError(f"invalid {field}: seeds are set by num_seeds and first_seed")
+    if key not in TRACED_KEYS and key not in STATIC_KEYS:
+        raise ValueError(
+            _unknown_message("sweep key", key, TRACED_KEYS + STATIC_KEYS)
+            + f" (in {field}); traced keys: {list(TRACED_KEYS)}"
+        )
+
+
+def _unknown_message(what: str, name: str, known: Iterable[str]) -> str:
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {what} {name!r}{hint}"
+
+
+def _normalize(value: Any) -> Any:
+    """Make YAML values hashable (lists become tuples) and read numeric strings as floats."""
+    if isinstance(value, list):
+        return tuple(_normalize(item) for item in value)
+    if isinstance(value, str):
+        try:
+            return float(value)  # PyYAML reads 1e-4 (no dot) as a string
+        except ValueError:
+            return value
+    return value
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(item) for item in value] if isinstance(value, tuple) else value
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_hashable(item) for item in value)
+    return value
+
+
+def _describe(point: Iterable[tuple[str, Any]]) -> str:
+    return ", ".join(f"{key}={_plain(value)}" for key, value in point) or "base values"
