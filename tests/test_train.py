@@ -127,6 +127,7 @@ def test_diverging_critic_is_reported(program):
     assert name
 
 
+@pytest.mark.slow
 def test_train_matches_chunked_run(program):
     final_state, metrics = jax.jit(program.train)(train_key(0))
     chunked, _ = run_chunks(program, train_key(0), program.num_chunks)
