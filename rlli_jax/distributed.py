@@ -24,6 +24,7 @@ import logging
 import os
 
 import jax
+import jax.extend.backend
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +92,17 @@ def initialize(
 ) -> DistributedSetup:
     """Start `jax.distributed` from explicit values, the environment or auto-detection.
 
-    Must run before any other JAX call in the process. See the module docstring for the order
+    Must run before any other JAX call in the process (importing `rlli_jax` is fine). See the module docstring for the order
     in which the sources are tried.
     """
     setup = resolve_setup(coordinator, num_processes, process_id, auto, environ)
     if setup.method == "single":
         return setup
+    # NOTE: importing gymnax (done by `import rlli_jax`) creates arrays and so starts the
+    # single-process backend, which `jax.distributed.initialize` rejects. Dropping that backend
+    # is safe as long as no array of this program exists yet, which is why this function must
+    # run before anything else touches JAX.
+    jax.extend.backend.clear_backends()
     if setup.method == "auto":
         logger.info("starting jax.distributed with cluster auto-detection")
         jax.distributed.initialize()

@@ -509,3 +509,43 @@ def rank_rows(rows: list[dict[str, Any]], metric: str, goal: str) -> list[dict[s
         return (0, sign * value)
 
     return sorted(rows, key=key)
+
+
+def rank_points(
+    rows: list[dict[str, Any]], swept_keys: tuple[str, ...], metric: str, goal: str
+) -> list[dict[str, Any]]:
+    """Aggregate `results_table` rows over seeds, one entry per point, best mean first.
+
+    Each entry: `values` (swept key -> value), `mean` and `std` (over the seeds that finished,
+    ddof=0), `finished` and `members` counts, and `baselines` (baseline -> mean of
+    `BASELINE_<metric>` over the same members).
+    """
+    column = f"eval_{metric}"
+    points: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        key = tuple(repr(row.get(name)) for name in swept_keys)
+        points.setdefault(key, []).append(row)
+    ranked = []
+    for members in points.values():
+        finished = [row for row in members if row["status"] == STATUS_OK and column in row]
+        scores = np.asarray([row[column] for row in finished], np.float64)
+        baselines = {}
+        for name in BASELINE_NAMES:
+            values = [row[f"{name}_{metric}"] for row in finished if f"{name}_{metric}" in row]
+            if values:
+                baselines[name] = float(np.mean(values))
+        ranked.append(
+            {
+                "values": {name: members[0].get(name) for name in swept_keys},
+                "mean": float(scores.mean()) if scores.size else math.nan,
+                "std": float(scores.std()) if scores.size else math.nan,
+                "finished": len(finished),
+                "members": len(members),
+                "baselines": baselines,
+            }
+        )
+    sign = -1.0 if goal == "max" else 1.0
+    return sorted(
+        ranked,
+        key=lambda p: (0, sign * p["mean"]) if math.isfinite(p["mean"]) else (1, 0.0),
+    )
