@@ -1,0 +1,192 @@
+"""Sharding over 8 forced CPU devices, in a subprocess because the device count is fixed when
+JAX starts: a sharded sweep gives every member the same results as the same sweep on one
+device, its arrays really lie on 8 devices, and the padding never reaches the results."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlli_jax.sharding import pad, padded_size, unpad
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_BASE = """
+env: {num_users: 3, horizon: 4}
+agent: {algo: ddpg, actor_hidden_sizes: [16], critic_hidden_sizes: [16], batch_size: 8}
+hyper: {actor_lr: 1.0e-3, critic_lr: 1.0e-3, tau: 0.01, gamma: 0.0}
+train: {num_envs: 8, steps_per_chunk: 4, total_env_steps: 96, warmup_env_steps: 16,
+        buffer_size: 64, updates_per_step: 1, eval_episodes: 4, checkpoint_every_chunks: 3}
+logging: {progress_bar: false}
+"""
+
+# 3 learning rates x 2 seeds = 6 members, padded to 8 on 8 devices.
+TINY_SWEEP = """
+base: base.yaml
+num_seeds: 2
+grid:
+  hyper.actor_lr: [1.0e-4, 1.0e-3, 1.0e-2]
+baselines: false
+"""
+
+POPULATION_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from rlli_jax.population import make_population_program, run_sweep
+from rlli_jax.runner import train_key
+from rlli_jax.sharding import make_mesh, leading_axis_sharding, pad, place, shard_counts
+from rlli_jax.sweep import load_sweep_config, plan_sweep, stack_hyperparams
+
+plan = plan_sweep(load_sweep_config("sweep.yaml"))
+group = plan.groups[0]
+mesh = make_mesh()
+population = make_population_program(group.config, group.size, mesh, baselines=False)
+placement = leading_axis_sharding(mesh)
+hyper = place(pad(stack_hyperparams(group, population.program.default_hyperparams),
+                  population.padded_size), placement)
+keys = np.stack([jax.random.key_data(train_key(m.seed)) for m in group.members])
+state = population.init(place(pad(keys, population.padded_size), placement), hyper)
+leaf = state.agent.actor_params["params"]["MLP_0"]["Dense_0"]["kernel"]
+
+sharded = run_sweep(plan, "sharded", mesh=mesh)
+single = run_sweep(plan, "single", mesh=make_mesh(devices=jax.devices()[:1]))
+
+def curve(root, member):
+    path = f"{root}/members/member-{member:04d}/metrics.jsonl"
+    return [json.loads(line) for line in open(path)]
+
+json.dump({
+    "num_devices": len(jax.devices()),
+    "padded_size": population.padded_size,
+    "leaf_shape": list(leaf.shape),
+    "leaf_devices": len(leaf.sharding.device_set),
+    "rows_per_device": sorted(shard_counts(leaf).values()),
+    "sharded": sharded.members,
+    "single": single.members,
+    "sharded_curves": [curve("sharded", m.index) for m in plan.members],
+    "single_curves": [curve("single", m.index) for m in plan.members],
+    "member_dirs": sorted(p.name for p in __import__("pathlib").Path("sharded/members").iterdir()),
+}, sys.stdout)
+"""
+
+
+def run_on_forced_devices(script: str, workdir: Path, num_devices: int) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    completed = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return json.loads(completed.stdout)
+
+
+@pytest.fixture(scope="module")
+def population_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sharding")
+    (workdir / "base.yaml").write_text(TINY_BASE)
+    (workdir / "sweep.yaml").write_text(TINY_SWEEP)
+    return run_on_forced_devices(POPULATION_SCRIPT, workdir, num_devices=8)
+
+
+def test_population_spans_eight_devices(population_run):
+    assert population_run["num_devices"] == 8
+    assert population_run["padded_size"] == 8
+    assert population_run["leaf_shape"][0] == 8
+    assert population_run["leaf_devices"] == 8
+    assert population_run["rows_per_device"] == [1] * 8
+
+
+def test_padding_dropped_from_results(population_run):
+    assert [m["member"] for m in population_run["sharded"]] == list(range(6))
+    assert population_run["member_dirs"] == [f"member-{i:04d}" for i in range(6)]
+
+
+def test_sharded_sweep_matches_one_device(population_run):
+    for sharded, single in zip(population_run["sharded"], population_run["single"], strict=True):
+        assert sharded["status"] == single["status"] == "ok"
+        got = sharded["evaluation"]["policy"]
+        expected = single["evaluation"]["policy"]
+        for name, value in expected.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    for sharded, single in zip(
+        population_run["sharded_curves"], population_run["single_curves"], strict=True
+    ):
+        assert len(sharded) == len(single) == 3
+        for got, expected in zip(sharded, single, strict=True):
+            for name, value in expected.items():
+                if isinstance(value, float):
+                    np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_members_differ(population_run):
+    qoe = [m["evaluation"]["policy"]["qoe"] for m in population_run["sharded"]]
+    assert len(set(qoe)) == len(qoe)
+
+
+def test_pad_repeats_last_row():
+    # 6 members on 8 devices: rows 6 and 7 copy row 5; unpad restores the original.
+    assert padded_size(6, 8) == 8
+    assert padded_size(16, 8) == 16
+    assert padded_size(1, 3) == 3
+    tree = {"lr": np.arange(6.0), "key": np.arange(12).reshape(6, 2)}
+    padded = pad(tree, 8)
+    np.testing.assert_array_equal(padded["lr"], [0, 1, 2, 3, 4, 5, 5, 5])
+    np.testing.assert_array_equal(padded["key"][7], [10, 11])
+    restored = unpad(padded, 6)
+    np.testing.assert_array_equal(restored["key"], tree["key"])
+
+
+def test_pad_rejects_shrinking():
+    with pytest.raises(ValueError, match="cannot pad 6 rows to 4"):
+        pad(np.zeros(6), 4)
+
+
+ENV_AXIS_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from rlli_jax.config import load_config
+from rlli_jax.runner import train_key
+from rlli_jax.sharding import ENV_AXIS, env_axis_shardings, make_mesh, replicated_sharding
+from rlli_jax.train import make_train
+
+config = load_config("base.yaml")
+program = make_train(config)
+hyper = program.default_hyperparams
+mesh = make_mesh(ENV_AXIS)
+abstract = jax.eval_shape(program.init, train_key(0), hyper)
+shardings = env_axis_shardings(abstract, mesh, config.train.num_envs)
+init = jax.jit(program.init, out_shardings=shardings)
+chunk = jax.jit(program.run_chunk, in_shardings=(shardings, replicated_sharding(mesh)),
+                out_shardings=(shardings, replicated_sharding(mesh)))
+state = init(train_key(0), hyper)
+obs_devices = len(state.obs.sharding.device_set)
+for _ in range(3):
+    state, _ = chunk(state, hyper)
+reference = program.init(train_key(0), hyper)
+for _ in range(3):
+    reference, _ = program.run_chunk(reference, hyper)
+difference = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
+    jax.tree.leaves(state.agent.actor_params), jax.tree.leaves(reference.agent.actor_params)))
+json.dump({"obs_devices": obs_devices, "obs_rows": state.obs.addressable_shards[0].data.shape[0],
+           "difference": difference}, sys.stdout)
+"""
+
+
+@pytest.mark.slow
+def test_env_axis_sharding_matches_one_device(tmp_path):
+    (tmp_path / "base.yaml").write_text(TINY_BASE)
+    result = run_on_forced_devices(ENV_AXIS_SCRIPT, tmp_path, num_devices=8)
+    assert result["obs_devices"] == 8
+    assert result["obs_rows"] == 1  # 8 environments over 8 devices
+    assert result["difference"] < 1e-5

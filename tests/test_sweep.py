@@ -1,0 +1,417 @@
+"""Sweeps: config validation, expansion and grouping, memory estimate, and a run on one device
+with a diverging member, an interruption, a resume and a skip of finished groups."""
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import yaml
+from jax.experimental.compilation_cache import compilation_cache
+
+from rlli_jax.agents.replay import estimate_replay_bytes
+from rlli_jax.distributed import resolve_setup
+from rlli_jax.population import (
+    GROUP_RESULTS_NAME,
+    GROUPS_DIR,
+    MEMBERS_DIR,
+    rank_points,
+    results_table,
+    run_sweep,
+)
+from rlli_jax.sharding import make_mesh
+from rlli_jax.sweep import (
+    SweepConfig,
+    check_sweep_memory,
+    estimate_member_memory,
+    load_sweep_config,
+    plan_sweep,
+    stack_hyperparams,
+)
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+TINY_BASE = {
+    "env": {"num_users": 3, "horizon": 4},
+    "agent": {
+        "algo": "ddpg",
+        "actor_hidden_sizes": [16],
+        "critic_hidden_sizes": [16],
+        "encoder_hidden_sizes": [16],
+        "batch_size": 8,
+    },
+    "hyper": {"actor_lr": 1e-3, "critic_lr": 1e-3, "tau": 0.01, "gamma": 0.0},
+    "train": {
+        "num_envs": 4,
+        "steps_per_chunk": 4,
+        "total_env_steps": 64,  # 4 chunks of 4 x 4 environment steps
+        "warmup_env_steps": 8,
+        "buffer_size": 64,
+        "updates_per_step": 1,
+        "eval_episodes": 4,
+        "checkpoint_every_chunks": 1,
+        "max_checkpoints": 5,
+    },
+    "logging": {"progress_bar": False},
+}
+
+
+@pytest.fixture
+def base_path(tmp_path) -> Path:
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(TINY_BASE))
+    return path
+
+
+def sweep_from(base_path: Path, **fields) -> SweepConfig:
+    return SweepConfig.from_dict({"base": str(base_path), **fields})
+
+
+# Validation: every bad config fails in Python, naming the field, the value and the rule.
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"grid": {"hyper.actor_lr": [1e-3]}, "seeds": 3}, r"unknown sweep key 'seeds'"),
+        ({"grid": {"hyper.actor_lr": []}}, r"grid\.hyper\.actor_lr = \[\]: must list at least"),
+        (
+            {"grid": {"hyper.actor_learning_rate": [1e-3]}},
+            r"unknown sweep key 'hyper\.actor_learning_rate' \(did you mean 'hyper\.actor_lr'",
+        ),
+        ({"grid": {"hyper.tau": [0.1]}, "num_seeds": 0}, r"num_seeds = 0: must be an integer >= 1"),
+        ({"grid": {"hyper.tau": [0.1]}, "num_seeds": -2}, r"num_seeds = -2"),
+        ({"grid": {"hyper.tau": [0.1]}, "first_seed": -1}, r"first_seed = -1: must be"),
+        ({"grid": {"train.seed": [1, 2]}}, r"grid\.train\.seed: seeds are set by num_seeds"),
+        ({"grid": {"hyper.tau": [0.1, 0.1]}}, r"must not repeat a value"),
+        ({"grid": {"hyper.tau": 0.1}}, r"grid\.hyper\.tau = 0\.1: must be a list"),
+        ({"grid": {"hyper.tau": [0.1]}, "metric": "fun"}, r"metric = 'fun': must be one of"),
+        ({"grid": {"hyper.tau": [0.1]}, "goal": "up"}, r"goal = 'up': must be one of"),
+        ({"grid": {"logging.tensorboard": [True]}}, r"unknown sweep key 'logging\.tensorboard'"),
+        (
+            {"grid": {"hyper.tau": [0.1]}, "points": [{"hyper.tau": 0.2}]},
+            r"points\[0\]\.hyper\.tau = 0\.2: the key is also in grid",
+        ),
+        (
+            {"points": [{"hyper.tau": 0.2}, {"hyper.gamma": 0.5}]},
+            r"every point must set the same keys",
+        ),
+        ({"set": "train.num_envs=4"}, r"set = 'train\.num_envs=4': must be a list"),
+    ],
+)
+def test_invalid_sweep_config_rejected(base_path, fields, match):
+    with pytest.raises(ValueError, match=match):
+        sweep_from(base_path, **fields)
+
+
+def test_missing_base_rejected():
+    with pytest.raises(ValueError, match=r"invalid base = None: must be the path"):
+        SweepConfig.from_dict({"grid": {"hyper.tau": [0.1]}})
+
+
+def test_invalid_member_value_rejected_before_compiling(base_path):
+    sweep = sweep_from(base_path, grid={"hyper.actor_lr": [1e-3, -1.0]})
+    with pytest.raises(ValueError, match=r"member 1 \(hyper\.actor_lr=-1\.0\).*must be > 0"):
+        plan_sweep(sweep)
+
+
+def test_invalid_static_value_rejected(base_path):
+    sweep = sweep_from(base_path, grid={"agent.batch_size": [8, 1000]})
+    with pytest.raises(ValueError, match=r"agent\.batch_size.*must be <= train\.buffer_size"):
+        plan_sweep(sweep)
+
+
+def test_sweep_file_errors_name_the_file(tmp_path, base_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"base": str(base_path), "grid": {"hyper.lr": [1e-3]}}))
+    with pytest.raises(ValueError, match=r"sweep config .*sweep\.yaml.*unknown sweep key"):
+        load_sweep_config(path)
+
+
+# Expansion and grouping.
+
+
+def test_plan_groups_by_static_values(base_path):
+    sweep = sweep_from(
+        base_path,
+        num_seeds=3,
+        first_seed=10,
+        grid={
+            "agent.critic_hidden_sizes": [[16], [8, 8]],
+            "hyper.actor_lr": [1e-4, 1e-3],
+            "env.params.energy_weight": [0.1, 0.5],
+        },
+    )
+    plan = plan_sweep(sweep)
+    assert plan.num_programs == 2
+    assert [group.size for group in plan.groups] == [12, 12]  # 2 x 2 traced points x 3 seeds
+    assert [m.index for m in plan.members] == list(range(24))
+    assert {m.seed for m in plan.members} == {10, 11, 12}
+    second = plan.groups[1]
+    assert second.config.agent.critic_hidden_sizes == (8, 8)
+    assert all(m.config.agent.critic_hidden_sizes == (8, 8) for m in second.members)
+    assert all(m.config.train.seed == m.seed for m in plan.members)
+
+
+def test_points_cross_grid(base_path):
+    sweep = sweep_from(
+        base_path,
+        grid={"hyper.actor_lr": [1e-4, 1e-3]},
+        points=[{"hyper.tau": 0.01, "hyper.gamma": 0.0}, {"hyper.tau": 0.1, "hyper.gamma": 0.9}],
+    )
+    plan = plan_sweep(sweep)
+    assert len(plan.members) == 4
+    assert sweep.swept_keys == ("hyper.actor_lr", "hyper.tau", "hyper.gamma")
+    assert dict(plan.members[3].values) == {
+        "hyper.actor_lr": 1e-3,
+        "hyper.tau": 0.1,
+        "hyper.gamma": 0.9,
+    }
+
+
+def test_stacked_hyperparams_follow_members(base_path):
+    sweep = sweep_from(
+        base_path,
+        num_seeds=2,
+        grid={"hyper.actor_lr": [1e-4, 1e-3], "env.params.bandwidth_hz": [1e6, 5e6]},
+    )
+    plan = plan_sweep(sweep)
+    from rlli_jax.train import make_hyperparams
+
+    group = plan.groups[0]
+    hyper = stack_hyperparams(group, make_hyperparams(group.config))
+    np.testing.assert_allclose(hyper.agent.actor_lr, [1e-4] * 4 + [1e-3] * 4, rtol=1e-6)
+    np.testing.assert_allclose(hyper.env.bandwidth_hz, [1e6, 1e6, 5e6, 5e6] * 2)
+    assert hyper.env.energy_weight.shape == (8,)
+    assert hyper.env.prompt_similarity.shape[0] == 8
+
+
+def test_algorithm_default_follows_swept_algo(base_path, tmp_path):
+    base = dict(TINY_BASE, hyper={"actor_lr": None})
+    base_path.write_text(yaml.safe_dump(base))
+    plan = plan_sweep(sweep_from(base_path, grid={"agent.algo": ["ddpg", "gddpg"]}))
+    ddpg, gddpg = (group.members[0].config.hyperparams for group in plan.groups)
+    assert float(ddpg.actor_lr) == pytest.approx(1e-3)
+    assert float(gddpg.actor_lr) == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("name", ["sweep_lr.yaml", "sweep_cpu.yaml"])
+def test_shipped_sweeps_plan(name):
+    plan = plan_sweep(load_sweep_config(CONFIGS / name))
+    assert plan.num_programs >= 1
+    if name == "sweep_lr.yaml":
+        assert plan.num_programs == 2
+        assert {group.config.agent.algo for group in plan.groups} == {"ddpg", "gddpg"}
+        assert plan.sweep.num_seeds == 8
+
+
+# Memory estimate.
+
+
+def test_memory_estimate_counts_state(base_path):
+    plan = plan_sweep(sweep_from(base_path, grid={"hyper.tau": [0.1]}))
+    config = plan.groups[0].config
+    estimate = estimate_member_memory(config)
+    # obs_dim and action_dim of 3 users, from the replay layout: at least the stored floats.
+    program_bytes = estimate_replay_bytes(64, *_dims(config))
+    assert estimate.replay_bytes >= program_bytes
+    assert estimate.replay_bytes < program_bytes + 1024
+    assert estimate.target_params_bytes == estimate.params_bytes
+    # Adam: two moments per parameter, plus one int32 step count per network.
+    assert estimate.optimizer_bytes == 2 * estimate.params_bytes + 2 * 4
+    assert estimate.total_bytes == sum(
+        (estimate.replay_bytes, estimate.params_bytes, estimate.target_params_bytes,
+         estimate.optimizer_bytes, estimate.env_bytes)
+    )  # fmt: skip
+
+
+def test_memory_check_rejects_oversized_sweep(base_path):
+    plan = plan_sweep(sweep_from(base_path, num_seeds=4, grid={"hyper.tau": [0.1]}))
+    estimates = check_sweep_memory(plan, jax.devices())
+    assert estimates[0].members_per_device == 4
+    with pytest.raises(ValueError, match=r"group 0 needs about .* per device"):
+        check_sweep_memory(plan, jax.devices(), headroom=1e-12)
+
+
+def _dims(config):
+    from rlli_jax.train import make_env
+
+    env = make_env(config)
+    return env.obs_dim, env.num_actions
+
+
+# Multi-host settings (resolved without starting anything).
+
+
+def test_distributed_setup_sources():
+    assert resolve_setup(environ={}).method == "single"
+    flags = resolve_setup("10.0.0.1:1234", 2, 1, environ={})
+    assert (flags.method, flags.process_id, flags.num_processes) == ("flags", 1, 2)
+    variables = {
+        "JAX_COORDINATOR_ADDRESS": "host:99",
+        "JAX_NUM_PROCESSES": "4",
+        "JAX_PROCESS_ID": "3",
+    }
+    from_env = resolve_setup(environ=variables)
+    assert (from_env.method, from_env.process_id, from_env.coordinator) == (
+        "environment",
+        3,
+        "host:99",
+    )
+    slurm = {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "8"}
+    assert resolve_setup(environ=slurm).method == "auto"
+    assert resolve_setup(environ={"SLURM_STEP_ID": "0", "SLURM_NTASKS": "1"}).method == "single"
+    assert resolve_setup(auto=True, environ={}).method == "auto"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        (("10.0.0.1:1234", None, 0), r"--num-processes missing"),
+        (("10.0.0.1", 2, 0), r"coordinator = '10\.0\.0\.1': expected HOST:PORT"),
+        (("10.0.0.1:0", 2, 0), r"expected HOST:PORT with a port"),
+        (("h:1234", 2, 2), r"process_id = 2: must lie in 0 to num_processes - 1 = 1"),
+        (("h:1234", 0, 0), r"num_processes = 0: must be >= 1"),
+    ],
+)
+def test_distributed_setup_rejects_bad_flags(arguments, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_setup(*arguments, environ={})
+
+
+def test_distributed_setup_rejects_bad_variable():
+    with pytest.raises(ValueError, match=r"JAX_NUM_PROCESSES = 'two': expected an integer"):
+        resolve_setup(
+            environ={
+                "JAX_COORDINATOR_ADDRESS": "h:1",
+                "JAX_NUM_PROCESSES": "two",
+                "JAX_PROCESS_ID": "0",
+            }
+        )
+
+
+# A run: 2 learning rates x 2 seeds in one program; critic_lr 1e30 makes members 2 and 3
+# diverge. The first call stops after chunk 2 (an exception from the progress callback, as a
+# kill would); the second resumes from the chunk-2 checkpoint; a fresh uninterrupted run in
+# another directory is the reference.
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """Use a persistent compilation cache, so that the four runs below compile only once."""
+    previous = jax.config.jax_persistent_cache_min_compile_time_secs
+    compilation_cache.set_cache_dir(str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    compilation_cache.reset_cache()
+    yield
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def sweep_runs(tmp_path_factory, compile_cache):
+    root = tmp_path_factory.mktemp("sweep")
+    base_path = root / "base.yaml"
+    base_path.write_text(yaml.safe_dump(TINY_BASE))
+    sweep = SweepConfig.from_dict(
+        {"base": str(base_path), "num_seeds": 2, "grid": {"hyper.critic_lr": [1e-3, 1e30]}}
+    )
+    plan = plan_sweep(sweep)
+    mesh = make_mesh(devices=jax.devices()[:1])
+
+    def stop_after_chunk_2(event):
+        if event.kind == "chunk" and event.chunk == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_sweep(plan, root / "resumed", mesh=mesh, on_event=stop_after_chunk_2)
+    events = []
+    resumed = run_sweep(plan, root / "resumed", mesh=mesh, on_event=events.append)
+    skipped = run_sweep(plan, root / "resumed", mesh=mesh)
+    reference = run_sweep(plan, root / "reference", mesh=mesh)
+    return {
+        "root": root,
+        "plan": plan,
+        "resumed": resumed,
+        "events": events,
+        "skipped": skipped,
+        "reference": reference,
+    }
+
+
+def test_sweep_compiles_once_per_group(sweep_runs):
+    assert sweep_runs["reference"].compiles == {"init": 1, "run_chunk": 1, "evaluate": 1}
+    assert sweep_runs["reference"].groups_run == 1
+
+
+def test_diverging_member_marked_failed(sweep_runs):
+    members = sweep_runs["reference"].members
+    assert [m["status"] for m in members] == ["ok", "ok", "failed", "failed"]
+    for member in members[2:]:
+        assert "non-finite" in member["failure"]
+        assert member["evaluation"] is None
+        assert member["env_steps"] < 64
+    for member in members[:2]:
+        policy = member["evaluation"]["policy"]
+        assert np.isfinite(policy["qoe"])
+        assert set(member["evaluation"]) == {"policy", "random", "equal_split", "greedy"}
+        assert member["env_steps"] == 64
+
+
+def test_members_keep_own_metrics(sweep_runs):
+    members = sweep_runs["reference"].members
+    assert members[0]["evaluation"]["policy"]["qoe"] != members[1]["evaluation"]["policy"]["qoe"]
+    root = sweep_runs["root"] / "reference" / MEMBERS_DIR
+    rows = [json.loads(line) for line in (root / "member-0000" / "metrics.jsonl").open()]
+    assert [row["chunk"] for row in rows] == [1, 2, 3, 4]
+    failed_rows = (root / "member-0002" / "metrics.jsonl").read_text().splitlines()
+    assert len(failed_rows) < 4  # the curve stops at the chunk where the member diverged
+
+
+def test_resume_continues_from_checkpoint(sweep_runs):
+    events = sweep_runs["events"]
+    chunks = [event.chunk for event in events if event.kind == "chunk"]
+    assert chunks == [3, 4]
+    resumed = sweep_runs["resumed"].members
+    reference = sweep_runs["reference"].members
+    for got, expected in zip(resumed, reference, strict=True):
+        assert got["status"] == expected["status"]
+        assert got["evaluation"] == expected["evaluation"]
+    curve = sweep_runs["root"] / "resumed" / MEMBERS_DIR / "member-0001" / "metrics.jsonl"
+    assert [json.loads(line)["chunk"] for line in curve.open()] == [1, 2, 3, 4]
+
+
+def test_finished_groups_are_skipped(sweep_runs):
+    skipped = sweep_runs["skipped"]
+    assert skipped.groups_skipped == 1
+    assert skipped.groups_run == 0
+    assert skipped.compiles == {"init": 0, "run_chunk": 0, "evaluate": 0}
+    assert skipped.members == sweep_runs["resumed"].members
+    assert (sweep_runs["root"] / "resumed" / GROUPS_DIR / "group-000" / GROUP_RESULTS_NAME).exists()
+
+
+def test_other_sweep_in_directory_rejected(sweep_runs, base_path):
+    other = plan_sweep(sweep_from(base_path, grid={"hyper.tau": [0.1]}))
+    with pytest.raises(ValueError, match=r"holds a different sweep"):
+        run_sweep(other, sweep_runs["root"] / "reference")
+
+
+def test_results_table_and_ranking(sweep_runs):
+    plan = sweep_runs["plan"]
+    rows = results_table(sweep_runs["reference"], plan)
+    assert [row["hyper.critic_lr"] for row in rows] == [1e-3, 1e-3, 1e30, 1e30]
+    assert rows[0]["status"] == "ok"
+    assert "eval_qoe" in rows[0] and "greedy_qoe" in rows[0]
+    assert "eval_qoe" not in rows[2]
+    points = rank_points(rows, plan.sweep.swept_keys, "qoe", "max")
+    assert points[0]["values"] == {"hyper.critic_lr": 1e-3}
+    assert (points[0]["finished"], points[0]["members"]) == (2, 2)
+    assert points[1]["finished"] == 0
+    expected = np.mean([rows[0]["eval_qoe"], rows[1]["eval_qoe"]])
+    assert points[0]["mean"] == pytest.approx(expected)
