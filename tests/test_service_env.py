@@ -340,3 +340,11 @@ def test_prompt_draws_follow_topic_popularity():
     expected = np.array([1.0 / (rank + 1) / harmonic for rank in range(env.num_topics)])
     np.testing.assert_allclose(frequency, expected, atol=0.01)
     assert int(np.asarray(prompt_ids).max()) < env.num_prompts
+
+    # Within a topic of m prompts, rank 0 (the first in bank order) has probability 1 / H_m.
+    ids = np.asarray(prompt_ids).ravel()
+    first_topic = np.flatnonzero(np.asarray(params.prompt_topics) == 0)
+    in_first_topic = ids[np.isin(ids, first_topic)]
+    harmonic_topic = sum(1.0 / (rank + 1) for rank in range(first_topic.size))
+    share_of_first = np.mean(in_first_topic == first_topic[0])
+    np.testing.assert_allclose(share_of_first, 1.0 / harmonic_topic, atol=0.02)

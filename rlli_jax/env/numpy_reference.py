@@ -104,8 +104,14 @@ class NumpyDiffusionServiceEnv:
     def _draw_prompts(self):
         num_topics = int(self.topics.max()) + 1
         topic_weight = (np.arange(num_topics) + 1.0) ** -self._param("topic_zipf_exponent")
-        counts = np.bincount(self.topics, minlength=num_topics)
-        weights = topic_weight[self.topics] / counts[self.topics]
+        rank_in_topic = np.zeros(len(self.topics))
+        seen = np.zeros(num_topics, dtype=int)
+        for index, topic in enumerate(self.topics):
+            rank_in_topic[index] = seen[topic]
+            seen[topic] += 1
+        prompt_weight = (rank_in_topic + 1.0) ** -self._param("prompt_zipf_exponent")
+        topic_total = np.bincount(self.topics, weights=prompt_weight, minlength=num_topics)
+        weights = topic_weight[self.topics] * prompt_weight / topic_total[self.topics]
         return self.rng.choice(len(self.topics), size=self.num_users, p=weights / weights.sum())
 
     def reset(self):

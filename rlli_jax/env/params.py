@@ -26,9 +26,12 @@ class EnvParams:
     # Parameters of the QoE model (a pytree; empty for the analytic simulator).
     qoe_params: Any = struct.field(default_factory=dict)
 
-    # Prompt popularity: topic of rank r (0-based) has probability proportional to
-    # (r + 1) ** -topic_zipf_exponent; prompts are uniform within a topic. 0 is uniform.
+    # Topic popularity: the topic of rank r (0-based) has probability proportional to
+    # (r + 1) ** -topic_zipf_exponent. 0 is uniform.
     topic_zipf_exponent: float = 1.0
+    # Within a topic, the prompt of rank r (0-based, bank order) has probability proportional to
+    # (r + 1) ** -prompt_zipf_exponent. 0 is uniform within the topic.
+    prompt_zipf_exponent: float = 1.0
     # A user joins the first group whose representative's prompt similarity is >= this.
     group_threshold: float = 0.5
 
@@ -77,6 +80,7 @@ class EnvParams:
 # (field, rule text, predicate on a float). Checked in this order; NaN fails every rule.
 _SCALAR_RULES: tuple[tuple[str, str, Any], ...] = (
     ("topic_zipf_exponent", "must be >= 0", lambda x: x >= 0),
+    ("prompt_zipf_exponent", "must be >= 0", lambda x: x >= 0),
     ("group_threshold", "must lie in [-1, 1]", lambda x: -1 <= x <= 1),
     ("logit_scale", "must be > 0", lambda x: x > 0),
     ("min_total_steps", "must be >= 1", lambda x: x >= 1),

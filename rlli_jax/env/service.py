@@ -189,12 +189,22 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
         return jnp.array(False)
 
     def _draw_prompts(self, key: jax.Array, params: EnvParams) -> jax.Array:
-        """Draw one prompt per user, [N] int32, with Zipf-skewed topic popularity."""
+        """Draw one prompt per user, [N] int32: Zipf-skewed topics, then Zipf-skewed prompts
+        within the topic (ranked in bank order), so popular requests repeat and groups form."""
         topic_rank = jnp.arange(self.num_topics, dtype=jnp.float32)
         topic_log_prob = -params.topic_zipf_exponent * jnp.log1p(topic_rank)
-        topic_one_hot = params.prompt_topics[:, None] == jnp.arange(self.num_topics)[None, :]
-        prompts_per_topic = jnp.maximum(jnp.sum(topic_one_hot, axis=0), 1)  # [num_topics]
-        prompt_logits = (topic_log_prob - jnp.log(prompts_per_topic))[params.prompt_topics]
+        topic_one_hot = (
+            params.prompt_topics[:, None] == jnp.arange(self.num_topics)[None, :]
+        ).astype(jnp.float32)  # [K, num_topics]
+        # 0-based rank of each prompt among the prompts of its topic.
+        rank_in_topic = jnp.sum(jnp.cumsum(topic_one_hot, axis=0) * topic_one_hot, axis=1) - 1.0
+        prompt_weight = jnp.exp(-params.prompt_zipf_exponent * jnp.log1p(rank_in_topic))
+        topic_total = topic_one_hot.T @ prompt_weight  # [num_topics]
+        prompt_logits = (
+            topic_log_prob[params.prompt_topics]
+            + jnp.log(prompt_weight)
+            - jnp.log(topic_total[params.prompt_topics])
+        )
         # Inverse-CDF sampling: N uniforms and a binary search, instead of the N x K Gumbel
         # draws of jax.random.categorical, which dominated the step's cost.
         cdf = jnp.cumsum(jax.nn.softmax(prompt_logits))
