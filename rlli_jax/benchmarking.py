@@ -8,6 +8,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -189,6 +190,9 @@ def benchmark_numpy_reference(
 
 
 ACT_DIFFUSION_STEPS = (1, 3, 5, 10, 20)
+# configs/default.yaml of a source checkout; an installed package falls back to the defaults of
+# the config dataclasses.
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 UPDATE_BATCH_SIZES = (256, 512, 1024)
 
 
@@ -278,4 +282,148 @@ def benchmark_update(
             measurements.append(
                 Measurement("update", label, batch_size, num_updates, compile_s, times)
             )
+    return measurements
+
+
+def _train_program(num_envs: int, overrides: tuple[str, ...] = ()):
+    """Build the default config's training program at `num_envs`, with warmup over after the
+    first chunk so timed chunks run their gradient steps."""
+    from rlli_jax.config import load_config
+    from rlli_jax.train import make_train
+
+    config = load_config(
+        DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None,
+        (
+            f"train.num_envs={num_envs}",
+            "train.steps_per_chunk=4",
+            f"train.warmup_env_steps={num_envs}",
+            f"train.total_env_steps={num_envs * 4 * 4}",
+            f"train.buffer_size={max(4 * 4 * num_envs, 4096)}",
+            *overrides,
+        ),
+    )
+    return config, make_train(config)
+
+
+def benchmark_train(
+    num_envs_list: list[int], *, repeats: int, overrides: tuple[str, ...] = ()
+) -> list[Measurement]:
+    """Measure the end-to-end training chunk (act, env step, replay add, gradient steps) of the
+    default config: env steps/s, and gradient steps/s as a second record per case."""
+    measurements = []
+    for num_envs in num_envs_list:
+        config, program = _train_program(num_envs, overrides)
+        hyper = program.default_hyperparams
+        state = program.init(jax.random.key(0), hyper)
+        start = time.perf_counter()
+        compiled = program.run_chunk.lower(state, hyper).compile()
+        compile_s = time.perf_counter() - start
+        state, _ = compiled(state, hyper)  # first chunk: warm-up, also ends the random warmup
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            state, metrics = compiled(state, hyper)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - start)
+        steps = config.train.steps_per_chunk
+        label = f"train {config.agent.algo} updates/step={config.train.updates_per_step}"
+        measurements.append(
+            Measurement(
+                "train", label + " env steps", num_envs, num_envs * steps, compile_s, tuple(times)
+            )
+        )
+        measurements.append(
+            Measurement(
+                "train",
+                label + " gradient steps",
+                num_envs,
+                steps * config.train.updates_per_step,
+                compile_s,
+                tuple(times),
+            )
+        )
+    return measurements
+
+
+def benchmark_train_parts(num_envs: int, *, repeats: int) -> dict[str, float]:
+    """Time the parts of one training iteration alone at `num_envs`, for the glue ratio:
+    seconds per iteration of exploring `act`, of `step_batch`, and of the gradient steps."""
+    from rlli_jax.agents.ddpg import Transition
+
+    config, program = _train_program(num_envs)
+    hyper = program.default_hyperparams
+    env, agent = program.env, program.agent
+    agent_state = agent.init(jax.random.key(0), env.obs_dim, env.num_actions, hyper.agent)
+    obs = jax.random.normal(jax.random.key(1), (num_envs, env.obs_dim))
+    _, env_state = jax.vmap(env.reset, in_axes=(0, None))(
+        jax.random.split(jax.random.key(2), num_envs), hyper.env
+    )
+    batch_size = config.agent.batch_size
+    batch = Transition(
+        obs=obs[:1].repeat(batch_size, 0),
+        action=jnp.zeros((batch_size, env.num_actions)),
+        reward=jnp.ones((batch_size,)),
+        next_obs=obs[:1].repeat(batch_size, 0),
+        terminated=jnp.zeros((batch_size,)),
+    )
+    updates = config.train.updates_per_step
+
+    def act(agent_state, obs, key):
+        return agent.act(agent_state, obs, key, hyper.agent, explore=True)
+
+    def step(env_state, action, key):
+        return step_batch(env, jax.random.split(key, num_envs), env_state, action, hyper.env)[2]
+
+    def update_many(agent_state, key):
+        def body(agent_state, key_update):
+            return agent.update(agent_state, batch, key_update, hyper.agent)[0], None
+
+        return jax.lax.scan(body, agent_state, jax.random.split(key, updates))[0].step
+
+    action = jnp.zeros((num_envs, env.num_actions))
+    parts = {
+        "act_s": (jax.jit(act), (agent_state, obs, jax.random.key(3))),
+        "env_step_s": (jax.jit(step), (env_state, action, jax.random.key(4))),
+        "updates_s": (jax.jit(update_many), (agent_state, jax.random.key(5))),
+    }
+    result = {}
+    for name, (function, args) in parts.items():
+        _, times = time_compiled(function, args, repeats=repeats)
+        result[name] = statistics.median(times)
+    return result
+
+
+def benchmark_sweep(
+    num_members_list: list[int], *, num_envs: int, repeats: int
+) -> list[Measurement]:
+    """Measure members x env steps/s of the default training chunk vmapped over a population of
+    seeds (one compiled program per population size)."""
+    measurements = []
+    for num_members in num_members_list:
+        config, program = _train_program(num_envs)
+        hyper = program.default_hyperparams
+        keys = jax.random.split(jax.random.key(0), num_members)
+        state = jax.vmap(program.init, in_axes=(0, None))(keys, hyper)
+        chunk = jax.jit(jax.vmap(program.run_chunk, in_axes=(0, None)))
+        start = time.perf_counter()
+        compiled = chunk.lower(state, hyper).compile()
+        compile_s = time.perf_counter() - start
+        state, _ = compiled(state, hyper)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            state, metrics = compiled(state, hyper)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - start)
+        steps = config.train.steps_per_chunk
+        measurements.append(
+            Measurement(
+                "sweep",
+                f"{num_members} members x {num_envs} envs, train chunk",
+                num_envs,
+                num_members * num_envs * steps,
+                compile_s,
+                tuple(times),
+            )
+        )
     return measurements

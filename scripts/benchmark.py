@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 DEFAULT_NUM_ENVS = [1, 64, 1024, 4096, 16384]
-SUITES = ("env", "act", "update")
+SUITES = ("env", "act", "update", "train", "sweep")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -33,6 +33,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=16,
         help="environments in the NumPy reference's Python loop (its steps/s barely depends "
         "on this)",
+    )
+    parser.add_argument(
+        "--train-envs",
+        type=int,
+        nargs="+",
+        default=[1024, 4096],
+        help="numbers of environments for the train suite",
+    )
+    parser.add_argument(
+        "--sweep-members",
+        type=int,
+        nargs="+",
+        default=[1, 8, 64],
+        help="population sizes for the sweep suite",
+    )
+    parser.add_argument(
+        "--sweep-envs", type=int, default=64, help="environments per member in the sweep suite"
     )
     parser.add_argument("--num-steps", type=int, default=16, help="env steps per timed call")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (>= 1)")
@@ -82,6 +99,22 @@ def speed_ratios(records: list[dict]) -> dict[str, float]:
             steps = r["case"].split("T=")[1]
             name = f"diffusion_T{steps}_cost_over_mlp_{r['num_envs']}"
             ratios[name] = mlp[r["num_envs"]]["throughput_median"] / r["throughput_median"]
+    return ratios
+
+
+def glue_ratios(records: list[dict], parts: dict[int, dict[str, float]]) -> dict[str, float]:
+    """train_glue_<n>: seconds per training iteration over the sum of its parts timed alone
+    (exploring act + env step + the gradient steps), at n envs; 1 means no glue cost."""
+    ratios = {}
+    for record in records:
+        if record["suite"] != "train" or not record["case"].endswith("env steps"):
+            continue
+        num_envs = record["num_envs"]
+        if num_envs not in parts:
+            continue
+        iterations = record["work_per_call"] / num_envs
+        per_iteration = record["median_s"] / iterations
+        ratios[f"train_glue_{num_envs}"] = per_iteration / sum(parts[num_envs].values())
     return ratios
 
 
@@ -139,9 +172,19 @@ def main(argv: list[str]) -> int:
         measurements += benchmarking.benchmark_update(
             num_updates=args.num_steps, repeats=args.repeats
         )
+    parts = {}
+    if "train" in args.suite:
+        measurements += benchmarking.benchmark_train(args.train_envs, repeats=args.repeats)
+        for num_envs in args.train_envs:
+            parts[num_envs] = benchmarking.benchmark_train_parts(num_envs, repeats=args.repeats)
+    if "sweep" in args.suite:
+        measurements += benchmarking.benchmark_sweep(
+            args.sweep_members, num_envs=args.sweep_envs, repeats=args.repeats
+        )
     records = [m.as_dict() for m in measurements]
     print_table(records)
     ratios = speed_ratios(records)
+    ratios.update(glue_ratios(records, parts))
     for name, value in ratios.items():
         print(f"{name}: {value:.1f}x")
 
@@ -152,6 +195,7 @@ def main(argv: list[str]) -> int:
         "machine": info,
         "records": records,
         "ratios": ratios,
+        "train_parts_s": {str(n): p for n, p in parts.items()},
     }
     (args.out / "benchmark.json").write_text(json.dumps(document, indent=2))
     plot(records, args.out / "benchmark.png")
