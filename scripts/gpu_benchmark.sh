@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Run every benchmark suite on one GPU and write benchmark.json and benchmark.png to one folder.
+#
+#   bash scripts/gpu_benchmark.sh [OUT_DIR]      (default: runs/gpu_benchmark)
+#
+# Needs the CUDA build of jax in the active Python (pip install -e ".[gpu]"); the script checks
+# that jax sees a GPU and stops otherwise. Sizes are chosen to finish in under 8 minutes on one
+# current data-centre GPU; the NumPy reference runs on the host CPU in the same run, so the
+# report's ratios compare the GPU with that CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-runs/gpu_benchmark}"
+
+python - <<'PY'
+import sys
+
+import jax
+
+if jax.default_backend() != "gpu":
+    sys.exit(f"jax backend is {jax.default_backend()!r}, not 'gpu': install jax with CUDA first")
+print("devices:", jax.devices())
+PY
+
+python scripts/benchmark.py \
+    --suite env --suite act --suite update --suite train --suite sweep \
+    --num-envs 1 64 1024 4096 16384 65536 \
+    --numpy-envs 16 \
+    --train-envs 4096 16384 \
+    --sweep-members 1 8 64 --sweep-envs 1024 \
+    --num-steps 16 --repeats 5 \
+    --out "$out"
