@@ -314,6 +314,20 @@ def test_config_rejects_invalid(overrides, match):
         AgentConfig(**values)
 
 
+def test_empty_encoder_is_linear_state_map():
+    # No encoder layers: the state enters the noise network's first layer linearly (GDMOPT).
+    agent = make_agent(
+        AgentConfig(algo="gddpg", actor_hidden_sizes=(16, 16), encoder_hidden_sizes=())
+    )
+    hyper = default_hyperparams("gddpg")
+    agent_state = agent.init(jax.random.key(0), 6, 3, hyper)
+    encoder_params = agent_state.actor_params["params"]["state_encoder"]
+    assert list(jax.tree.leaves(jax.tree.map(jnp.shape, encoder_params))) == [16, 6, 16]
+    action = agent.act(agent_state, jnp.ones((4, 6)), jax.random.key(1), hyper)
+    assert action.shape == (4, 3)
+    assert bool(jnp.all(jnp.abs(action) <= 1.0))
+
+
 def test_config_lists_become_tuples():
     config = AgentConfig(algo="ddpg", actor_hidden_sizes=[64, 64])
     assert config.actor_hidden_sizes == (64, 64)

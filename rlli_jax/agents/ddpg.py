@@ -50,7 +50,10 @@ class AgentConfig:
             )
         for name in ("actor_hidden_sizes", "critic_hidden_sizes", "encoder_hidden_sizes"):
             sizes = tuple(getattr(self, name))
-            if not sizes or any(not isinstance(s, int) or s < 1 for s in sizes):
+            # An empty encoder is allowed: the state then enters the noise network's first
+            # layer through one linear map, as in the GDMOPT noise MLP.
+            empty_invalid = name != "encoder_hidden_sizes"
+            if (empty_invalid and not sizes) or any(not isinstance(s, int) or s < 1 for s in sizes):
                 raise ValueError(
                     f"invalid AgentConfig.{name} = {sizes!r}: expected a non-empty sequence "
                     "of positive ints"
