@@ -28,7 +28,7 @@ import dataclasses
 import difflib
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -456,15 +456,16 @@ def estimate_sweep_memory(plan: SweepPlan, num_devices: int) -> list[GroupMemory
 
 
 def check_sweep_memory(
-    plan: SweepPlan, devices: Sequence[jax.Device], headroom: float = 0.8
+    plan: SweepPlan, num_devices: int, device: jax.Device | None = None, headroom: float = 0.8
 ) -> list[GroupMemory]:
     """Raise ValueError if a group's population does not fit in `headroom` of free memory.
 
-    Groups run one after another, so the largest group decides. Free memory is read from the
-    first device (`memory_stats()` on accelerators, MemAvailable on CPU).
+    Groups run one after another, so the largest group decides. Free memory is read from
+    `device` (default: this process's first device) with `memory_stats()` on accelerators and
+    MemAvailable on CPU; every device is assumed to have as much free.
     """
-    estimates = estimate_sweep_memory(plan, len(devices))
-    free_bytes, source = available_device_bytes(devices[0])
+    estimates = estimate_sweep_memory(plan, num_devices)
+    free_bytes, source = available_device_bytes(device)
     for estimate in estimates:
         if estimate.bytes_per_device > headroom * free_bytes:
             raise ValueError(

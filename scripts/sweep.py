@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         sweep = load_sweep_config(args.config)
         plan = plan_sweep(sweep)
         devices = jax.devices()
-        estimates = check_sweep_memory(plan, devices)
+        estimates = check_sweep_memory(plan, len(devices))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -212,7 +212,9 @@ def _plot(path: Path, rows: list[dict], sweep) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sweep.swept_keys or ("seed",)
+    # A key swept over a single value has nothing to show.
+    keys = [key for key in sweep.swept_keys if len({repr(row.get(key)) for row in rows}) > 1]
+    keys = keys or ["seed"]
     column = f"eval_{sweep.metric}"
     finished = [row for row in rows if row["status"] == "ok" and column in row]
     figure, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)

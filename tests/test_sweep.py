@@ -228,10 +228,10 @@ def test_memory_estimate_counts_state(base_path):
 
 def test_memory_check_rejects_oversized_sweep(base_path):
     plan = plan_sweep(sweep_from(base_path, num_seeds=4, grid={"hyper.tau": [0.1]}))
-    estimates = check_sweep_memory(plan, jax.devices())
+    estimates = check_sweep_memory(plan, num_devices=1)
     assert estimates[0].members_per_device == 4
     with pytest.raises(ValueError, match=r"group 0 needs about .* per device"):
-        check_sweep_memory(plan, jax.devices(), headroom=1e-12)
+        check_sweep_memory(plan, num_devices=1, headroom=1e-12)
 
 
 def _dims(config):
