@@ -35,7 +35,7 @@ ENV_PROCESS_ID = "JAX_PROCESS_ID"
 
 @dataclasses.dataclass(frozen=True)
 class DistributedSetup:
-    """How this process joined (or did not join) a process group."""
+    """The start-up method and the place of this process in its process group."""
 
     method: str  # "single", "flags", "environment" or "auto"
     process_id: int
@@ -92,8 +92,8 @@ def initialize(
 ) -> DistributedSetup:
     """Start `jax.distributed` from explicit values, the environment or auto-detection.
 
-    Must run before any other JAX call in the process (importing `rlli_jax` is fine). See the module docstring for the order
-    in which the sources are tried.
+    Must run before any other JAX call in the process (importing `rlli_jax` is fine). The
+    module docstring lists the order in which the sources are tried.
     """
     setup = resolve_setup(coordinator, num_processes, process_id, auto, environ)
     if setup.method == "single":

@@ -135,7 +135,7 @@ def make_population_program(
 
 @dataclasses.dataclass(frozen=True)
 class SweepEvent:
-    """What `run_sweep` reports to its `on_event` callback."""
+    """A progress report that `run_sweep` passes to its `on_event` callback."""
 
     kind: str  # "group_start", "group_skipped", "chunk" or "group_done"
     group: int
@@ -168,7 +168,7 @@ def run_sweep(
     """Run every group of `plan` not yet finished in `out_dir`, and return all members' results.
 
     Raises:
-        ValueError: `out_dir` holds a different sweep.
+        ValueError: `out_dir` contains a different sweep.
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -213,8 +213,8 @@ def _claim_directory(plan: SweepPlan, out_dir: Path, primary: bool) -> None:
         saved = load_sweep_config(path)
         if saved.to_dict() != plan.sweep.to_dict():
             raise ValueError(
-                f"{str(out_dir)!r} holds a different sweep (see {path}); choose a new output "
-                "directory or rerun with the same sweep config to resume"
+                f"{str(out_dir)!r} already contains a different sweep (see {path}); choose a new "
+                "output directory, or rerun with the same sweep config to resume"
             )
     elif primary:
         out_dir.mkdir(parents=True, exist_ok=True)

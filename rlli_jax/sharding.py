@@ -5,7 +5,7 @@ program over it. Here that axis is split over a one-dimensional `jax.sharding.Me
 devices (`jax.devices()`, every process's devices in a multi-host run) with
 `NamedSharding(mesh, PartitionSpec(axis))`, and `jax.jit` partitions the program by those
 shardings. Members never exchange data, so the partitioned program needs no collectives and
-`shard_map` is not used; the only cross-device traffic is gathering results to the host.
+`shard_map` is not used. The only cross-device traffic is gathering results to the host.
 
 A population whose size does not divide the device count is padded with copies of its last
 member (valid values, so the padding cannot produce NaNs) and `unpad` drops them again.
@@ -102,7 +102,7 @@ def to_host(tree: Any) -> Any:
 
 
 def shard_counts(array: jax.Array) -> dict[jax.Device, int]:
-    """Return the number of leading-axis rows each device holds (for tests and logs)."""
+    """Return the number of leading-axis rows stored on each device (for tests and logs)."""
     return {shard.device: shard.data.shape[0] for shard in array.addressable_shards}
 
 

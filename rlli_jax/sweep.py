@@ -355,8 +355,8 @@ def _build_config(base_data: Mapping[str, Any], values: Mapping[str, Any], what:
 def member_hyperparams(group_hyper: TrainHyperparams, member: SweepMember) -> TrainHyperparams:
     """Return the traced values of `member`, starting from its group's defaults.
 
-    The agent values come from the member's resolved config (so a null `hyper` entry takes the
-    default of the group's algorithm); the environment constants it sweeps replace the group's.
+    The agent values come from the member's resolved config, so a null `hyper` entry takes the
+    default of the group's algorithm. The environment constants it sweeps replace the group's.
     """
     agent = member.config.hyperparams
     env_values = {
@@ -398,9 +398,9 @@ def estimate_member_memory(config: Config) -> MemoryEstimate:
     """Estimate the device memory of one member of `config` from the exact state shapes.
 
     The state's shapes come from `jax.eval_shape` of the program's `init`, which allocates and
-    compiles nothing. Activations and other XLA temporaries during a chunk are not counted;
-    with the state donated they are small next to the replay buffer unless `batch_size` times
-    the hidden sizes is large.
+    compiles nothing. Activations and other XLA temporaries during a chunk are not counted.
+    Because the state is donated, they are small next to the replay buffer unless `batch_size`
+    times the hidden sizes is large.
     """
     program = make_train(config, check_memory=False)
     hyper = program.default_hyperparams

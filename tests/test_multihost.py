@@ -1,5 +1,5 @@
 """Multi-host: two local processes on 127.0.0.1, each with 2 forced CPU devices, run one sweep
-together through `jax.distributed`; the results equal those of one process with 4 devices."""
+together through `jax.distributed`. Their results equal those of one process with 4 devices."""
 
 import csv
 import os

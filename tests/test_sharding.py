@@ -1,6 +1,6 @@
-"""Sharding over 8 forced CPU devices, in a subprocess because the device count is fixed when
-JAX starts: a sharded sweep gives every member the same results as the same sweep on one
-device, its arrays really lie on 8 devices, and the padding never reaches the results."""
+"""Sharding over 8 forced CPU devices, run in a subprocess because JAX fixes the device count
+when it starts. A sharded sweep gives every member the same results as on one device, its
+arrays lie on 8 devices, and the padding never reaches the results."""
 
 import json
 import os
