@@ -1,0 +1,281 @@
+"""Run the reproduction study (G-DDPG, DDPG, baselines, ablations) and write its results.
+
+    python scripts/study.py --config configs/paper.yaml --seeds 5 --budget cpu --out runs/study
+    python scripts/study.py --budget cpu --only gddpg ddpg --out runs/study   # the main pair
+    python scripts/study.py --report-only --out runs/study   # tables and plots from saved runs
+
+Each entry's results go to OUT/entries/NAME.json; an entry whose file exists is not run
+again, so an interrupted study resumes where it stopped. After the runs the script writes
+OUT/summary.json, OUT/summary.csv, OUT/gain.json and the plots OUT/curves_GROUP.png,
+OUT/bars_qoe.png and OUT/energy_qoe.png from every entry file present.
+"""
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from rlli_jax.agents.baselines import BASELINE_NAMES  # noqa: E402
+from rlli_jax.study import (  # noqa: E402
+    BUDGETS,
+    REPORTED_METRICS,
+    STUDY_ENTRIES,
+    mean_interval,
+    relative_gain,
+    run_entry,
+    summarize_seeds,
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/paper.yaml", help="base training config")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per entry (>= 2 for intervals)")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="first seed; seeds are consecutive"
+    )
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu", help="run sizes")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help=f"entries to run (default all): {list(STUDY_ENTRIES)}",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override"
+    )
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild tables and plots")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    entries_dir = out / "entries"
+    entries_dir.mkdir(parents=True, exist_ok=True)
+    names = args.only or list(STUDY_ENTRIES)
+    unknown = [name for name in names if name not in STUDY_ENTRIES]
+    if unknown:
+        print(
+            f"error: unknown study entries {unknown}; known: {list(STUDY_ENTRIES)}", file=sys.stderr
+        )
+        return 2
+    if args.seeds < 1:
+        print(f"error: invalid --seeds {args.seeds}: must be >= 1", file=sys.stderr)
+        return 2
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+
+    if not args.report_only:
+        for name in names:
+            path = entries_dir / f"{name}.json"
+            if path.exists():
+                print(f"{name}: done earlier, skipping ({path})", flush=True)
+                continue
+            start = time.perf_counter()
+            result = run_entry(
+                args.config,
+                STUDY_ENTRIES[name],
+                args.budget,
+                seeds,
+                args.set,
+                baseline_cache=_baseline_cache(entries_dir),
+            )
+            result["wall_s"] = time.perf_counter() - start
+            _write_json(path, result)
+            qoe = mean_interval(result["per_seed"][result["entry"]["algo"]]["qoe"])
+            print(
+                f"{name}: QoE {qoe['mean']:.3f} [{qoe['low']:.3f}, {qoe['high']:.3f}], "
+                f"compile {result['compile_s']:.0f} s, train {result['train_s']:.0f} s, "
+                f"eval {result['eval_s']:.0f} s",
+                flush=True,
+            )
+
+    results = _load_results(entries_dir)
+    if not results:
+        print(f"no entry results under {entries_dir}", file=sys.stderr)
+        return 1
+    write_report(results, out)
+    print(f"wrote summary and plots to {out}")
+    return 0
+
+
+def _baseline_cache(entries_dir: Path) -> dict:
+    """Baseline results of the finished entries, keyed by their baseline signature."""
+    cache = {}
+    for result in _load_results(entries_dir).values():
+        methods = result["per_seed"]
+        cache[result["baseline_signature"]] = {name: methods[name] for name in BASELINE_NAMES}
+    return cache
+
+
+def _load_results(entries_dir: Path) -> dict:
+    return {path.stem: json.loads(path.read_text()) for path in sorted(entries_dir.glob("*.json"))}
+
+
+def _write_json(path: Path, data) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(data, indent=1))
+    temporary.replace(path)
+
+
+def write_report(results: dict, out: Path) -> None:
+    """Write summary.json, summary.csv, gain.json and the plots from entry results."""
+    summary = {name: summarize_seeds(result) for name, result in results.items()}
+    _write_json(out / "summary.json", summary)
+    _write_csv(results, summary, out / "summary.csv")
+    _write_json(out / "gain.json", _gains(results))
+    _plot_curves(results, out)
+    _plot_bars(results, summary, out / "bars_qoe.png")
+    _plot_energy_qoe(results, summary, out / "energy_qoe.png")
+
+
+def _write_csv(results: dict, summary: dict, path: Path) -> None:
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        header = ["entry", "group", "method", "num_seeds", "total_env_steps", "train_s"]
+        for metric in REPORTED_METRICS:
+            header += [metric, f"{metric}_low", f"{metric}_high"]
+        writer.writerow(header)
+        for name, result in results.items():
+            for method, metrics in summary[name].items():
+                row = [
+                    name,
+                    result["entry"]["group"],
+                    method,
+                    len(result["seeds"]),
+                    result["total_env_steps"],
+                    round(result["train_s"], 1),
+                ]
+                for metric in REPORTED_METRICS:
+                    values = metrics[metric]
+                    row += [
+                        f"{values['mean']:.4f}",
+                        f"{values['low']:.4f}",
+                        f"{values['high']:.4f}",
+                    ]
+                writer.writerow(row)
+
+
+def _gains(results: dict) -> dict:
+    """Relative QoE gain of every G-DDPG entry over its DDPG counterpart and over baselines."""
+    gains = {}
+    for name, result in results.items():
+        if result["entry"]["algo"] != "gddpg":
+            continue
+        gddpg_qoe = result["per_seed"]["gddpg"]["qoe"]
+        ddpg_name = "ddpg" + name.removeprefix("gddpg")
+        if ddpg_name in results and name != ddpg_name:
+            gains[f"{name} vs {ddpg_name}"] = relative_gain(
+                gddpg_qoe, results[ddpg_name]["per_seed"]["ddpg"]["qoe"]
+            )
+        for baseline in BASELINE_NAMES:
+            gains[f"{name} vs {baseline}"] = relative_gain(
+                gddpg_qoe, result["per_seed"][baseline]["qoe"]
+            )
+    return gains
+
+
+def _plot_curves(results: dict, out: Path) -> None:
+    """Training QoE per chunk (exploration noise on): mean over seeds and a 95% t band."""
+    groups = sorted({result["entry"]["group"] for result in results.values()})
+    for group in groups:
+        figure, axis = plt.subplots(figsize=(6, 4))
+        for result in results.values():
+            if result["entry"]["group"] != group:
+                continue
+            curves = np.asarray(result["curves"]["qoe"])  # [num_seeds, num_chunks]
+            steps = np.asarray(result["curve_env_steps"])
+            intervals = [mean_interval(curves[:, index]) for index in range(curves.shape[1])]
+            mean = np.array([interval["mean"] for interval in intervals])
+            axis.plot(steps, mean, label=result["entry"]["label"])
+            if curves.shape[0] > 1:
+                low = np.array([interval["low"] for interval in intervals])
+                high = np.array([interval["high"] for interval in intervals])
+                axis.fill_between(steps, low, high, alpha=0.25)
+        axis.set_xlabel("environment steps")
+        axis.set_ylabel("training QoE (MOS, with exploration noise)")
+        axis.set_title(f"learning curves: {group}")
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(out / f"curves_{group}.png", dpi=120)
+        plt.close(figure)
+
+
+def _plot_bars(results: dict, summary: dict, path: Path) -> None:
+    """Evaluation QoE of every learner entry and of the baselines on the main environment."""
+    labels, means, errors = [], [], []
+    for name, result in results.items():
+        method = result["entry"]["algo"]
+        interval = summary[name][method]["qoe"]
+        labels.append(result["entry"]["label"])
+        means.append(interval["mean"])
+        errors.append(_half_width(interval))
+    main_names = [name for name in ("gddpg", "ddpg") if name in results]
+    if main_names:
+        main_name = main_names[0]
+        for baseline in BASELINE_NAMES:
+            interval = summary[main_name][baseline]["qoe"]
+            labels.append(baseline)
+            means.append(interval["mean"])
+            errors.append(_half_width(interval))
+    figure, axis = plt.subplots(figsize=(max(6, 0.55 * len(labels)), 4))
+    axis.bar(range(len(labels)), means, yerr=errors, capsize=3, color="tab:blue")
+    axis.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    axis.set_ylabel("evaluation QoE (MOS), mean and 95% CI over seeds")
+    lowest = min(means) - max(errors + [0.0]) - 0.1
+    axis.set_ylim(max(1.0, lowest), None)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _plot_energy_qoe(results: dict, summary: dict, path: Path) -> None:
+    """Energy per image against QoE for every learner entry and every baseline, with 95% CIs."""
+    figure, axis = plt.subplots(figsize=(7, 5))
+    seen_baselines = set()
+    for name, result in results.items():
+        methods = [result["entry"]["algo"]]
+        signature = result["baseline_signature"]
+        if signature not in seen_baselines:
+            seen_baselines.add(signature)
+            methods += list(BASELINE_NAMES)
+        for method in methods:
+            energy = summary[name][method]["energy_per_image_j"]
+            qoe = summary[name][method]["qoe"]
+            label = result["entry"]["label"] if method == result["entry"]["algo"] else method
+            if method in BASELINE_NAMES and name not in ("gddpg", "ddpg"):
+                label = f"{method} ({result['entry']['group']})"
+            marker = "o" if method == result["entry"]["algo"] else "x"
+            axis.errorbar(
+                energy["mean"],
+                qoe["mean"],
+                xerr=_half_width(energy),
+                yerr=_half_width(qoe),
+                fmt=marker,
+                capsize=2,
+            )
+            axis.annotate(label, (energy["mean"], qoe["mean"]), fontsize=6)
+    axis.set_xlabel("energy per image (J)")
+    axis.set_ylabel("evaluation QoE (MOS)")
+    axis.set_title("energy-QoE trade-off (mean and 95% CI over seeds)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _half_width(interval: dict) -> float:
+    half = (interval["high"] - interval["low"]) / 2
+    return 0.0 if np.isnan(half) else float(half)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Tests of the reproduction study: statistics, the persona-blind QoE and the CLI end to end.
+
+The end-to-end tests check that the script runs and writes its outputs at the `tiny` budget,
+not that any method wins.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from rlli_jax.qoe.model import SimulatorQoE
+from rlli_jax.study import (
+    STUDY_ENTRIES,
+    PersonaBlindQoE,
+    mean_interval,
+    relative_gain,
+    study_overrides,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "study.py"
+
+
+def test_mean_interval_matches_t_formula():
+    values = [1.0, 2.0, 3.0, 4.0]
+    interval = mean_interval(values)
+    # mean 2.5, sample std sqrt(5/3), sem sqrt(5/3)/2 = 0.6455, t(0.975, 3) = 3.1824.
+    half_width = stats.t.ppf(0.975, 3) * math.sqrt(5 / 3) / 2
+    assert interval["mean"] == pytest.approx(2.5)
+    assert interval["low"] == pytest.approx(2.5 - half_width)
+    assert interval["high"] == pytest.approx(2.5 + half_width)
+    assert half_width == pytest.approx(2.0541, abs=1e-3)
+
+
+def test_mean_interval_one_seed_is_nan():
+    interval = mean_interval([3.0])
+    assert interval["mean"] == 3.0
+    assert math.isnan(interval["low"])
+    assert math.isnan(interval["high"])
+
+
+def test_relative_gain_point_and_bounds():
+    treatment = [3.3, 3.5, 3.4, 3.6, 3.2]
+    control = [3.0, 3.1, 2.9, 3.0, 3.0]
+    gain = relative_gain(treatment, control)
+    # Means 3.4 and 3.0: gain 3.4 / 3.0 - 1 = 0.1333.
+    assert gain["gain"] == pytest.approx(0.4 / 3.0)
+    assert gain["low"] < gain["gain"] < gain["high"]
+    assert gain["low"] > 0.0
+
+
+def test_relative_gain_is_deterministic():
+    first = relative_gain([1.0, 2.0, 3.0], [2.0, 2.5, 3.0])
+    second = relative_gain([1.0, 2.0, 3.0], [2.0, 2.5, 3.0])
+    assert first == second
+
+
+def test_persona_blind_ignores_traits():
+    blind = PersonaBlindQoE(SimulatorQoE())
+    quality = jnp.full((3,), 0.8)
+    latency_s = jnp.full((3,), 4.0)
+    traits = jax.random.uniform(jax.random.key(0), (3, 5))
+    blind_mos = blind({}, traits, quality, latency_s)
+    mean_mos = SimulatorQoE()({}, jnp.full((3, 5), 0.5), quality, latency_s)
+    persona_mos = SimulatorQoE()({}, traits, quality, latency_s)
+    np.testing.assert_allclose(blind_mos, mean_mos)
+    assert not np.allclose(blind_mos, persona_mos)
+
+
+def test_study_overrides_put_entry_after_budget():
+    overrides = study_overrides(STUDY_ENTRIES["gddpg_t3"], "tiny", ["train.seed=1"])
+    assert "agent.diffusion_steps=3" in overrides
+    assert overrides.index("agent.algo=gddpg") > overrides.index("train.num_envs=8")
+    assert overrides[-1] == "train.seed=1"
+
+
+def test_study_overrides_reject_unknown_budget():
+    with pytest.raises(ValueError, match="invalid budget 'huge'"):
+        study_overrides(STUDY_ENTRIES["gddpg"], "huge")
+
+
+def test_every_entry_config_loads():
+    from rlli_jax.config import load_config
+
+    for entry in STUDY_ENTRIES.values():
+        config = load_config(REPO / "configs" / "paper.yaml", study_overrides(entry, "tiny"))
+        assert config.agent.algo == entry.algo
+
+
+def _run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--config", str(REPO / "configs" / "paper.yaml"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
+
+
+def test_script_tiny_writes_outputs_and_resumes(tmp_path):
+    out = tmp_path / "study"
+    args = ("--budget", "tiny", "--seeds", "2", "--only", "ddpg", "--out", str(out))
+    completed = _run_script(*args)
+    assert completed.returncode == 0, completed.stderr
+
+    for name in ("summary.json", "summary.csv", "gain.json", "bars_qoe.png", "energy_qoe.png"):
+        assert (out / name).exists(), name
+    assert (out / "curves_main.png").exists()
+    result = json.loads((out / "entries" / "ddpg.json").read_text())
+    assert result["seeds"] == [0, 1]
+    for method in ("ddpg", "random", "equal_split", "greedy"):
+        assert len(result["per_seed"][method]["qoe"]) == 2, method
+    assert np.isfinite(result["per_seed"]["ddpg"]["qoe"]).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert 1.0 <= summary["ddpg"]["greedy"]["qoe"]["mean"] <= 5.0
+
+    resumed = _run_script(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "done earlier, skipping" in resumed.stdout
+
+
+def test_script_rejects_unknown_entry(tmp_path):
+    completed = _run_script("--only", "nope", "--out", str(tmp_path))
+    assert completed.returncode == 2
+    assert "unknown study entries ['nope']" in completed.stderr
+
+
+@pytest.mark.slow
+def test_script_tiny_every_entry(tmp_path):
+    out = tmp_path / "study"
+    completed = _run_script("--budget", "tiny", "--seeds", "2", "--out", str(out))
+    assert completed.returncode == 0, completed.stderr
+    gains = json.loads((out / "gain.json").read_text())
+    assert "gddpg vs ddpg" in gains
+    for name in STUDY_ENTRIES:
+        assert (out / "entries" / f"{name}.json").exists(), name
