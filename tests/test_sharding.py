@@ -21,7 +21,7 @@ env: {num_users: 3, horizon: 4}
 agent: {algo: ddpg, actor_hidden_sizes: [16], critic_hidden_sizes: [16], batch_size: 8}
 hyper: {actor_lr: 1.0e-3, critic_lr: 1.0e-3, tau: 0.01, gamma: 0.0}
 train: {num_envs: 8, steps_per_chunk: 4, total_env_steps: 96, warmup_env_steps: 16,
-        buffer_size: 64, updates_per_step: 1, eval_episodes: 4, checkpoint_every_chunks: 3}
+        buffer_size: 64, updates_per_step: 1, eval_episodes: 0, checkpoint_every_chunks: 3}
 logging: {progress_bar: false}
 """
 
@@ -113,12 +113,10 @@ def test_padding_dropped_from_results(population_run):
 
 
 def test_sharded_sweep_matches_one_device(population_run):
+    # Evaluation is off (eval_episodes 0) to save two compiles; the multi-host test compares
+    # sharded evaluations. Every per-chunk training metric of every member is compared here.
     for sharded, single in zip(population_run["sharded"], population_run["single"], strict=True):
         assert sharded["status"] == single["status"] == "ok"
-        got = sharded["evaluation"]["policy"]
-        expected = single["evaluation"]["policy"]
-        for name, value in expected.items():
-            np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     for sharded, single in zip(
         population_run["sharded_curves"], population_run["single_curves"], strict=True
     ):
@@ -130,8 +128,8 @@ def test_sharded_sweep_matches_one_device(population_run):
 
 
 def test_members_differ(population_run):
-    qoe = [m["evaluation"]["policy"]["qoe"] for m in population_run["sharded"]]
-    assert len(set(qoe)) == len(qoe)
+    final_losses = [curve[-1]["critic_loss"] for curve in population_run["sharded_curves"]]
+    assert len(set(final_losses)) == len(final_losses)
 
 
 def test_pad_repeats_last_row():

@@ -29,6 +29,7 @@ from rlli_jax.sweep import (
     plan_sweep,
     stack_hyperparams,
 )
+from rlli_jax.train import make_env, make_hyperparams
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -177,8 +178,6 @@ def test_stacked_hyperparams_follow_members(base_path):
         grid={"hyper.actor_lr": [1e-4, 1e-3], "env.params.bandwidth_hz": [1e6, 5e6]},
     )
     plan = plan_sweep(sweep)
-    from rlli_jax.train import make_hyperparams
-
     group = plan.groups[0]
     hyper = stack_hyperparams(group, make_hyperparams(group.config))
     np.testing.assert_allclose(hyper.agent.actor_lr, [1e-4] * 4 + [1e-3] * 4, rtol=1e-6)
@@ -235,8 +234,6 @@ def test_memory_check_rejects_oversized_sweep(base_path):
 
 
 def _dims(config):
-    from rlli_jax.train import make_env
-
     env = make_env(config)
     return env.obs_dim, env.num_actions
 
@@ -398,7 +395,7 @@ def test_finished_groups_are_skipped(sweep_runs):
 
 def test_other_sweep_in_directory_rejected(sweep_runs, base_path):
     other = plan_sweep(sweep_from(base_path, grid={"hyper.tau": [0.1]}))
-    with pytest.raises(ValueError, match=r"holds a different sweep"):
+    with pytest.raises(ValueError, match=r"already contains a different sweep"):
         run_sweep(other, sweep_runs["root"] / "reference")
 
 
