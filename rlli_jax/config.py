@@ -55,6 +55,8 @@ class EnvConfig:
     horizon: int = 16
     # Sorted (name, value) pairs; YAML and `--set env.params.NAME=VALUE` give a mapping.
     params: tuple[tuple[str, float], ...] = ()
+    # Persona reward network checkpoint directory for the QoE; None uses the packaged one.
+    reward_net: str | None = None
 
     def __post_init__(self):
         _require(self.id in ENV_IDS, "env.id", self.id, f"must be one of {list(ENV_IDS)}")
@@ -68,6 +70,14 @@ class EnvConfig:
             checked[name] = _coerce_float(value, f"env.params.{name}")
         object.__setattr__(self, "params", tuple(sorted(checked.items())))
         _validate_env_overrides(self.param_overrides)
+        if self.reward_net is not None:
+            _require(
+                Path(self.reward_net).expanduser().is_dir(),
+                "env.reward_net",
+                self.reward_net,
+                "must be an existing reward network checkpoint directory "
+                "(scripts/distill_reward.py --out writes one)",
+            )
 
     @property
     def param_overrides(self) -> dict[str, float]:

@@ -24,6 +24,7 @@ Under a `vmap` over a population the condition is batched, so the reset runs eve
 import dataclasses
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -83,8 +84,19 @@ class _Static(NamedTuple):
 
 
 def make_env(config: Config) -> DiffusionServiceEnv:
-    """Build the environment of `config.env`."""
-    return DiffusionServiceEnv(num_users=config.env.num_users, horizon=config.env.horizon)
+    """Build the environment of `config.env`, with its reward network checkpoint if it names one.
+
+    Raises:
+        ValueError: the checkpoint cannot be loaded (wrong format, version or shapes).
+    """
+    qoe_model = None
+    if config.env.reward_net is not None:
+        from rlli_jax.qoe.reward_net import RewardNetQoE
+
+        qoe_model = RewardNetQoE.from_checkpoint(Path(config.env.reward_net).expanduser())
+    return DiffusionServiceEnv(
+        num_users=config.env.num_users, horizon=config.env.horizon, qoe_model=qoe_model
+    )
 
 
 def make_hyperparams(config: Config, env: DiffusionServiceEnv | None = None) -> TrainHyperparams:
@@ -266,17 +278,21 @@ class TrainProgram:
         return self.config.train.num_chunks
 
 
-def make_train(config: Config, check_memory: bool = True) -> TrainProgram:
+def make_train(
+    config: Config, check_memory: bool = True, env: DiffusionServiceEnv | None = None
+) -> TrainProgram:
     """Build the training program of `config`; validates everything, compiles nothing.
 
     `init` and `run_chunk` are jitted (compiled on first call); `train` is pure and can be
-    wrapped in `jax.jit` or `jax.vmap`.
+    wrapped in `jax.jit` or `jax.vmap`. `env` replaces the environment `config.env` describes
+    (for example one with another QoE model); its shapes must match `config.env`.
 
     Raises:
         ValueError: an invalid environment constant, or a replay buffer that does not fit in
             free memory (when `check_memory`).
     """
-    env = make_env(config)
+    if env is None:
+        env = make_env(config)
     hyper = make_hyperparams(config, env)
     agent = make_agent(config.agent)
     train_config = config.train

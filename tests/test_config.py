@@ -2,15 +2,23 @@
 
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 import yaml
 
 from rlli_jax.config import Config, apply_overrides, load_config, parse_override, save_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Sweep and study configs have their own schema and their own tests.
+TRAINING_CONFIGS = sorted(
+    path
+    for path in CONFIG_DIR.glob("*.yaml")
+    if not path.name.startswith(("sweep", "study"))
+)
 
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", TRAINING_CONFIGS, ids=lambda p: p.name)
 def test_shipped_config_loads(path):
     config = load_config(path)
     assert isinstance(config, Config)
@@ -170,3 +178,25 @@ def test_config_is_frozen():
 def test_to_dict_is_plain_yaml():
     text = yaml.safe_dump(Config().to_dict())
     assert "!!python" not in text
+
+
+def test_reward_net_missing_directory_raises(tmp_path):
+    missing = tmp_path / "no_such_checkpoint"
+    with pytest.raises(ValueError, match=r"env.reward_net = .*no_such_checkpoint"):
+        load_config(None, [f"env.reward_net={missing}"])
+
+
+def test_reward_net_checkpoint_swaps_qoe(tmp_path):
+    from rlli_jax.qoe.reward_net import RewardNetQoE, save_reward_net
+    from rlli_jax.train import make_env
+
+    model = RewardNetQoE(hidden_sizes=(8,))
+    params = model.init_params(jax.random.key(3))
+    save_reward_net(tmp_path / "net", model, params)
+    config = load_config(None, [f"env.reward_net={tmp_path / 'net'}", "env.num_users=2"])
+    env = make_env(config)
+    assert env.qoe_model.hidden_sizes == (8,)
+    loaded = env.default_params.qoe_params
+    np.testing.assert_allclose(loaded["input_std"], params["input_std"])
+    default_env = make_env(load_config(None, ["env.num_users=2"]))
+    assert default_env.qoe_model.hidden_sizes != (8,)
