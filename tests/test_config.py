@@ -28,11 +28,12 @@ def test_shipped_config_loads(path):
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_config_comments_every_key(path):
     # Every line that sets a value carries a comment, on the line or the line above; section
-    # headers ("train:") are exempt.
+    # headers ("train:") and list items are exempt.
     lines = path.read_text().splitlines()
     for number, line in enumerate(lines):
         stripped = line.strip()
-        if not stripped or stripped.startswith("#") or stripped.endswith(":"):
+        # List items belong to the key above them, which carries the comment.
+        if not stripped or stripped.startswith(("#", "- ")) or stripped.endswith(":"):
             continue
         has_comment = "#" in line or (number > 0 and lines[number - 1].strip().startswith("#"))
         assert has_comment, f"{path.name}:{number + 1} has no comment: {line!r}"
