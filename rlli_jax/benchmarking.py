@@ -378,7 +378,9 @@ def benchmark_train_parts(num_envs: int, *, repeats: int) -> dict[str, float]:
         def body(agent_state, key_update):
             return agent.update(agent_state, batch, key_update, hyper.agent)[0], None
 
-        return jax.lax.scan(body, agent_state, jax.random.split(key, updates))[0].step
+        agent_state = jax.lax.scan(body, agent_state, jax.random.split(key, updates))[0]
+        # Return values that depend on every update, so XLA cannot drop them as dead code.
+        return jax.tree.map(jnp.sum, (agent_state.actor_params, agent_state.critic_params))
 
     action = jnp.zeros((num_envs, env.num_actions))
     parts = {
