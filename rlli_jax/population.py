@@ -286,8 +286,11 @@ def _run_group(
                         "chunk": chunk + 1,
                         "env_steps": env_steps,
                         "failures": failures,
-                        **timing,
-                    },  # fmt: skip
+                        "compile_s": timing["compile_s"],
+                        "train_s": timing["train_s"],
+                        # Wall time of this group over every invocation so far.
+                        "wall_s": timing["previous_wall_s"] + time.perf_counter() - group_start,
+                    },
                 )
             _emit(on_event, SweepEvent(
                 "chunk", group.index, num_groups, chunk + 1, train_config.num_chunks,
@@ -309,7 +312,7 @@ def _run_group(
             if writer is not None:
                 writer.close()
 
-    wall_s = timing.get("previous_wall_s", 0.0) + time.perf_counter() - group_start
+    wall_s = timing["previous_wall_s"] + time.perf_counter() - group_start
     rows = [
         _member_result(member, index, failures, evaluation, train_config, wall_s, timing)
         for index, member in enumerate(group.members)
@@ -331,7 +334,7 @@ def _initial_population(
 
     Returns (state, first chunk to run, failures by member position, timing so far).
     """
-    timing = {"compile_s": 0.0, "train_s": 0.0}
+    timing = {"compile_s": 0.0, "train_s": 0.0, "previous_wall_s": 0.0}
     abstract = jax.eval_shape(lambda k, h: state_to_checkpoint(population.init(k, h)),
                               key_data, hyper)  # fmt: skip
     target = jax.tree.map(
@@ -340,9 +343,9 @@ def _initial_population(
     restored = checkpointer.restore_latest(target)
     if restored is not None:
         metadata = restored.metadata
-        for name in ("compile_s", "train_s", "evaluation_s"):
-            if name in metadata:
-                timing[name] = float(metadata[name])
+        timing["compile_s"] = float(metadata.get("compile_s", 0.0))
+        timing["train_s"] = float(metadata.get("train_s", 0.0))
+        timing["previous_wall_s"] = float(metadata.get("wall_s", 0.0))
         return (
             state_from_checkpoint(restored.state),
             int(metadata["chunk"]),

@@ -381,7 +381,7 @@ class MemoryEstimate:
     params_bytes: int  # actor and critic parameters
     target_params_bytes: int  # their Polyak target copies
     optimizer_bytes: int  # Adam first and second moments of both networks
-    env_bytes: int  # environment states, observations, returns, key and counters
+    env_bytes: int  # environment states and constants, observations, returns, key, counters
 
     @property
     def total_bytes(self) -> int:
@@ -406,7 +406,8 @@ def estimate_member_memory(config: Config) -> MemoryEstimate:
     hyper = program.default_hyperparams
     state = jax.eval_shape(program.init, jax.random.key(0), hyper)
     agent = state.agent
-    env_bytes = _tree_bytes(
+    # A member carries its own copy of the environment constants (prompt bank, QoE network).
+    env_bytes = _tree_bytes(hyper) + _tree_bytes(
         (
             state.env_state,
             state.obs,
