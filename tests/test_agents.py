@@ -315,7 +315,7 @@ def test_config_rejects_invalid(overrides, match):
 
 
 def test_empty_encoder_is_linear_state_map():
-    # No encoder layers: the state enters the noise network's first layer linearly (GDMOPT).
+    # No encoder layers: the state enters the noise network's first layer linearly.
     agent = make_agent(
         AgentConfig(algo="gddpg", actor_hidden_sizes=(16, 16), encoder_hidden_sizes=())
     )

@@ -51,7 +51,7 @@ class AgentConfig:
         for name in ("actor_hidden_sizes", "critic_hidden_sizes", "encoder_hidden_sizes"):
             sizes = tuple(getattr(self, name))
             # An empty encoder is allowed: the state then enters the noise network's first
-            # layer through one linear map, as in the GDMOPT noise MLP.
+            # layer through one linear map, as if the raw state were concatenated to its input.
             empty_invalid = name != "encoder_hidden_sizes"
             if (empty_invalid and not sizes) or any(not isinstance(s, int) or s < 1 for s in sizes):
                 raise ValueError(
