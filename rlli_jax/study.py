@@ -36,7 +36,7 @@ from rlli_jax.agents.baselines import BASELINE_NAMES, make_baseline_policy
 from rlli_jax.config import load_config
 from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import make_agent_policy, run_episodes
-from rlli_jax.qoe.model import QoEModel, default_qoe_model
+from rlli_jax.qoe.model import QoEModel
 
 # Discount of every entry without an energy budget. With the budget off no action changes a
 # later slot, so gamma 0 is the exact objective, and it learned faster than 0.99 on this
@@ -48,9 +48,10 @@ MYOPIC_OVERRIDES = ("hyper.gamma=0.0",)
 ENERGY_BUDGET_J = 48_000.0
 ENERGY_BUDGET_OVERRIDES = (f"env.params.energy_budget_j={ENERGY_BUDGET_J}", "hyper.gamma=0.95")
 
-# Run sizes. `full` keeps the base config's sizes. `cpu` is sized so that one entry with 5 seeds
-# trains in a few minutes on a 2-core CPU; it keeps the base config's network widths and
-# learning rates. `tiny` only checks that the machinery runs end to end.
+# Run sizes. `full` keeps the base config's sizes. `cpu` (2,880 gradient steps per seed) is
+# sized so that one G-DDPG entry with 5 seeds trains in about 10 minutes on a loaded 2-core
+# CPU; it keeps the base config's networks and learning rates. `tiny` only checks that the
+# machinery runs end to end.
 BUDGETS: dict[str, tuple[str, ...]] = {
     "tiny": (
         "env.horizon=4",
@@ -68,11 +69,11 @@ BUDGETS: dict[str, tuple[str, ...]] = {
     ),
     "cpu": (
         "train.num_envs=256",
-        "train.total_env_steps=49152",
-        "train.steps_per_chunk=16",
-        "train.warmup_env_steps=4096",
-        "train.buffer_size=49152",
-        "train.updates_per_step=8",
+        "train.total_env_steps=32768",
+        "train.steps_per_chunk=8",
+        "train.warmup_env_steps=2048",
+        "train.buffer_size=32768",
+        "train.updates_per_step=24",
         "train.eval_episodes=256",
     ),
     "full": (),
@@ -224,13 +225,13 @@ def run_entry(
     """
     overrides = study_overrides(entry, budget, extra_overrides)
     config = load_config(config_path, overrides)
-    eval_env = DiffusionServiceEnv(num_users=config.env.num_users, horizon=config.env.horizon)
+    eval_env = train_module.make_env(config)
     train_env = eval_env
     if entry.persona_blind:
         train_env = DiffusionServiceEnv(
             num_users=config.env.num_users,
             horizon=config.env.horizon,
-            qoe_model=PersonaBlindQoE(default_qoe_model()),
+            qoe_model=PersonaBlindQoE(eval_env.qoe_model),
         )
     with _training_env(train_env):
         program = train_module.make_train(config)

@@ -6,7 +6,7 @@
 
 Each entry's results go to OUT/entries/NAME.json; an entry whose file exists is not run
 again, so an interrupted study resumes where it stopped. After the runs the script writes
-OUT/summary.json, OUT/summary.csv, OUT/gain.json and the plots OUT/curves_GROUP.png,
+OUT/summary.json, OUT/summary.csv, OUT/gain.json, OUT/tables.md and the plots OUT/curves_GROUP.png,
 OUT/bars_qoe.png and OUT/energy_qoe.png from every entry file present.
 """
 
@@ -132,7 +132,9 @@ def write_report(results: dict, out: Path) -> None:
     summary = {name: summarize_seeds(result) for name, result in results.items()}
     _write_json(out / "summary.json", summary)
     _write_csv(results, summary, out / "summary.csv")
-    _write_json(out / "gain.json", _gains(results))
+    gains = _gains(results)
+    _write_json(out / "gain.json", gains)
+    (out / "tables.md").write_text(_markdown_tables(results, summary, gains))
     _plot_curves(results, out)
     _plot_bars(results, summary, out / "bars_qoe.png")
     _plot_energy_qoe(results, summary, out / "energy_qoe.png")
@@ -182,6 +184,44 @@ def _gains(results: dict) -> dict:
                 gddpg_qoe, result["per_seed"][baseline]["qoe"]
             )
     return gains
+
+
+def _markdown_tables(results: dict, summary: dict, gains: dict) -> str:
+    """Format every entry's metrics (mean [95% CI] over seeds) and the gains as Markdown."""
+    columns = ("qoe", "reward", "energy_per_image_j", "latency_s", "quality", "shared_steps")
+    lines = [
+        "| entry | method | seeds | env steps | " + " | ".join(columns) + " |",
+        "|---" * (4 + len(columns)) + "|",
+    ]
+    for name, result in results.items():
+        for method, metrics in summary[name].items():
+            cells = [
+                f"{metrics[column]['mean']:.3f} [{metrics[column]['low']:.3f}, "
+                f"{metrics[column]['high']:.3f}]"
+                for column in columns
+            ]
+            lines.append(
+                f"| {name} | {method} | {len(result['seeds'])} | {result['total_env_steps']} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    lines += ["", "| comparison | relative QoE gain | 95% bootstrap CI |", "|---|---|---|"]
+    for comparison, gain in gains.items():
+        lines.append(
+            f"| {comparison} | {100 * gain['gain']:+.1f}% | "
+            f"[{100 * gain['low']:+.1f}%, {100 * gain['high']:+.1f}%] |"
+        )
+    lines += [
+        "",
+        "| entry | compile s | train s | eval s | updates per seed |",
+        "|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        lines.append(
+            f"| {name} | {result['compile_s']:.0f} | {result['train_s']:.0f} | "
+            f"{result['eval_s']:.0f} | {result['num_updates']} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _plot_curves(results: dict, out: Path) -> None:

@@ -111,7 +111,14 @@ def test_script_tiny_writes_outputs_and_resumes(tmp_path):
     completed = _run_script(*args)
     assert completed.returncode == 0, completed.stderr
 
-    for name in ("summary.json", "summary.csv", "gain.json", "bars_qoe.png", "energy_qoe.png"):
+    for name in (
+        "summary.json",
+        "summary.csv",
+        "gain.json",
+        "tables.md",
+        "bars_qoe.png",
+        "energy_qoe.png",
+    ):
         assert (out / name).exists(), name
     assert (out / "curves_main.png").exists()
     result = json.loads((out / "entries" / "ddpg.json").read_text())
