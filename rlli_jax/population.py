@@ -38,14 +38,13 @@ from jax.sharding import Mesh
 from rlli_jax import sharding
 from rlli_jax.agents.baselines import BASELINE_NAMES, make_baseline_policy
 from rlli_jax.checkpoint import Checkpointer
-from rlli_jax.config import Config, save_config
+from rlli_jax.config import Config, read_yaml, save_config
 from rlli_jax.evaluation import run_episodes, summarize
 from rlli_jax.metrics import MetricsWriter
 from rlli_jax.runner import eval_key, train_key
 from rlli_jax.sweep import (
     SweepGroup,
     SweepPlan,
-    load_sweep_config,
     save_sweep_config,
     stack_hyperparams,
 )
@@ -210,8 +209,7 @@ def _claim_directory(plan: SweepPlan, out_dir: Path, primary: bool) -> None:
     """Save the sweep config in `out_dir`, or check that the one there is the same sweep."""
     path = out_dir / SWEEP_CONFIG_NAME
     if path.exists():
-        saved = load_sweep_config(path)
-        if saved.to_dict() != plan.sweep.to_dict():
+        if read_yaml(path) != plan.sweep.to_dict():
             raise ValueError(
                 f"{str(out_dir)!r} already contains a different sweep (see {path}); choose a new "
                 "output directory, or rerun with the same sweep config to resume"

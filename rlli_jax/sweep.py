@@ -79,7 +79,7 @@ SWEEP_FIELDS = (
 class SweepConfig:
     """A validated sweep file; build with `load_sweep_config` or `SweepConfig.from_dict`."""
 
-    base: str  # path of the base training config, absolute or relative to the working dir
+    base: str  # absolute path of the base training config
     set: tuple[str, ...] = ()  # SECTION.KEY=VALUE overrides of the base config
     num_seeds: int = 1
     first_seed: int = 0  # seeds are first_seed, ..., first_seed + num_seeds - 1
@@ -169,9 +169,8 @@ class SweepConfig:
             raise ValueError(
                 f"invalid base = {data.get('base')!r}: must be the path of a training config"
             )
-        base = Path(data["base"])
-        if not base.is_absolute():
-            base = Path(directory) / base
+        # An absolute path, so that the copy saved in an output directory names the same file.
+        base = (Path(directory) / data["base"]).resolve()
         overrides = data.get("set") or []
         _require(
             isinstance(overrides, list) and all(isinstance(item, str) for item in overrides),

@@ -27,6 +27,7 @@ from rlli_jax.sweep import (
     estimate_member_memory,
     load_sweep_config,
     plan_sweep,
+    save_sweep_config,
     stack_hyperparams,
 )
 from rlli_jax.train import make_env, make_hyperparams
@@ -128,6 +129,16 @@ def test_sweep_file_errors_name_the_file(tmp_path, base_path):
     path.write_text(yaml.safe_dump({"base": str(base_path), "grid": {"hyper.lr": [1e-3]}}))
     with pytest.raises(ValueError, match=r"sweep config .*sweep\.yaml.*unknown sweep key"):
         load_sweep_config(path)
+
+
+def test_saved_sweep_reads_back(tmp_path, base_path, monkeypatch):
+    monkeypatch.chdir(base_path.parent)
+    sweep = SweepConfig.from_dict({"base": "base.yaml", "grid": {"hyper.actor_lr": [1e-3]}})
+    assert Path(sweep.base) == base_path.resolve()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    save_sweep_config(sweep, out_dir / "sweep.yaml")
+    assert load_sweep_config(out_dir / "sweep.yaml") == sweep
 
 
 # Expansion and grouping.
