@@ -13,9 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 from tqdm import tqdm
 
 from rlli_jax.config import load_config
+from rlli_jax.distributed import add_distributed_arguments, initialize_from_args
 from rlli_jax.runner import NonFiniteError, load_run_config, run_training
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -43,6 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="DIR",
         help="continue the run in DIR from its newest checkpoint, with its saved config",
     )
+    add_distributed_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -71,8 +74,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         config = build_config(args)
+        setup = initialize_from_args(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    if jax.process_count() > 1:
+        # NOTE: one run spread over several processes needs the runner to shard the env axis
+        # (rlli_jax.sharding.env_axis_shardings); it does not yet, so every process would train
+        # the same copy. Populations already span processes through scripts/sweep.py.
+        print(
+            f"error: train.py joined {jax.process_count()} processes ({setup}), but a single "
+            "run does not yet span several processes; use scripts/sweep.py with the same "
+            "--coordinator/--num-processes/--process-id flags, where each member is one run",
+            file=sys.stderr,
+        )
         return 2
     run_dir = Path(args.resume or args.out or f"runs/{config.agent.algo}-seed{config.train.seed}")
 
