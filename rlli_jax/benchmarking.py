@@ -227,11 +227,15 @@ def benchmark_act(
             obs = jax.random.normal(jax.random.key(1), (num_envs, env.obs_dim))
 
             def act_many(agent_state, obs, key, agent=agent, hyper=hyper):
-                def body(total, key_call):
-                    action = agent.act(agent_state, obs, key_call, hyper, explore=False)
+                def body(total, inputs):
+                    key_call, offset = inputs
+                    # A per-call offset keeps XLA from hoisting a key-free actor (the MLP) out
+                    # of the loop and computing it once for all calls.
+                    action = agent.act(agent_state, obs + offset, key_call, hyper, explore=False)
                     return total + jnp.sum(action), None
 
-                total, _ = jax.lax.scan(body, jnp.float32(0.0), jax.random.split(key, num_calls))
+                inputs = (jax.random.split(key, num_calls), 1e-3 * jnp.arange(num_calls))
+                total, _ = jax.lax.scan(body, jnp.float32(0.0), inputs)
                 return total
 
             compile_s, times = time_compiled(
