@@ -168,10 +168,16 @@ def _write_csv(results: dict, summary: dict, path: Path) -> None:
 
 
 def _gains(results: dict) -> dict:
-    """Relative QoE gain of every G-DDPG entry over its DDPG counterpart and over baselines."""
+    """Relative QoE gains: each G-DDPG entry over its DDPG counterpart and over the baselines,
+    and each ablation entry over the main entry of its algorithm."""
     gains = {}
     for name, result in results.items():
-        if result["entry"]["algo"] != "gddpg":
+        algo = result["entry"]["algo"]
+        if name != algo and algo in results:
+            gains[f"{name} vs {algo}"] = relative_gain(
+                result["per_seed"][algo]["qoe"], results[algo]["per_seed"][algo]["qoe"]
+            )
+        if algo != "gddpg":
             continue
         gddpg_qoe = result["per_seed"]["gddpg"]["qoe"]
         ddpg_name = "ddpg" + name.removeprefix("gddpg")
