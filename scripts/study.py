@@ -276,7 +276,7 @@ def _plot_bars(results: dict, summary: dict, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(max(6, 0.55 * len(labels)), 4))
     axis.bar(range(len(labels)), means, yerr=errors, capsize=3, color="tab:blue")
     axis.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
-    axis.set_ylabel("evaluation QoE (MOS), mean and 95% CI over seeds")
+    axis.set_ylabel("evaluation QoE (MOS), 95% CI")
     lowest = min(means) - max(errors + [0.0]) - 0.1
     axis.set_ylim(max(1.0, lowest), None)
     figure.tight_layout()
