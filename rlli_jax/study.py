@@ -18,11 +18,10 @@ Entries and their groups:
 - `energy_budget`: G-DDPG and DDPG with a finite per-episode energy budget and gamma 0.95.
 """
 
-import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,21 +182,6 @@ def study_overrides(entry: StudyEntry, budget: str, extra: Sequence[str] = ()) -
     return [*BUDGETS[budget], *entry.overrides, *extra]
 
 
-@contextlib.contextmanager
-def _training_env(env: DiffusionServiceEnv) -> Iterator[None]:
-    """Make `make_train` build its program on `env` instead of the config's default env.
-
-    NOTE: `make_train` has no environment argument, so this swaps `rlli_jax.train.make_env`
-    for the duration of the call. It is not thread-safe.
-    """
-    original = train_module.make_env
-    train_module.make_env = lambda config: env
-    try:
-        yield
-    finally:
-        train_module.make_env = original
-
-
 def seed_keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
     """Training and evaluation keys [num_seeds] for `seeds`, split from `jax.random.key(seed)`."""
     pairs = [jax.random.split(jax.random.key(seed)) for seed in seeds]
@@ -233,8 +217,7 @@ def run_entry(
             horizon=config.env.horizon,
             qoe_model=PersonaBlindQoE(eval_env.qoe_model),
         )
-    with _training_env(train_env):
-        program = train_module.make_train(config)
+    program = train_module.make_train(config, env=train_env)
     hyper = program.default_hyperparams
     # Both environments share the reward network's parameters, so `hyper.env` serves both.
     eval_params = hyper.env
