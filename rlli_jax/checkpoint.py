@@ -5,7 +5,8 @@ Each checkpoint is one step directory written by `orbax.checkpoint.CheckpointMan
 writes into a temporary directory and renames it when the write has finished, so a process
 killed mid-write leaves no step directory, only a temporary one that the next manager removes.
 A step directory damaged later (a truncated or deleted file) fails to restore; `restore_latest`
-then reports it and falls back to the previous checkpoint.
+then reports it, renames it to `corrupt-<step>` so the resumed run can write that step again,
+and falls back to the previous checkpoint.
 
 Saves are synchronous: `save` returns after the checkpoint is final on disk.
 """
@@ -92,6 +93,8 @@ class Checkpointer:
                 )
                 skipped.append((step, message))
                 continue
+            for bad_step, _ in skipped:
+                self._quarantine(bad_step)
             return RestoredCheckpoint(
                 step=step,
                 state=restored.state,
@@ -102,6 +105,21 @@ class Checkpointer:
             details = "; ".join(f"step {step}: {message}" for step, message in skipped)
             raise ValueError(f"no checkpoint in {self.directory} could be restored ({details})")
         return None
+
+    def _quarantine(self, step: int) -> None:
+        """Rename an unreadable step directory to `corrupt-<step>[-n]`, which orbax ignores, so
+        the resumed run can save that step again; the files are kept for inspection."""
+        step_dir = self.directory / str(step)
+        if not step_dir.exists():
+            return
+        target = self.directory / f"corrupt-{step}"
+        suffix = 1
+        while target.exists():
+            target = self.directory / f"corrupt-{step}-{suffix}"
+            suffix += 1
+        step_dir.rename(target)
+        logger.warning("moved unreadable checkpoint %s to %s", step_dir, target)
+        self._manager.reload()
 
     def close(self) -> None:
         self._manager.close()

@@ -132,7 +132,8 @@ def plot_learning_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5))
+    figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
+    axes = axes[0]  # [len(names)] even for one panel
     for run_dir in run_dirs:
         label = Path(run_dir).name
         train_rows = read_metrics(run_dir, "train")

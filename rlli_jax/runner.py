@@ -128,11 +128,13 @@ def run_training(
             f"{str(run_dir)!r} already holds a run; pass --resume to continue it or choose "
             "a new output directory"
         )
+    # Build (and so validate) the program before writing anything, so a failed start leaves
+    # no run directory that would block the retry.
+    program = make_train(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_config(config, run_dir / CONFIG_NAME)
 
-    program = make_train(config)
     train_config = config.train
     hyper = program.default_hyperparams
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, train_config.max_checkpoints)
@@ -158,8 +160,7 @@ def run_training(
                 raise NonFiniteError(
                     f"non-finite {name} = {value} at iteration {iteration} (environment step "
                     f"{(iteration + 1) * train_config.num_envs}, chunk {chunk + 1}); training "
-                    f"stopped and the newest checkpoint in {checkpointer.directory} is the last "
-                    "good state"
+                    f"stopped; {_last_good_state(checkpointer)}"
                 )
             row = summarize_chunk(metrics, program.update_metric_names)
             row["chunk"] = chunk + 1
@@ -215,6 +216,14 @@ def run_training(
     finally:
         writer.close()
         checkpointer.close()
+
+
+def _last_good_state(checkpointer: Checkpointer) -> str:
+    """Say which checkpoint holds the last good state, or that there is none yet."""
+    steps = checkpointer.all_steps()
+    if not steps:
+        return f"no checkpoint was written yet in {checkpointer.directory}"
+    return f"checkpoint {steps[-1]} in {checkpointer.directory} is the last good state"
 
 
 def _initial_state(

@@ -7,6 +7,7 @@ Example:
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.runner import CHECKPOINT_DIR, evaluate_run, load_run_config, restore_train_state
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
     result["env_steps"] = metadata["env_steps"]
     text = json.dumps(result, indent=2)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as stream:
             stream.write(text + "\n")
     print(text)

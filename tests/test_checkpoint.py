@@ -54,6 +54,23 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path):
     assert int(restored.state["step"]) == 1
 
 
+def test_corrupt_step_is_moved_aside_and_saved_again(tmp_path):
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    checkpointer.save(1, make_tree(1.0), {"chunk": 1})
+    checkpointer.save(2, make_tree(2.0), {"chunk": 2})
+    for path in (tmp_path / "ckpt" / "2" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    assert checkpointer.restore_latest(make_tree(0.0)).step == 1
+    # The damaged files are kept under another name, and step 2 can be written again.
+    assert (tmp_path / "ckpt" / "corrupt-2").is_dir()
+    assert checkpointer.all_steps() == [1]
+    checkpointer.save(2, make_tree(5.0), {"chunk": 2})
+    restored = checkpointer.restore_latest(make_tree(0.0))
+    assert restored.step == 2
+    assert int(restored.state["step"]) == 5
+
+
 def test_all_corrupt_raises(tmp_path):
     checkpointer = Checkpointer(tmp_path / "ckpt")
     checkpointer.save(1, make_tree(1.0), {"chunk": 1})

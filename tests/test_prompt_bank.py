@@ -115,7 +115,7 @@ def test_load_nan_matrix(tmp_path):
 def test_load_invalid_json(tmp_path):
     prompts_path, similarity_path = _write_bank(tmp_path, _small_document(), _small_similarity())
     prompts_path.write_text('{"version": 1, "topics": ["food"', encoding="utf-8")
-    with pytest.raises(ValueError, match="is not valid JSON"):
+    with pytest.raises(ValueError, match="is not valid UTF-8 JSON"):
         load_prompt_bank(prompts_path, similarity_path)
 
 
@@ -123,5 +123,43 @@ def test_load_unknown_topic(tmp_path):
     document = _small_document()
     document["prompts"][2]["topic"] = "vehicles"
     prompts_path, similarity_path = _write_bank(tmp_path, document, _small_similarity())
-    with pytest.raises(ValueError, match="prompt 2 needs a 'text' string and a 'topic'"):
+    with pytest.raises(ValueError, match="prompt 2 needs a non-empty 'text' and a 'topic'"):
+        load_prompt_bank(prompts_path, similarity_path)
+
+
+@pytest.mark.parametrize(
+    ("prompts_text", "match"),
+    [
+        ("[1, 2]", "must hold a JSON object"),
+        ("null", "must hold a JSON object"),
+        ('{"version": 1, "topics": ["a"], "prompts": ["text"]}', "prompt 0 needs"),
+        ('{"version": 1, "topics": ["a"], "prompts": [{"topic": "a", "text": " "}]}', "non-empty"),
+    ],
+)
+def test_malformed_prompt_documents_raise(tmp_path, prompts_text, match):
+    prompts_path = tmp_path / "prompts.json"
+    prompts_path.write_text(prompts_text)
+    similarity_path = tmp_path / "similarity.npy"
+    np.save(similarity_path, np.ones((1, 1), np.float32))
+    with pytest.raises(ValueError, match=match):
+        load_prompt_bank(prompts_path, similarity_path)
+
+
+def test_non_utf8_and_bad_matrices_raise(tmp_path):
+    prompts_path = tmp_path / "prompts.json"
+    prompts_path.write_bytes(
+        b'{"version": 1, "topics": ["a"], "prompts": [{"topic": "a", "text": "\xff"}]}'
+    )
+    similarity_path = tmp_path / "similarity.npy"
+    np.save(similarity_path, np.ones((1, 1), np.float32))
+    with pytest.raises(ValueError, match="UTF-8"):
+        load_prompt_bank(prompts_path, similarity_path)
+    prompts_path.write_text(
+        '{"version": 1, "topics": ["a"], "prompts": [{"topic": "a", "text": "x"}]}'
+    )
+    np.save(similarity_path, np.ones((1, 1), bool))
+    with pytest.raises(ValueError, match="dtype bool"):
+        load_prompt_bank(prompts_path, similarity_path)
+    similarity_path.write_bytes(b"")
+    with pytest.raises(ValueError, match="cannot read similarity matrix"):
         load_prompt_bank(prompts_path, similarity_path)

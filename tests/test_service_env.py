@@ -264,6 +264,8 @@ def test_reward_uses_energy_weight():
         ({"min_distance_m": 900.0}, r"min_distance_m .* exceeds max_distance_m"),
         ({"overbudget_factor": 0.5}, r"overbudget_factor = 0.5 .*>= 1"),
         ({"no_such_field": 1.0}, r"unknown EnvParams field"),
+        ({"bandwidth_hz": float("inf")}, r"bandwidth_hz = inf .*must be finite"),
+        ({"energy_weight": float("inf")}, r"energy_weight = inf .*must be finite"),
     ],
 )
 def test_invalid_params_raise(overrides, match):

@@ -106,6 +106,9 @@ _SCALAR_RULES: tuple[tuple[str, str, Any], ...] = (
     ("overbudget_factor", "must be >= 1", lambda x: x >= 1),
 )
 
+# Fields where infinity is meaningful: an infinite budget turns the energy budget off.
+_INFINITE_ALLOWED = ("energy_budget_j",)
+
 # (smaller field, larger field): the first must not exceed the second.
 _ORDER_RULES = (
     ("min_total_steps", "max_total_steps"),
@@ -132,8 +135,13 @@ def validate_env_params(params: EnvParams) -> None:
         if values is None:
             continue
         for value in np.atleast_1d(values).ravel():
+            infinite_allowed = name in _INFINITE_ALLOWED
             if math.isnan(value) or not predicate(float(value)):
                 raise ValueError(f"EnvParams.{name} = {float(value)!r} is invalid: {name} {rule}")
+            if math.isinf(value) and not infinite_allowed:
+                raise ValueError(
+                    f"EnvParams.{name} = {float(value)!r} is invalid: {name} must be finite"
+                )
 
     for low_name, high_name in _ORDER_RULES:
         low = _concrete_scalars(getattr(params, low_name))

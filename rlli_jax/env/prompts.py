@@ -56,8 +56,15 @@ def load_prompt_bank(
 
     try:
         document = json.loads(prompts_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"prompt bank file {prompts_path} is not valid JSON: {error}") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"prompt bank file {prompts_path} is not valid UTF-8 JSON: {error}"
+        ) from error
+    if not isinstance(document, dict):
+        raise ValueError(
+            f"prompt bank file {prompts_path} must hold a JSON object with 'version', 'topics' "
+            f"and 'prompts', got {type(document).__name__}"
+        )
     if document.get("version") != PROMPT_BANK_VERSION:
         raise ValueError(
             f"prompt bank file {prompts_path} has version {document.get('version')!r}, "
@@ -69,10 +76,21 @@ def load_prompt_bank(
         raise ValueError(f"prompt bank file {prompts_path} needs non-empty 'topics' and 'prompts'")
     topic_index = {name: i for i, name in enumerate(topic_names)}
     texts, topics = [], []
+    if not isinstance(prompts, list) or not all(isinstance(name, str) for name in topic_names):
+        raise ValueError(
+            f"prompt bank file {prompts_path}: 'prompts' must be a list and 'topics' a list of "
+            "strings"
+        )
     for i, prompt in enumerate(prompts):
-        if prompt.get("topic") not in topic_index or not isinstance(prompt.get("text"), str):
+        valid = (
+            isinstance(prompt, dict)
+            and prompt.get("topic") in topic_index
+            and isinstance(prompt.get("text"), str)
+            and prompt["text"].strip()
+        )
+        if not valid:
             raise ValueError(
-                f"prompt bank file {prompts_path}: prompt {i} needs a 'text' string and a "
+                f"prompt bank file {prompts_path}: prompt {i} needs a non-empty 'text' and a "
                 f"'topic' from {list(topic_names)}, got {prompt!r}"
             )
         texts.append(prompt["text"])
@@ -80,8 +98,12 @@ def load_prompt_bank(
 
     try:
         similarity = np.load(similarity_path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise ValueError(f"cannot read similarity matrix {similarity_path}: {error}") from error
+    if not np.issubdtype(similarity.dtype, np.floating):
+        raise ValueError(
+            f"similarity matrix {similarity_path} has dtype {similarity.dtype}, expected floats"
+        )
     num_prompts = len(texts)
     if similarity.shape != (num_prompts, num_prompts):
         raise ValueError(
