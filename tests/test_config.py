@@ -12,9 +12,7 @@ from rlli_jax.config import Config, apply_overrides, load_config, parse_override
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Sweep and study configs have their own schema and their own tests.
 TRAINING_CONFIGS = sorted(
-    path
-    for path in CONFIG_DIR.glob("*.yaml")
-    if not path.name.startswith(("sweep", "study"))
+    path for path in CONFIG_DIR.glob("*.yaml") if not path.name.startswith(("sweep", "study"))
 )
 
 

@@ -146,6 +146,18 @@ def test_loader_skips_and_counts_bad_lines(tmp_path):
     assert "duplicate request_id 's0-0000000'" in reasons[9]
 
 
+def test_loader_skips_line_with_invalid_utf8(tmp_path):
+    path = tmp_path / "ratings.jsonl"
+    lines = [json.dumps(good_record(0)), json.dumps(good_record(1)), json.dumps(good_record(2))]
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    # One undecodable byte inside the second record's request id.
+    data = data.replace(b"s0-0000001", b"s0-\xff000001")
+    path.write_bytes(data)
+    dataset = load_ratings(path)
+    assert dataset.request_ids == ("s0-0000000", "s0-0000002")
+    assert [(bad.line_number, bad.reason) for bad in dataset.bad_lines] == [(2, "not valid UTF-8")]
+
+
 def test_loader_strict_fails_with_line_numbers(tmp_path):
     path = tmp_path / "ratings.jsonl"
     write_lines(path, bad_file_lines())

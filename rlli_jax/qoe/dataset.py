@@ -83,9 +83,10 @@ def open_text(path: Path):
 
     Line endings are kept as stored, so hashing the lines hashes the file's bytes.
     """
+    # surrogateescape keeps undecodable bytes, so one bad byte spoils one line, not the file.
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape", newline="")
+    return open(path, encoding="utf-8", errors="surrogateescape", newline="")
 
 
 def append_records(path: str | Path, records: Iterable[dict]) -> None:
@@ -232,8 +233,13 @@ def load_ratings(path: str | Path, strict: bool = False) -> RatingsDataset:
     try:
         with open_text(path) as stream:
             for line_number, line in enumerate(stream, start=1):
-                hasher.update(line.encode("utf-8"))
+                hasher.update(line.encode("utf-8", "surrogateescape"))
                 if not line.strip():
+                    continue
+                try:
+                    line.encode("utf-8")
+                except UnicodeEncodeError:
+                    bad_lines.append(BadLine(line_number, "not valid UTF-8"))
                     continue
                 try:
                     record = json.loads(line)
