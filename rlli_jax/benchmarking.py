@@ -255,7 +255,7 @@ def benchmark_update(
     num_users: int = 8,
 ) -> list[Measurement]:
     """Measure gradient steps per second of DDPG and G-DDPG (default T) at each batch size, on
-    service-environment shapes. `num_envs` in the records holds the batch size."""
+    service-environment shapes. `num_envs` in the records contains the batch size."""
     from rlli_jax.agents.ddpg import Transition
 
     env = DiffusionServiceEnv(num_users=num_users)
@@ -309,6 +309,22 @@ def _train_program(num_envs: int, overrides: tuple[str, ...] = ()):
     return config, make_train(config)
 
 
+def _time_chunks(run_chunk, state, hyper, repeats: int) -> tuple[float, tuple[float, ...]]:
+    """Compile a training-chunk function, run one warm-up chunk, then time `repeats` chunks,
+    each continuing from the previous state. Returns (compile seconds, per-chunk seconds)."""
+    start = time.perf_counter()
+    compiled = run_chunk.lower(state, hyper).compile()
+    compile_s = time.perf_counter() - start
+    state, _ = compiled(state, hyper)  # warm-up, which also ends the random-action warmup
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = compiled(state, hyper)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    return compile_s, tuple(times)
+
+
 def benchmark_train(
     num_envs_list: list[int], *, repeats: int, overrides: tuple[str, ...] = ()
 ) -> list[Measurement]:
@@ -319,22 +335,11 @@ def benchmark_train(
         config, program = _train_program(num_envs, overrides)
         hyper = program.default_hyperparams
         state = program.init(jax.random.key(0), hyper)
-        start = time.perf_counter()
-        compiled = program.run_chunk.lower(state, hyper).compile()
-        compile_s = time.perf_counter() - start
-        state, _ = compiled(state, hyper)  # first chunk: warm-up, also ends the random warmup
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            state, metrics = compiled(state, hyper)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - start)
+        compile_s, times = _time_chunks(program.run_chunk, state, hyper, repeats)
         steps = config.train.steps_per_chunk
         label = f"train {config.agent.algo} updates/step={config.train.updates_per_step}"
         measurements.append(
-            Measurement(
-                "train", label + " env steps", num_envs, num_envs * steps, compile_s, tuple(times)
-            )
+            Measurement("train", label + " env steps", num_envs, num_envs * steps, compile_s, times)
         )
         measurements.append(
             Measurement(
@@ -343,7 +348,7 @@ def benchmark_train(
                 num_envs,
                 steps * config.train.updates_per_step,
                 compile_s,
-                tuple(times),
+                times,
             )
         )
     return measurements
@@ -411,16 +416,7 @@ def benchmark_sweep(
         keys = jax.random.split(jax.random.key(0), num_members)
         state = jax.vmap(program.init, in_axes=(0, None))(keys, hyper)
         chunk = jax.jit(jax.vmap(program.run_chunk, in_axes=(0, None)))
-        start = time.perf_counter()
-        compiled = chunk.lower(state, hyper).compile()
-        compile_s = time.perf_counter() - start
-        state, _ = compiled(state, hyper)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            state, metrics = compiled(state, hyper)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - start)
+        compile_s, times = _time_chunks(chunk, state, hyper, repeats)
         steps = config.train.steps_per_chunk
         measurements.append(
             Measurement(
@@ -429,7 +425,7 @@ def benchmark_sweep(
                 num_envs,
                 num_members * num_envs * steps,
                 compile_s,
-                tuple(times),
+                times,
             )
         )
     return measurements

@@ -118,14 +118,14 @@ def run_training(
         The summary also written to `summary.json`.
 
     Raises:
-        ValueError: `run_dir` already holds a run and `resume` is False.
+        ValueError: `run_dir` already contains a run and `resume` is False.
         NonFiniteError: a loss, metric or parameter became NaN or infinite; the newest
             checkpoint is the last good state.
     """
     run_dir = Path(run_dir)
     if not resume and (run_dir / CONFIG_NAME).exists():
         raise ValueError(
-            f"{str(run_dir)!r} already holds a run; pass --resume to continue it or choose "
+            f"{str(run_dir)!r} already contains a run; pass --resume to continue it or choose "
             "a new output directory"
         )
     # Build (and so validate) the program before writing anything, so a failed start leaves
@@ -219,7 +219,7 @@ def run_training(
 
 
 def _last_good_state(checkpointer: Checkpointer) -> str:
-    """Say which checkpoint holds the last good state, or that there is none yet."""
+    """Name the checkpoint with the last good state, or say that none was written yet."""
     steps = checkpointer.all_steps()
     if not steps:
         return f"no checkpoint was written yet in {checkpointer.directory}"

@@ -222,7 +222,7 @@ def update_step(
 def train_iteration(
     static: _Static, state: TrainState, hyper: TrainHyperparams
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One vectorised environment step followed by the gradient steps."""
+    """Run one vectorised environment step, then the gradient steps."""
     key, key_collect, key_update = jax.random.split(state.key, 3)
     state, collect_metrics = collect_step(static, state, hyper, key_collect)
     state, update_metrics = update_step(static, state, hyper, key_update)

@@ -4,7 +4,7 @@
 #   bash scripts/gpu_benchmark.sh [OUT_DIR]      (default: runs/gpu_benchmark)
 #
 # Needs the CUDA build of jax in the active Python (pip install -e ".[gpu]"); the script checks
-# that jax sees a GPU and stops otherwise. Sizes are chosen to finish in under 8 minutes on one
+# that jax finds a GPU and stops otherwise. Sizes are chosen to finish in under 8 minutes on one
 # current data-centre GPU; the NumPy reference runs on the host CPU in the same run, so the
 # report's ratios compare the GPU with that CPU.
 set -euo pipefail

@@ -79,8 +79,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if jax.process_count() > 1:
-        # NOTE: one run spread over several processes needs the runner to shard the env axis
-        # (rlli_jax.sharding.env_axis_shardings); it does not yet, so every process would train
+        # NOTE: one run over several processes needs the runner to shard the env axis with
+        # rlli_jax.sharding.env_axis_shardings. It does not yet, so every process would train
         # the same copy. Populations already span processes through scripts/sweep.py.
         print(
             f"error: train.py joined {jax.process_count()} processes ({setup}), but a single "

@@ -190,4 +190,4 @@ def test_existing_run_dir_requires_resume(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("{}\n")
     code = train_script.main(tiny_args(64) + ["--out", str(tmp_path)])
     assert code == 1
-    assert "already holds a run" in capsys.readouterr().err
+    assert "already contains a run" in capsys.readouterr().err

@@ -110,7 +110,8 @@ def test_step_user_level_bounds():
     quality = jax.random.uniform(jax.random.key(10), (256, NUM_USERS))
     latency = jnp.exp(jax.random.uniform(jax.random.key(11), (256, NUM_USERS), minval=-3, maxval=6))
     mos = qoe_model(params.qoe_params, traits, quality, latency)
-    assert float(mos.min()) >= 1.0 and float(mos.max()) <= 5.0
+    assert float(mos.min()) >= 1.0
+    assert float(mos.max()) <= 5.0
     _, states = jax.vmap(env.reset, in_axes=(0, None))(keys, params)
     _, _, rewards, _, _, _ = jax.vmap(env.step, in_axes=(0, 0, 0, None))(
         keys, states, actions, params

@@ -415,7 +415,8 @@ def test_results_table_and_ranking(sweep_runs):
     rows = results_table(sweep_runs["reference"], plan)
     assert [row["hyper.critic_lr"] for row in rows] == [1e-3, 1e-3, 1e30, 1e30]
     assert rows[0]["status"] == "ok"
-    assert "eval_qoe" in rows[0] and "greedy_qoe" in rows[0]
+    assert "eval_qoe" in rows[0]
+    assert "greedy_qoe" in rows[0]
     assert "eval_qoe" not in rows[2]
     points = rank_points(rows, plan.sweep.swept_keys, "qoe", "max")
     assert points[0]["values"] == {"hyper.critic_lr": 1e-3}

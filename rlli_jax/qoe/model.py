@@ -25,7 +25,7 @@ class QoEModel(Protocol):
         ...
 
     def default_params(self) -> Any:
-        """Return the parameters the environment uses unless told otherwise."""
+        """Return the parameters the environment uses when none are given."""
         ...
 
 
