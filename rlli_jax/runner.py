@@ -11,6 +11,15 @@ A resumed run restores the newest readable checkpoint, drops metric rows written
 continues; on CPU it reaches bit-identical parameters to a run that was never interrupted,
 because every chunk is the same compiled program applied to the same state.
 
+With several devices (or several processes joined by `rlli_jax.distributed`) the run shards its
+environment axis over all of them (`rlli_jax.sharding.env_axis_shardings`): environment
+states, observations and returns are split, parameters, optimiser states and the replay buffer
+are replicated. It is still one run with one set of parameters, initialised from one key, and
+every environment, on whichever process, draws its own key from it. In a multi-process run
+every process calls this function with the same config and run directory (a file system all
+hosts share), every process takes part in checkpointing, and only process 0 writes the config,
+metrics, summary and plot.
+
 This module never prints; progress goes to the `on_chunk` callback.
 """
 
@@ -24,7 +33,9 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
+from rlli_jax import sharding
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import Config, load_config, save_config
 from rlli_jax.evaluation import evaluate_baselines, summarize
@@ -80,14 +91,110 @@ def load_run_config(run_dir: str | Path) -> Config:
     return load_config(path)
 
 
-def restore_train_state(
-    program: TrainProgram, checkpointer: Checkpointer
-) -> tuple[TrainState, dict[str, Any]] | None:
-    """Restore the newest readable checkpoint as a `TrainState`, or None if there is none."""
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """The device placement of a run's arrays, and the compiled entry points that keep it.
+
+    `init(key_data, hyper)` takes the raw data of the training key (`jax.random.key_data`) and
+    `run_chunk(state, hyper)` donates its state. Pass them `hyper`, which is placed to match.
+    """
+
+    init: Callable[[Any, Any], TrainState]
+    run_chunk: Callable[[TrainState, Any], tuple[TrainState, dict[str, Any]]]
+    hyper: Any  # the program's default TrainHyperparams, on the devices of the run
+    key_data: Any  # raw data of the training key, on the devices of the run
+    restore_target: Any  # checkpoint-shaped TrainState of ShapeDtypeStruct, with shardings
+    num_devices: int  # devices the environment axis is split over (1: not sharded)
+
+
+def should_shard_envs(num_envs: int) -> bool:
+    """Decide whether one run splits its environments over every visible device.
+
+    A multi-process run always splits them, and `num_envs` must then be a multiple of the
+    device count. A single process with several devices splits them when `num_envs` is a
+    multiple of the device count. Otherwise the run stays on the default device, and a
+    warning says when devices are left idle.
+    """
+    num_devices = jax.device_count()
+    if jax.process_count() > 1:
+        return True
+    if num_devices > 1 and num_envs % num_devices:
+        logger.warning(
+            "train.num_envs = %d is not a multiple of the %d devices; the run uses one device",
+            num_envs,
+            num_devices,
+        )
+        return False
+    return num_devices > 1
+
+
+def make_placement(program: TrainProgram, shard_envs: bool) -> Placement:
+    """Place the run of `program` on the default device, or shard its environment axis.
+
+    Raises:
+        ValueError: `shard_envs` is True and `train.num_envs` is not a multiple of the device
+            count.
+    """
     hyper = program.default_hyperparams
-    target = jax.eval_shape(lambda key: state_to_checkpoint(program.init(key, hyper)),
-                            train_key(0))  # fmt: skip
-    restored = checkpointer.restore_latest(target)
+    key = train_key(program.config.train.seed)
+    abstract = jax.eval_shape(program.init, key, hyper)
+    checkpoint_shapes = jax.eval_shape(state_to_checkpoint, abstract)
+    if not shard_envs:
+
+        def init(key_data, hyper):
+            return program.init(jax.random.wrap_key_data(key_data), hyper)
+
+        return Placement(
+            init=init,
+            run_chunk=program.run_chunk,
+            hyper=hyper,
+            key_data=jax.random.key_data(key),
+            restore_target=checkpoint_shapes,
+            num_devices=1,
+        )
+
+    mesh = sharding.make_mesh(sharding.ENV_AXIS)
+    replicated = sharding.replicated_sharding(mesh)
+    state_shardings = sharding.env_axis_shardings(abstract, mesh, program.config.train.num_envs)
+
+    def init_from_data(key_data, hyper):
+        return program.init(jax.random.wrap_key_data(key_data), hyper)
+
+    # The key leaf's sharding (replicated) fits its raw uint32 data in a checkpoint too.
+    restore_target = jax.tree.map(
+        lambda leaf, leaf_sharding: jax.ShapeDtypeStruct(
+            leaf.shape, leaf.dtype, sharding=leaf_sharding
+        ),
+        checkpoint_shapes,
+        state_shardings,
+    )
+    return Placement(
+        init=jax.jit(
+            init_from_data, in_shardings=(replicated, replicated), out_shardings=state_shardings
+        ),
+        run_chunk=jax.jit(
+            program.run_chunk,
+            in_shardings=(state_shardings, replicated),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        ),
+        hyper=sharding.place(sharding.to_host(hyper), replicated),
+        key_data=sharding.place(np.asarray(jax.random.key_data(key)), replicated),
+        restore_target=restore_target,
+        num_devices=mesh.devices.size,
+    )
+
+
+def restore_train_state(
+    program: TrainProgram, checkpointer: Checkpointer, placement: Placement | None = None
+) -> tuple[TrainState, dict[str, Any]] | None:
+    """Restore the newest readable checkpoint as a `TrainState`, or None if there is none.
+
+    With a sharded `placement` the arrays come back with its shardings.
+    """
+    if placement is None:
+        placement = make_placement(program, shard_envs=False)
+    restored = checkpointer.restore_latest(placement.restore_target)
     if restored is None:
         return None
     metadata = dict(restored.metadata)
@@ -95,12 +202,25 @@ def restore_train_state(
     return state_from_checkpoint(restored.state), metadata
 
 
+def evaluate_policy(program: TrainProgram, agent_state, seed: int) -> dict[str, float]:
+    """Evaluate the policy of `agent_state` on the fresh episodes of `seed`, without noise.
+
+    Sharded or multi-process parameters are first copied to the host, so every process runs
+    the evaluation alone on its default device and no process waits for another.
+    """
+    if any(isinstance(leaf, jax.Array) and len(leaf.sharding.device_set) > 1
+           for leaf in jax.tree.leaves(agent_state)):  # fmt: skip
+        agent_state = sharding.to_host(agent_state)
+    hyper = program.default_hyperparams
+    return summarize(program.evaluate(agent_state, hyper, eval_key(seed)))
+
+
 def evaluate_run(program: TrainProgram, agent_state, seed: int) -> dict[str, Any]:
     """Evaluate the policy of `agent_state` and every baseline on the same fresh episodes."""
     config = program.config
     hyper = program.default_hyperparams
     key = eval_key(seed)
-    policy = summarize(program.evaluate(agent_state, hyper, key))
+    policy = evaluate_policy(program, agent_state, seed)
     baselines = evaluate_baselines(program.env, hyper.env, key, config.train.eval_episodes)
     return {"policy": policy, "baselines": baselines}
 
@@ -111,14 +231,20 @@ def run_training(
     resume: bool = False,
     on_chunk: Callable[[ChunkProgress], None] | None = None,
     final_evaluation: bool = True,
+    shard_envs: bool | None = None,
 ) -> dict[str, Any]:
     """Train `config` in `run_dir`, or continue the run there when `resume` is True.
 
+    Args:
+        shard_envs: split the environments over every device (see `make_placement`); None
+            decides with `should_shard_envs`.
+
     Returns:
-        The summary also written to `summary.json`.
+        The summary also written to `summary.json` (by process 0).
 
     Raises:
-        ValueError: `run_dir` already contains a run and `resume` is False.
+        ValueError: `run_dir` already contains a run and `resume` is False, or the
+            environments cannot be split over the devices.
         NonFiniteError: a loss, metric or parameter became NaN or infinite; the newest
             checkpoint is the last good state.
     """
@@ -128,28 +254,39 @@ def run_training(
             f"{str(run_dir)!r} already contains a run; pass --resume to continue it or choose "
             "a new output directory"
         )
-    # Build (and so validate) the program before writing anything, so a failed start leaves
-    # no run directory that would block the retry.
+    # Build (and so validate) the program and its placement before writing anything, so a
+    # failed start leaves no run directory that would block the retry.
     program = make_train(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        save_config(config, run_dir / CONFIG_NAME)
+    if shard_envs is None:
+        shard_envs = should_shard_envs(config.train.num_envs)
+    placement = make_placement(program, shard_envs)
+    primary = jax.process_index() == 0
+    if jax.process_count() > 1:
+        # Every process has checked run_dir above before process 0 writes to it.
+        multihost_utils.sync_global_devices("rlli_jax.runner: run directory checked")
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            save_config(config, run_dir / CONFIG_NAME)
 
     train_config = config.train
-    hyper = program.default_hyperparams
+    hyper = placement.hyper
     checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, train_config.max_checkpoints)
-    writer = MetricsWriter(run_dir, tensorboard=config.logging.tensorboard)
+    writer = (MetricsWriter(run_dir, tensorboard=config.logging.tensorboard) if primary
+              else _NoMetricsWriter())  # fmt: skip
     try:
-        state, start_chunk, resumed_from = _initial_state(program, checkpointer, writer, resume)
+        state, start_chunk, resumed_from = _initial_state(
+            program, placement, checkpointer, writer, resume
+        )
         compile_start = time.perf_counter()
-        run_chunk = program.run_chunk.lower(state, hyper).compile()
+        run_chunk = placement.run_chunk.lower(state, hyper).compile()
         compile_s = time.perf_counter() - compile_start
 
         train_seconds = 0.0
         for chunk in range(start_chunk, train_config.num_chunks):
             chunk_start = time.perf_counter()
             state, metrics = run_chunk(state, hyper)
-            metrics = jax.device_get(metrics)  # blocks until the chunk has finished
+            metrics = sharding.to_host(metrics)  # blocks until the chunk has finished
             seconds = time.perf_counter() - chunk_start
             train_seconds += seconds
             env_steps = (chunk + 1) * train_config.env_steps_per_chunk
@@ -170,9 +307,7 @@ def run_training(
             is_last = chunk + 1 == train_config.num_chunks
             every = train_config.eval_every_chunks
             if every and train_config.eval_episodes and (chunk + 1) % every == 0:
-                evaluation = summarize(
-                    program.evaluate(state.agent, hyper, eval_key(config.train.seed))
-                )
+                evaluation = evaluate_policy(program, state.agent, config.train.seed)
                 writer.write(evaluation, env_steps, prefix="eval")
             if is_last or (chunk + 1) % train_config.checkpoint_every_chunks == 0:
                 checkpointer.save(
@@ -204,13 +339,16 @@ def run_training(
                 else None
             ),
             "resumed_from": resumed_from,
+            "num_devices": placement.num_devices,
+            "num_processes": jax.process_count(),
         }
         if final_evaluation and train_config.eval_episodes > 0:
             evaluation_start = time.perf_counter()
             summary["evaluation"] = evaluate_run(program, state.agent, train_config.seed)
             summary["evaluation_s"] = time.perf_counter() - evaluation_start
-        _write_json(run_dir / SUMMARY_NAME, summary)
-        plot_learning_curves([run_dir], run_dir / CURVES_NAME)
+        if primary:
+            _write_json(run_dir / SUMMARY_NAME, summary)
+            plot_learning_curves([run_dir], run_dir / CURVES_NAME)
         summary["final_state"] = state
         return summary
     finally:
@@ -226,13 +364,29 @@ def _last_good_state(checkpointer: Checkpointer) -> str:
     return f"checkpoint {steps[-1]} in {checkpointer.directory} is the last good state"
 
 
+class _NoMetricsWriter:
+    """The metrics writer of a process other than process 0: it writes nothing."""
+
+    def write(self, row: dict[str, Any], step: int, prefix: str = "train") -> None:
+        del row, step, prefix
+
+    def truncate_after(self, step: int) -> None:
+        del step
+
+    def close(self) -> None:
+        pass
+
+
 def _initial_state(
-    program: TrainProgram, checkpointer: Checkpointer, writer: MetricsWriter, resume: bool
+    program: TrainProgram,
+    placement: Placement,
+    checkpointer: Checkpointer,
+    writer: MetricsWriter | _NoMetricsWriter,
+    resume: bool,
 ) -> tuple[TrainState, int, dict[str, Any] | None]:
     """Return (state, first chunk to run, resume metadata or None)."""
-    config = program.config
     if resume:
-        restored = restore_train_state(program, checkpointer)
+        restored = restore_train_state(program, checkpointer, placement)
         if restored is not None:
             state, metadata = restored
             writer.truncate_after(int(metadata["env_steps"]))
@@ -240,8 +394,7 @@ def _initial_state(
         logger.warning("no checkpoint in %s; starting the run from the beginning",
                        checkpointer.directory)  # fmt: skip
     writer.truncate_after(0)
-    state = program.init(train_key(config.train.seed), program.default_hyperparams)
-    return state, 0, None
+    return placement.init(placement.key_data, placement.hyper), 0, None
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -5,6 +5,10 @@ Examples:
     python scripts/train.py --config configs/quick.yaml --algo ddpg --out runs/quick
     python scripts/train.py --set hyper.actor_lr=3e-4 --set env.params.energy_weight=0.5
     python scripts/train.py --resume runs/gddpg-seed0
+
+On several devices or hosts one run splits its environments over all of them; for hosts, start
+the same command on each with --coordinator, --num-processes and its own --process-id, and an
+--out directory on a file system that every host shares (docs/scaling.md).
 """
 
 import argparse
@@ -74,28 +78,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         config = build_config(args)
-        setup = initialize_from_args(args)
+        initialize_from_args(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if jax.process_count() > 1:
-        # NOTE: one run over several processes needs the runner to shard the env axis with
-        # rlli_jax.sharding.env_axis_shardings. It does not yet, so every process would train
-        # the same copy. Populations already span processes through scripts/sweep.py.
-        print(
-            f"error: train.py joined {jax.process_count()} processes ({setup}), but a single "
-            "run does not yet span several processes; use scripts/sweep.py with the same "
-            "--coordinator/--num-processes/--process-id flags, where each member is one run",
-            file=sys.stderr,
-        )
-        return 2
     run_dir = Path(args.resume or args.out or f"runs/{config.agent.algo}-seed{config.train.seed}")
+    # In a multi-process run every process trains its share of the environments; process 0
+    # alone reports and writes results.
+    primary = jax.process_index() == 0
 
     progress = tqdm(
         total=config.train.num_chunks * config.train.env_steps_per_chunk,
         unit="step",
         unit_scale=True,
-        disable=not config.logging.progress_bar,
+        disable=not (config.logging.progress_bar and primary),
         desc=config.agent.algo,
     )
 
@@ -108,7 +104,9 @@ def main(argv=None) -> int:
         )
         progress.refresh()
 
-    print(f"run directory: {run_dir}", file=sys.stderr)
+    if primary:
+        devices = f"{jax.device_count()} devices ({jax.process_count()} processes)"
+        print(f"run directory: {run_dir}; {devices}", file=sys.stderr)
     start = time.perf_counter()
     try:
         summary = run_training(config, run_dir, resume=bool(args.resume), on_chunk=on_chunk)
@@ -119,13 +117,15 @@ def main(argv=None) -> int:
     progress.close()
     summary.pop("final_state")
     summary["wall_s"] = time.perf_counter() - start
-    print(json.dumps(_brief(summary), indent=2))
+    if primary:
+        print(json.dumps(_brief(summary), indent=2))
     return 0
 
 
 def _brief(summary: dict) -> dict:
     """Return the headline numbers of a summary: timings and mean QoE per policy."""
-    brief = {k: summary[k] for k in ("algo", "env_steps", "compile_s", "train_s", "wall_s")}
+    names = ("algo", "env_steps", "num_devices", "compile_s", "train_s", "wall_s")
+    brief = {k: summary[k] for k in names}
     brief["env_steps_per_s"] = summary["env_steps_per_s"]
     evaluation = summary.get("evaluation")
     if evaluation:

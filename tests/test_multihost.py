@@ -1,8 +1,11 @@
-"""Multi-host: two local processes on 127.0.0.1, each with 2 forced CPU devices, run one sweep
-together through `jax.distributed`. Their results equal those of one process with 4 devices."""
+"""Multi-host: two local processes on 127.0.0.1, each with 2 forced CPU devices, run one sweep,
+and then one training run, together through `jax.distributed`. Their results equal those of one
+process with 4 devices."""
 
 import csv
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,14 +42,21 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start(args: list[str], workdir: Path, num_devices: int, log_name: str, extra_env=None):
+def start(
+    args: list[str],
+    workdir: Path,
+    num_devices: int,
+    log_name: str,
+    extra_env=None,
+    script: Path = SCRIPT,
+):
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env.update(extra_env or {})
     log = (workdir / log_name).open("w")
     return subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--config", "sweep.yaml", *args],
+        [sys.executable, str(script), *args],
         cwd=workdir,
         env=env,
         stdout=log,
@@ -70,6 +80,8 @@ def test_two_processes_match_one(tmp_path):
     processes = [
         start(
             [
+                "--config",
+                "sweep.yaml",
                 "--out",
                 "multi",
                 "--coordinator",
@@ -86,7 +98,8 @@ def test_two_processes_match_one(tmp_path):
         )  # fmt: skip
         for index in range(2)
     ]
-    processes.append(start(["--out", "single"], tmp_path, 4, "single.log"))
+    single_args = ["--config", "sweep.yaml", "--out", "single"]
+    processes.append(start(single_args, tmp_path, 4, "single.log"))
     try:
         for process in processes:
             process.wait(timeout=900)
@@ -118,3 +131,97 @@ def test_two_processes_match_one(tmp_path):
             np.testing.assert_allclose(
                 float(got[name]), float(expected[name]), rtol=1e-5, atol=1e-6, err_msg=name
             )
+
+
+TRAIN_SCRIPT = REPO / "scripts" / "train.py"
+
+
+def start_train(args: list[str], workdir: Path, num_devices: int, log_name: str, extra_env=None):
+    return start(args, workdir, num_devices, log_name, extra_env, script=TRAIN_SCRIPT)
+
+
+def run_two_processes(tmp_path: Path, args: list[str], tag: str):
+    """Run train.py as process 0 and 1 of one run (2 devices each); return their logs."""
+    coordinator = f"127.0.0.1:{free_port()}"
+    loopback = {"JAX_COORDINATOR_BIND_ADDRESS": coordinator}
+    processes = [
+        start_train(
+            [
+                *args,
+                "--coordinator",
+                coordinator,
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(index),
+            ],
+            tmp_path,
+            2,
+            f"{tag}{index}.log",
+            loopback,
+        )  # fmt: skip
+        for index in range(2)
+    ]
+    wait_all(processes)
+    logs = [(tmp_path / f"{tag}{index}.log").read_text() for index in range(2)]
+    assert [process.returncode for process in processes] == [0, 0], [log[-3000:] for log in logs]
+    return logs
+
+
+def wait_all(processes) -> None:
+    try:
+        for process in processes:
+            process.wait(timeout=900)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+
+
+def policy_evaluation(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "summary.json").read_text())["evaluation"]["policy"]
+
+
+@pytest.mark.slow
+def test_one_run_over_two_processes(tmp_path):
+    """One training run whose 4 environments are split over 2 processes x 2 devices matches the
+    same run on one process with 4 devices and on one device, and it resumes across processes."""
+    (tmp_path / "base.yaml").write_text(TINY_BASE)
+    multi_args = ["--config", "base.yaml", "--out", "multi"]
+    single = start_train(["--config", "base.yaml", "--out", "single"], tmp_path, 4, "single.log")
+    one_device = start_train(["--config", "base.yaml", "--out", "one"], tmp_path, 1, "one.log")
+    logs = run_two_processes(tmp_path, multi_args, "process")
+    wait_all([single, one_device])
+    assert single.returncode == 0, (tmp_path / "single.log").read_text()[-3000:]
+    assert one_device.returncode == 0, (tmp_path / "one.log").read_text()[-3000:]
+
+    assert "4 devices (2 processes)" in logs[0]
+    assert '"qoe"' in logs[0]  # process 0 prints the summary
+    assert '"qoe"' not in logs[1]  # process 1 reports nothing
+    multi = json.loads((tmp_path / "multi" / "summary.json").read_text())
+    assert multi["num_devices"] == 4
+    assert multi["num_processes"] == 2
+    assert json.loads((tmp_path / "single" / "summary.json").read_text())["num_devices"] == 4
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["num_devices"] == 1
+
+    # Every training row is written once, by process 0 only.
+    rows = [json.loads(line) for line in (tmp_path / "multi" / "metrics.jsonl").open()]
+    train_steps = [row["env_step"] for row in rows if row["kind"] == "train"]
+    assert train_steps == sorted(set(train_steps))
+    assert len(train_steps) == 3
+
+    expected = policy_evaluation(tmp_path / "single")
+    for reference in (expected, policy_evaluation(tmp_path / "one")):
+        for name, value in policy_evaluation(tmp_path / "multi").items():
+            np.testing.assert_allclose(value, reference[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+    # Drop the final checkpoint and resume both processes from the one before it.
+    checkpoints = tmp_path / "multi" / "checkpoints"
+    final_step = max(int(path.name) for path in checkpoints.iterdir() if path.name.isdigit())
+    shutil.rmtree(checkpoints / str(final_step))
+    first = policy_evaluation(tmp_path / "multi")
+    (tmp_path / "multi" / "summary.json").unlink()
+    run_two_processes(tmp_path, ["--resume", "multi"], "resume")
+    resumed = json.loads((tmp_path / "multi" / "summary.json").read_text())
+    assert resumed["resumed_from"]["chunk"] == final_step - 1
+    assert resumed["evaluation"]["policy"] == first
