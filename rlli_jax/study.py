@@ -16,6 +16,9 @@ Entries and their groups:
   trait at its mean 0.5) and evaluated on the persona QoE, to measure what persona feedback adds.
 - `users`: G-DDPG and DDPG with N in {4, 16} users (N 8 is the main pair).
 - `energy_budget`: G-DDPG and DDPG with a finite per-episode energy budget and gamma 0.95.
+- `investigation`: G-DDPG and DDPG with the same change applied to both, to find what limits
+  G-DDPG against DDPG: actor learning rate 3e-4, exploration noise 0.2, and 48 gradient steps
+  per vectorised environment step (the `cpu` budget's 24 doubled).
 """
 
 import dataclasses
@@ -46,6 +49,15 @@ MYOPIC_OVERRIDES = ("hyper.gamma=0.0",)
 # steps (e_step 20 J), so the budget binds and spending early has a cost later.
 ENERGY_BUDGET_J = 48_000.0
 ENERGY_BUDGET_OVERRIDES = (f"env.params.energy_budget_j={ENERGY_BUDGET_J}", "hyper.gamma=0.95")
+
+# Changes of the `investigation` group: (name suffix, label, overrides), each applied equally to
+# G-DDPG and DDPG on top of the main pair's settings. The values are absolute, chosen against
+# configs/default.yaml (actor lr 1e-4, exploration 0.1) and the `cpu` budget (24 updates).
+INVESTIGATION_CHANGES = (
+    ("_actor_lr_3e-4", " actor lr 3e-4", ("hyper.actor_lr=3.0e-4",)),
+    ("_exploration_0.2", " exploration 0.2", ("hyper.exploration_std=0.2",)),
+    ("_updates_48", " 48 updates per step", ("train.updates_per_step=48",)),
+)
 
 # Run sizes. `full` keeps the base config's sizes. `cpu` (2,880 gradient steps per seed) is
 # sized so that one G-DDPG entry with 5 seeds trains in about 10 minutes on a loaded 2-core
@@ -91,7 +103,8 @@ REPORTED_METRICS = (
     "total_steps",
 )
 # Training metrics kept as learning curves, one value per chunk (with exploration noise on).
-CURVE_METRICS = ("qoe", "reward", "energy_j")
+# The critic loss and mean Q show the critic's fit: with gamma 0 the target is the reward.
+CURVE_METRICS = ("qoe", "reward", "energy_j", "critic_loss", "q_mean")
 CONFIDENCE = 0.95
 
 
@@ -169,6 +182,8 @@ def _study_entries() -> dict[str, StudyEntry]:
             (f"env.num_users={num_users}", *MYOPIC_OVERRIDES),
         )
     entries += _pair("_energy_budget", "energy_budget", " energy budget", ENERGY_BUDGET_OVERRIDES)
+    for suffix, label, change in INVESTIGATION_CHANGES:
+        entries += _pair(suffix, "investigation", label, (*MYOPIC_OVERRIDES, *change))
     return {entry.name: entry for entry in entries}
 
 
