@@ -84,7 +84,7 @@ class Checkpointer:
             try:
                 restored = self._manager.restore(step, args=args)
             except Exception as error:  # noqa: BLE001  (orbax raises many types on bad files)
-                message = f"{type(error).__name__}: {error}"
+                message = _error_summary(error)
                 logger.warning(
                     "checkpoint %d in %s failed to restore, trying an older one: %s",
                     step,
@@ -123,3 +123,21 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+# Longest error text kept in a log line or a RestoredCheckpoint.skipped entry.
+MAX_ERROR_CHARS = 300
+
+
+def _error_summary(error: Exception) -> str:
+    """Return the error's type and the first line of its message, at most MAX_ERROR_CHARS.
+
+    A failed TensorStore read appends its whole JSON spec (about 60 lines) to the message;
+    the first line already names the array that failed.
+    """
+    lines = str(error).strip().splitlines()
+    first_line = lines[0] if lines else ""
+    summary = f"{type(error).__name__}: {first_line}"
+    if len(summary) > MAX_ERROR_CHARS:
+        summary = summary[: MAX_ERROR_CHARS - 3] + "..."
+    return summary
