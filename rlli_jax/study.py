@@ -18,7 +18,9 @@ Entries and their groups:
 - `energy_budget`: G-DDPG and DDPG with a finite per-episode energy budget and gamma 0.95.
 - `investigation`: G-DDPG and DDPG with the same change applied to both, to find what limits
   G-DDPG against DDPG: actor learning rate 3e-4, exploration noise 0.2, and 48 gradient steps
-  per vectorised environment step (the `cpu` budget's 24 doubled).
+  per vectorised environment step (the `cpu` budget's 24 doubled). `gddpg_bound_loss` adds
+  the penalty on x0 predictions outside [-1, 1] (`AgentConfig.bound_loss_coef` 1), which
+  only the diffusion actor has.
 """
 
 import dataclasses
@@ -184,6 +186,15 @@ def _study_entries() -> dict[str, StudyEntry]:
     entries += _pair("_energy_budget", "energy_budget", " energy budget", ENERGY_BUDGET_OVERRIDES)
     for suffix, label, change in INVESTIGATION_CHANGES:
         entries += _pair(suffix, "investigation", label, (*MYOPIC_OVERRIDES, *change))
+    entries.append(
+        StudyEntry(
+            name="gddpg_bound_loss",
+            group="investigation",
+            algo="gddpg",
+            label="G-DDPG bound loss 1",
+            overrides=("agent.algo=gddpg", "agent.bound_loss_coef=1.0", *MYOPIC_OVERRIDES),
+        )
+    )
     return {entry.name: entry for entry in entries}
 
 

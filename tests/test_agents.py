@@ -188,6 +188,7 @@ def test_update_changes_params_and_reports_metrics(compiled_agent):
     expected_metrics = {
         "critic_loss",
         "actor_loss",
+        "actor_penalty",
         "q_mean",
         "target_q_mean",
         "critic_grad_norm",
@@ -199,6 +200,20 @@ def test_update_changes_params_and_reports_metrics(compiled_agent):
         assert np.isfinite(value), name
     assert not trees_close(new_state.actor_params, agent_state.actor_params)
     assert not trees_close(new_state.critic_params, agent_state.critic_params)
+
+
+def test_bound_loss_adds_weighted_penalty():
+    hyper = default_hyperparams("gddpg")
+    batch = random_batch(jax.random.key(4))
+    losses, penalties = [], []
+    for coef in (0.0, 2.0):
+        agent = make_agent(small_config("gddpg", bound_loss_coef=coef))
+        agent_state = agent.init(jax.random.key(0), OBS_DIM, ACTION_DIM, hyper)
+        _, metrics = jax.jit(agent.update)(agent_state, batch, jax.random.key(5), hyper)
+        losses.append(float(metrics["actor_loss"]))
+        penalties.append(float(metrics["actor_penalty"]))
+    assert penalties[1] > 0.0
+    np.testing.assert_allclose(losses[1] - losses[0], 2.0 * penalties[1], rtol=1e-4)
 
 
 def test_same_seed_reproduces(compiled_agent):
@@ -305,6 +320,7 @@ def test_new_actor_needs_no_update_change(monkeypatch):
         (dict(beta_min=5.0, beta_max=1.0), "AgentConfig.beta_min"),
         (dict(batch_size=0), "AgentConfig.batch_size"),
         (dict(max_grad_norm=-1.0), "AgentConfig.max_grad_norm"),
+        (dict(bound_loss_coef=-1.0), "AgentConfig.bound_loss_coef"),
     ],
 )
 def test_config_rejects_invalid(overrides, match):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rlli_jax.agents.diffusion import (
+    bound_violation,
     make_diffusion_actor,
     make_schedule,
     reverse_step,
@@ -120,7 +121,7 @@ def test_sample_chain_matches_python_loop():
     def predict_noise(noisy_action, step):
         return 0.3 * noisy_action + 0.1 * step.astype(jnp.float32)
 
-    action = sample_chain(schedule, predict_noise, key, shape)
+    action, _ = sample_chain(schedule, predict_noise, key, shape)
 
     draws = jax.random.normal(key, (6, *shape))
     expected = draws[0]
@@ -135,8 +136,8 @@ def test_sample_chain_matches_python_loop():
 def test_sample_chain_rolled_equals_unrolled():
     schedule = make_schedule(5)
     predict_noise = lambda x, step: jnp.sin(x) * (step + 1)
-    unrolled = sample_chain(schedule, predict_noise, jax.random.key(0), (8, 2))
-    rolled = sample_chain(schedule, predict_noise, jax.random.key(0), (8, 2), unroll=1)
+    unrolled, _ = sample_chain(schedule, predict_noise, jax.random.key(0), (8, 2))
+    rolled, _ = sample_chain(schedule, predict_noise, jax.random.key(0), (8, 2), unroll=1)
     np.testing.assert_allclose(unrolled, rolled, atol=1e-6)
 
 
@@ -227,3 +228,18 @@ def test_diffusion_actor_reproducible(small_actor):
     other = actor.apply(params, obs, jax.random.key(6))
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
+
+
+def test_bound_violation_hand_values():
+    # Distances outside [-1, 1]: 2, 0, 0, 0.5, so the mean of squares is (4 + 0.25) / 4.
+    x0 = jnp.array([[-3.0, -0.2], [1.0, 1.5]])
+    np.testing.assert_allclose(float(bound_violation(x0)), 4.25 / 4, rtol=1e-6)
+
+
+def test_chain_penalty_positive_for_saturated_chain(small_actor):
+    actor, params = small_actor
+    key = jax.random.key(2)
+    obs = 100.0 * jax.random.normal(jax.random.key(1), (64, 7))
+    action, penalty = jax.jit(actor.apply_with_penalty)(params, obs, key)
+    np.testing.assert_array_equal(np.asarray(action), np.asarray(actor.apply(params, obs, key)))
+    assert float(penalty) > 0.0

@@ -41,6 +41,9 @@ class AgentConfig:
     beta_max: float = 10.0  # VP schedule upper bound
     batch_size: int = 512  # transitions per gradient step, sampled from the replay buffer
     max_grad_norm: float | None = None  # global-norm gradient clipping per network; None is off
+    # Weight of the actor's penalty in its loss. The diffusion actor's penalty is the mean
+    # squared distance of its x0 predictions outside [-1, 1], before they are clipped.
+    bound_loss_coef: float = 0.0
 
     def __post_init__(self):
         if self.algo not in ACTOR_FACTORIES:
@@ -78,6 +81,10 @@ class AgentConfig:
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(
                 f"invalid AgentConfig.max_grad_norm = {self.max_grad_norm}: must be > 0 or None"
+            )
+        if not self.bound_loss_coef >= 0.0:
+            raise ValueError(
+                f"invalid AgentConfig.bound_loss_coef = {self.bound_loss_coef}: must be >= 0"
             )
 
 
@@ -294,11 +301,18 @@ def make_agent(config: AgentConfig) -> Agent:
         # Actor step through the freshly updated critics; for the diffusion actor the gradient
         # flows through every denoising step of the chain.
         def actor_loss_fn(actor_params):
-            action = actor.apply(actor_params, batch.obs, key_actor_loss)
+            if actor.apply_with_penalty is None or config.bound_loss_coef == 0.0:
+                action = actor.apply(actor_params, batch.obs, key_actor_loss)
+                penalty = jnp.zeros((), jnp.float32)
+            else:
+                action, penalty = actor.apply_with_penalty(actor_params, batch.obs, key_actor_loss)
             q1_pi, q2_pi = critic.apply(critic_params, batch.obs, action)
-            return -jnp.mean(jnp.minimum(q1_pi, q2_pi))
+            q_loss = -jnp.mean(jnp.minimum(q1_pi, q2_pi))
+            return q_loss + config.bound_loss_coef * penalty, penalty
 
-        actor_loss, actor_grads = jax.value_and_grad(actor_loss_fn)(agent_state.actor_params)
+        (actor_loss, actor_penalty), actor_grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(
+            agent_state.actor_params
+        )
         actor_params, actor_opt_state = _apply_gradients(
             optimizer, agent_state.actor_params, agent_state.actor_opt_state,
             actor_grads, hyper.actor_lr,
@@ -320,6 +334,7 @@ def make_agent(config: AgentConfig) -> Agent:
         metrics = {
             "critic_loss": critic_loss,
             "actor_loss": actor_loss,
+            "actor_penalty": actor_penalty,
             "q_mean": jnp.mean(0.5 * (q1 + q2)),
             "target_q_mean": jnp.mean(target),
             "critic_grad_norm": optax.tree.norm(critic_grads),

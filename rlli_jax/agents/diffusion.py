@@ -14,6 +14,12 @@ evaluation, as the authors' `sample` does. The policy is therefore a stochastic 
 (obs, key), and evaluating it without exploration noise still runs the noisy chain. Training
 backpropagates through that noisy chain, so it pushes every noise draw towards a high-Q action.
 A noise-free mean path would be a different function, one that training never optimised.
+
+The clip of x0 passes no gradient to an entry past a bound. Once the actor pushes an action
+entry's x0 predictions past -1 or 1, the actor loss can no longer move them back, and that
+entry stays at the bound in every state. `apply_with_penalty` therefore also returns the mean
+squared distance of the x0 predictions outside [-1, 1], which the update adds to the actor
+loss with the weight `AgentConfig.bound_loss_coef` (0, the reference algorithm, by default).
 """
 
 from collections.abc import Callable, Sequence
@@ -94,6 +100,24 @@ def make_schedule(
     return DiffusionSchedule(**{k: jnp.asarray(v, jnp.float32) for k, v in constants.items()})
 
 
+def predict_x0(
+    schedule: DiffusionSchedule,
+    noisy_action: jax.Array,
+    predicted_noise: jax.Array,
+    step: jax.Array,
+) -> jax.Array:
+    """Reconstruct x0 = sqrt(1/ab_i) x - sqrt(1/ab_i - 1) eps, before any clipping."""
+    return (
+        schedule.sqrt_recip_alpha_bars[step] * noisy_action
+        - schedule.sqrt_recip_alpha_bars_minus_one[step] * predicted_noise
+    )
+
+
+def bound_violation(x0: jax.Array) -> jax.Array:
+    """Return mean(max(|x0| - 1, 0)^2), the squared distance of x0 outside [-1, 1]."""
+    return jnp.mean(jnp.square(jnp.maximum(jnp.abs(x0) - 1.0, 0.0)))
+
+
 def reverse_step(
     schedule: DiffusionSchedule,
     noisy_action: jax.Array,
@@ -113,11 +137,7 @@ def reverse_step(
         step: 0-based step index i, an int scalar (traced inside the sampling scan).
         noise: standard normal draw [B, action_dim] for the posterior noise.
     """
-    x0 = (
-        schedule.sqrt_recip_alpha_bars[step] * noisy_action
-        - schedule.sqrt_recip_alpha_bars_minus_one[step] * predicted_noise
-    )
-    x0 = jnp.clip(x0, -1.0, 1.0)
+    x0 = jnp.clip(predict_x0(schedule, noisy_action, predicted_noise, step), -1.0, 1.0)
     mean = (
         schedule.posterior_mean_coef1[step] * x0
         + schedule.posterior_mean_coef2[step] * noisy_action
@@ -132,8 +152,11 @@ def sample_chain(
     key: jax.Array,
     shape: Sequence[int],
     unroll: int | bool = True,
-) -> jax.Array:
-    """Run the reverse chain from x_T ~ N(0, I) with `lax.scan` and return x_0 in [-1, 1].
+) -> tuple[jax.Array, jax.Array]:
+    """Run the reverse chain from x_T ~ N(0, I) with `lax.scan`.
+
+    Returns x_0 in [-1, 1] and the mean over steps of `bound_violation` of each step's x0
+    before its clip (0 when every x0 prediction lies in [-1, 1]).
 
     Args:
         schedule: the chain's constants, T steps.
@@ -153,11 +176,13 @@ def sample_chain(
     def denoise(noisy_action, step_and_noise):
         step, noise = step_and_noise
         predicted_noise = predict_noise(noisy_action, step)
-        return reverse_step(schedule, noisy_action, predicted_noise, step, noise), None
+        next_action = reverse_step(schedule, noisy_action, predicted_noise, step, noise)
+        violation = bound_violation(predict_x0(schedule, noisy_action, predicted_noise, step))
+        return next_action, violation
 
-    action, _ = jax.lax.scan(denoise, draws[0], (steps, draws[1:]), unroll=unroll)
+    action, violations = jax.lax.scan(denoise, draws[0], (steps, draws[1:]), unroll=unroll)
     # The last step returns the clipped x0 up to float32 rounding of its coefficients.
-    return jnp.clip(action, -1.0, 1.0)
+    return jnp.clip(action, -1.0, 1.0), jnp.mean(violations)
 
 
 def make_diffusion_actor(
@@ -173,6 +198,7 @@ def make_diffusion_actor(
 
     apply(params, obs [B, obs_dim], key) encodes obs once and embeds all T step indices once.
     It then scans the T denoising steps, which reuse both, and gradients flow through the chain.
+    `apply_with_penalty` also returns the chain's mean `bound_violation`.
     """
     network = DiffusionActorNetwork(
         action_dim=action_dim,
@@ -190,7 +216,7 @@ def make_diffusion_actor(
             jnp.zeros((1,), jnp.int32),
         )
 
-    def apply(params, obs: jax.Array, key: jax.Array) -> jax.Array:
+    def apply_with_penalty(params, obs: jax.Array, key: jax.Array):
         state_features = network.apply(params, obs, method=DiffusionActorNetwork.encode)
         time_embeddings = network.apply(
             params, jnp.arange(num_steps), method=DiffusionActorNetwork.embed_time
@@ -205,6 +231,14 @@ def make_diffusion_actor(
                 method=DiffusionActorNetwork.predict_noise,
             )
 
-        return sample_chain(schedule, predict_noise, key, (obs.shape[0], action_dim))
+        return sample_chain(
+            schedule,
+            predict_noise,
+            key,
+            (obs.shape[0], action_dim),
+        )
 
-    return Actor(init=init, apply=apply)
+    def apply(params, obs: jax.Array, key: jax.Array) -> jax.Array:
+        return apply_with_penalty(params, obs, key)[0]
+
+    return Actor(init=init, apply=apply, apply_with_penalty=apply_with_penalty)

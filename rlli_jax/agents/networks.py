@@ -191,10 +191,15 @@ class Actor(NamedTuple):
     init(key, obs_dim) -> params.
     apply(params, obs [B, obs_dim], key) -> action [B, action_dim] in [-1, 1]; an actor without
     internal randomness ignores the key.
+    apply_with_penalty(params, obs, key) -> (action, penalty): the same action and a scalar
+    that the actor loss adds, times `AgentConfig.bound_loss_coef`. None means a penalty of 0.
     """
 
     init: Callable[[jax.Array, int], Any]
     apply: Callable[[Any, jax.Array, jax.Array], jax.Array]
+    apply_with_penalty: (
+        Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]] | None
+    ) = None
 
 
 def make_mlp_actor(action_dim: int, hidden_sizes: Sequence[int] = (256, 256)) -> Actor:
