@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +83,16 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract),
                 metadata=ocp.args.JsonRestore(),
             )
+            message = None
             try:
                 restored = self._manager.restore(step, args=args)
             except Exception as error:  # noqa: BLE001  (orbax raises many types on bad files)
                 message = _error_summary(error)
+            # Each process reads its own shards, so one process can fail alone; then every
+            # process skips this step.
+            if not _all_processes_agree(message is None) and message is None:
+                message = "failed to restore on another process"
+            if message is not None:
                 logger.warning(
                     "checkpoint %d in %s failed to restore, trying an older one: %s",
                     step,
@@ -93,8 +101,8 @@ class Checkpointer:
                 )
                 skipped.append((step, message))
                 continue
-            for bad_step, _ in skipped:
-                self._quarantine(bad_step)
+            if skipped:
+                self._quarantine([bad_step for bad_step, _ in skipped])
             return RestoredCheckpoint(
                 step=step,
                 state=restored.state,
@@ -106,38 +114,54 @@ class Checkpointer:
             raise ValueError(f"no checkpoint in {self.directory} could be restored ({details})")
         return None
 
-    def _quarantine(self, step: int) -> None:
-        """Rename an unreadable step directory to `corrupt-<step>[-n]`, which orbax ignores, so
-        the resumed run can save that step again; the files are kept for inspection."""
-        step_dir = self.directory / str(step)
-        if not step_dir.exists():
-            return
-        target = self.directory / f"corrupt-{step}"
-        suffix = 1
-        while target.exists():
-            target = self.directory / f"corrupt-{step}-{suffix}"
-            suffix += 1
-        step_dir.rename(target)
-        logger.warning("moved unreadable checkpoint %s to %s", step_dir, target)
+    def _quarantine(self, steps: list[int]) -> None:
+        """Rename unreadable step directories to `corrupt-<step>[-n]`, which orbax ignores, so
+        the resumed run can save those steps again; the files are kept for inspection.
+
+        In a multi-process run every process skips the same steps (`restore_latest` agrees
+        across processes), process 0 renames them, and every process waits for it before
+        reloading the list of steps.
+        """
+        if jax.process_index() == 0:
+            for step in steps:
+                step_dir = self.directory / str(step)
+                if not step_dir.exists():
+                    continue
+                target = self.directory / f"corrupt-{step}"
+                suffix = 1
+                while target.exists():
+                    target = self.directory / f"corrupt-{step}-{suffix}"
+                    suffix += 1
+                step_dir.rename(target)
+                logger.warning("moved unreadable checkpoint %s to %s", step_dir, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("rlli_jax.checkpoint: quarantined")
         self._manager.reload()
 
     def close(self) -> None:
         self._manager.close()
 
 
-# Longest error text kept in a log line or a RestoredCheckpoint.skipped entry.
+def _all_processes_agree(ok: bool) -> bool:
+    """Return True when `ok` is True on every process; every process must call this."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+# Maximum length of the error text kept in a log line or a RestoredCheckpoint.skipped entry.
 MAX_ERROR_CHARS = 300
 
 
-def _error_summary(error: Exception) -> str:
-    """Return the error's type and the first line of its message, at most MAX_ERROR_CHARS.
+# A failed TensorStore read appends its whole JSON spec (about 60 lines) after this text; the
+# text before it already names the array that failed.
+TENSORSTORE_DETAILS = "See full TensorStore details"
 
-    A failed TensorStore read appends its whole JSON spec (about 60 lines) to the message;
-    the first line already names the array that failed.
-    """
-    lines = str(error).strip().splitlines()
-    first_line = lines[0] if lines else ""
-    summary = f"{type(error).__name__}: {first_line}"
+
+def _error_summary(error: Exception) -> str:
+    """Return the error's type and message on one line, at most MAX_ERROR_CHARS long."""
+    text = str(error).split(TENSORSTORE_DETAILS)[0]
+    summary = f"{type(error).__name__}: {' '.join(text.split())}"
     if len(summary) > MAX_ERROR_CHARS:
         summary = summary[: MAX_ERROR_CHARS - 3] + "..."
     return summary

@@ -24,6 +24,7 @@ This module never prints; progress goes to the `on_chunk` callback.
 """
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -113,7 +114,7 @@ def should_shard_envs(num_envs: int) -> bool:
     A multi-process run always splits them, and `num_envs` must then be a multiple of the
     device count. A single process with several devices splits them when `num_envs` is a
     multiple of the device count. Otherwise the run stays on the default device, and a
-    warning says when devices are left idle.
+    warning is logged when devices are left idle.
     """
     num_devices = jax.device_count()
     if jax.process_count() > 1:
@@ -249,6 +250,8 @@ def run_training(
             checkpoint is the last good state.
     """
     run_dir = Path(run_dir)
+    if jax.process_count() > 1:
+        check_same_run_on_every_process(config, run_dir, resume)
     if not resume and (run_dir / CONFIG_NAME).exists():
         raise ValueError(
             f"{str(run_dir)!r} already contains a run; pass --resume to continue it or choose "
@@ -362,6 +365,27 @@ def _last_good_state(checkpointer: Checkpointer) -> str:
     if not steps:
         return f"no checkpoint was written yet in {checkpointer.directory}"
     return f"checkpoint {steps[-1]} in {checkpointer.directory} is the last good state"
+
+
+def check_same_run_on_every_process(config: Config, run_dir: Path, resume: bool) -> None:
+    """Check that every process was started with the same config, run directory and resume flag.
+
+    Every process must call this. It compares a SHA-256 digest of the three across processes.
+
+    Raises:
+        ValueError: some process differs from process 0.
+    """
+    text = json.dumps([config.to_dict(), str(run_dir.absolute()), resume], sort_keys=True)
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
+    digests = np.asarray(multihost_utils.process_allgather(digest))  # [num_processes, 32]
+    differing = [index for index in range(digests.shape[0])
+                 if not np.array_equal(digests[index], digests[0])]  # fmt: skip
+    if differing:
+        raise ValueError(
+            f"processes {differing} were started with a different config, run directory or "
+            "--resume flag than process 0; start every process with the same command apart "
+            "from --process-id"
+        )
 
 
 class _NoMetricsWriter:

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         progress.refresh()
 
     if primary:
-        devices = f"{jax.device_count()} devices ({jax.process_count()} processes)"
+        devices = f"{jax.device_count()} visible devices in {jax.process_count()} process(es)"
         print(f"run directory: {run_dir}; {devices}", file=sys.stderr)
     start = time.perf_counter()
     try:
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
 
 def _brief(summary: dict) -> dict:
     """Return the headline numbers of a summary: timings and mean QoE per policy."""
-    names = ("algo", "env_steps", "num_devices", "compile_s", "train_s", "wall_s")
+    names = ("algo", "env_steps", "num_devices", "num_processes", "compile_s", "train_s", "wall_s")
     brief = {k: summary[k] for k in names}
     brief["env_steps_per_s"] = summary["env_steps_per_s"]
     evaluation = summary.get("evaluation")

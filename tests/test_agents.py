@@ -321,6 +321,7 @@ def test_new_actor_needs_no_update_change(monkeypatch):
         (dict(batch_size=0), "AgentConfig.batch_size"),
         (dict(max_grad_norm=-1.0), "AgentConfig.max_grad_norm"),
         (dict(bound_loss_coef=-1.0), "AgentConfig.bound_loss_coef"),
+        (dict(bound_loss_coef=float("inf")), "AgentConfig.bound_loss_coef"),
     ],
 )
 def test_config_rejects_invalid(overrides, match):

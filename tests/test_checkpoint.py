@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlli_jax.checkpoint import Checkpointer
+from rlli_jax.checkpoint import MAX_ERROR_CHARS, Checkpointer, _error_summary
 from rlli_jax.metrics import MetricsWriter, read_metrics
 
 
@@ -113,3 +113,27 @@ def test_metrics_write_nan_as_null(tmp_path):
     writer.write({"critic_loss": float("nan")}, 1)
     record = json.loads((tmp_path / "metrics.jsonl").read_text())
     assert record["critic_loss"] is None
+
+
+def test_error_summary_drops_tensorstore_spec():
+    error = ValueError(
+        "Encountered error while reading array index: (slice(0, 32, 1),). "
+        "See full TensorStore details: <TensorStore({\n  'base': {\n    'driver': 'zarr',"
+    )
+    summary = _error_summary(error)
+    assert summary == (
+        "ValueError: Encountered error while reading array index: (slice(0, 32, 1),)."
+    )
+
+
+def test_error_summary_keeps_later_lines_on_one_line():
+    error = ValueError("pytree structure error: different types at key path\n    agent.step")
+    assert _error_summary(error) == (
+        "ValueError: pytree structure error: different types at key path agent.step"
+    )
+
+
+def test_error_summary_truncates_long_messages():
+    summary = _error_summary(RuntimeError("x" * 1000))
+    assert len(summary) == MAX_ERROR_CHARS
+    assert summary.endswith("...")

@@ -5,7 +5,6 @@ process with 4 devices."""
 import csv
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -195,7 +194,7 @@ def test_one_run_over_two_processes(tmp_path):
     assert single.returncode == 0, (tmp_path / "single.log").read_text()[-3000:]
     assert one_device.returncode == 0, (tmp_path / "one.log").read_text()[-3000:]
 
-    assert "4 devices (2 processes)" in logs[0]
+    assert "4 visible devices in 2 process(es)" in logs[0]
     assert '"qoe"' in logs[0]  # process 0 prints the summary
     assert '"qoe"' not in logs[1]  # process 1 reports nothing
     multi = json.loads((tmp_path / "multi" / "summary.json").read_text())
@@ -215,13 +214,35 @@ def test_one_run_over_two_processes(tmp_path):
         for name, value in policy_evaluation(tmp_path / "multi").items():
             np.testing.assert_allclose(value, reference[name], rtol=1e-4, atol=1e-5, err_msg=name)
 
-    # Drop the final checkpoint and resume both processes from the one before it.
+    # Corrupt the final checkpoint's array data: both processes must skip it together and
+    # resume from the one before it, and process 0 alone moves it aside.
     checkpoints = tmp_path / "multi" / "checkpoints"
     final_step = max(int(path.name) for path in checkpoints.iterdir() if path.name.isdigit())
-    shutil.rmtree(checkpoints / str(final_step))
+    for path in (checkpoints / str(final_step) / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[:10])
     first = policy_evaluation(tmp_path / "multi")
     (tmp_path / "multi" / "summary.json").unlink()
     run_two_processes(tmp_path, ["--resume", "multi"], "resume")
     resumed = json.loads((tmp_path / "multi" / "summary.json").read_text())
     assert resumed["resumed_from"]["chunk"] == final_step - 1
     assert resumed["evaluation"]["policy"] == first
+    assert (checkpoints / f"corrupt-{final_step}").is_dir()
+
+
+@pytest.mark.slow
+def test_processes_with_different_configs_fail(tmp_path):
+    (tmp_path / "base.yaml").write_text(TINY_BASE)
+    coordinator = f"127.0.0.1:{free_port()}"
+    loopback = {"JAX_COORDINATOR_BIND_ADDRESS": coordinator}
+    processes = []
+    for index, extra in enumerate([[], ["--set", "hyper.actor_lr=0.1"]]):
+        args = ["--config", "base.yaml", "--out", "run", *extra, "--coordinator", coordinator]
+        args += ["--num-processes", "2", "--process-id", str(index)]
+        processes.append(start_train(args, tmp_path, 2, f"mismatch{index}.log", loopback))
+    wait_all(processes)
+    logs = [(tmp_path / f"mismatch{index}.log").read_text() for index in range(2)]
+    for process, log in zip(processes, logs, strict=True):
+        assert process.returncode == 1, log[-3000:]
+        assert "started with a different config" in log
+    assert not (tmp_path / "run").exists()

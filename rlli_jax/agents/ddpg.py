@@ -13,6 +13,7 @@ enters the optimiser state.
 """
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -82,9 +83,10 @@ class AgentConfig:
             raise ValueError(
                 f"invalid AgentConfig.max_grad_norm = {self.max_grad_norm}: must be > 0 or None"
             )
-        if not self.bound_loss_coef >= 0.0:
+        if not (math.isfinite(self.bound_loss_coef) and self.bound_loss_coef >= 0.0):
             raise ValueError(
-                f"invalid AgentConfig.bound_loss_coef = {self.bound_loss_coef}: must be >= 0"
+                f"invalid AgentConfig.bound_loss_coef = {self.bound_loss_coef}: must be a "
+                "finite number >= 0"
             )
 
 
