@@ -97,7 +97,8 @@ class Placement:
     """The device placement of a run's arrays, and the compiled entry points that keep it.
 
     `init(key_data, hyper)` takes the raw data of the training key (`jax.random.key_data`) and
-    `run_chunk(state, hyper)` donates its state. Pass them `hyper`, which is placed to match.
+    `run_chunk(state, hyper)` donates its state. Call both with the `key_data` and `hyper`
+    fields, which are already on the run's devices.
     """
 
     init: Callable[[Any, Any], TrainState]
@@ -140,13 +141,13 @@ def make_placement(program: TrainProgram, shard_envs: bool) -> Placement:
     key = train_key(program.config.train.seed)
     abstract = jax.eval_shape(program.init, key, hyper)
     checkpoint_shapes = jax.eval_shape(state_to_checkpoint, abstract)
+
+    def init_from_data(key_data, hyper):
+        return program.init(jax.random.wrap_key_data(key_data), hyper)
+
     if not shard_envs:
-
-        def init(key_data, hyper):
-            return program.init(jax.random.wrap_key_data(key_data), hyper)
-
         return Placement(
-            init=init,
+            init=init_from_data,
             run_chunk=program.run_chunk,
             hyper=hyper,
             key_data=jax.random.key_data(key),
@@ -157,9 +158,6 @@ def make_placement(program: TrainProgram, shard_envs: bool) -> Placement:
     mesh = sharding.make_mesh(sharding.ENV_AXIS)
     replicated = sharding.replicated_sharding(mesh)
     state_shardings = sharding.env_axis_shardings(abstract, mesh, program.config.train.num_envs)
-
-    def init_from_data(key_data, hyper):
-        return program.init(jax.random.wrap_key_data(key_data), hyper)
 
     # The key leaf's sharding (replicated) fits its raw uint32 data in a checkpoint too.
     restore_target = jax.tree.map(

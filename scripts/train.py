@@ -6,9 +6,9 @@ Examples:
     python scripts/train.py --set hyper.actor_lr=3e-4 --set env.params.energy_weight=0.5
     python scripts/train.py --resume runs/gddpg-seed0
 
-On several devices or hosts one run splits its environments over all of them; for hosts, start
-the same command on each with --coordinator, --num-processes and its own --process-id, and an
---out directory on a file system that every host shares (docs/scaling.md).
+On several devices or hosts one run splits its environments over all of them. For several
+hosts, start the same command on each with --coordinator, --num-processes and its own
+--process-id, and an --out directory on a file system that every host shares (docs/scaling.md).
 """
 
 import argparse
