@@ -21,6 +21,12 @@ Entries and their groups:
   per vectorised environment step (the `cpu` budget's 24 doubled). `gddpg_bound_loss` adds
   the penalty on x0 predictions outside [-1, 1] (`AgentConfig.bound_loss_coef` 1), which
   only the diffusion actor has.
+- `paper_config`: G-DDPG and DDPG on `configs/paper.yaml` with one of its three differences
+  from `configs/default.yaml` set to the default.yaml value: critic learning rate 1e-3, actor
+  width 128 (the MLP actor, the noise network and the state encoder), batch 256. This finds
+  which setting keeps `configs/paper.yaml` from learning at the `cpu` budget. On
+  `configs/default.yaml` these entries would repeat the main pair, so they run only when named
+  (`DEFAULT_RUN` lists the entries of a run without `--only`).
 """
 
 import dataclasses
@@ -59,6 +65,18 @@ INVESTIGATION_CHANGES = (
     ("_actor_lr_3e-4", " actor lr 3e-4", ("hyper.actor_lr=3.0e-4",)),
     ("_exploration_0.2", " exploration 0.2", ("hyper.exploration_std=0.2",)),
     ("_updates_48", " 48 updates per step", ("train.updates_per_step=48",)),
+)
+
+# Changes of the `paper_config` group, each applied equally to G-DDPG and DDPG on
+# configs/paper.yaml: one of its differences from configs/default.yaml at a time.
+PAPER_CONFIG_CHANGES = (
+    ("_critic_lr_1e-3", " critic lr 1e-3", ("hyper.critic_lr=1.0e-3",)),
+    (
+        "_width_128",
+        " width 128",
+        ("agent.actor_hidden_sizes=[128, 128]", "agent.encoder_hidden_sizes=[128]"),
+    ),
+    ("_batch_256", " batch 256", ("agent.batch_size=256",)),
 )
 
 # Run sizes. `full` keeps the base config's sizes. `cpu` (2,880 gradient steps per seed) is
@@ -140,9 +158,11 @@ class StudyEntry:
     overrides: tuple[str, ...] = ()
     # Train on the persona-blind QoE; evaluation always uses the persona QoE.
     persona_blind: bool = False
+    # Part of a study run that does not name its entries (see `DEFAULT_RUN`).
+    default_run: bool = True
 
 
-def _pair(name: str, group: str, label: str, overrides=(), persona_blind=False):
+def _pair(name: str, group: str, label: str, overrides=(), persona_blind=False, default_run=True):
     """Build the G-DDPG and DDPG entries of one setting."""
     return [
         StudyEntry(
@@ -152,6 +172,7 @@ def _pair(name: str, group: str, label: str, overrides=(), persona_blind=False):
             label=f"{algo_label}{label}",
             overrides=(f"agent.algo={algo}", *overrides),
             persona_blind=persona_blind,
+            default_run=default_run,
         )
         for algo, algo_label in (("gddpg", "G-DDPG"), ("ddpg", "DDPG"))
     ]
@@ -195,10 +216,16 @@ def _study_entries() -> dict[str, StudyEntry]:
             overrides=("agent.algo=gddpg", "agent.bound_loss_coef=1.0", *MYOPIC_OVERRIDES),
         )
     )
+    for suffix, label, change in PAPER_CONFIG_CHANGES:
+        entries += _pair(
+            suffix, "paper_config", label, (*MYOPIC_OVERRIDES, *change), default_run=False
+        )
     return {entry.name: entry for entry in entries}
 
 
 STUDY_ENTRIES = _study_entries()
+# Entries of a study run that does not name its entries.
+DEFAULT_RUN = tuple(name for name, entry in STUDY_ENTRIES.items() if entry.default_run)
 
 
 def study_overrides(entry: StudyEntry, budget: str, extra: Sequence[str] = ()) -> list[str]:

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from rlli_jax.agents.baselines import BASELINE_NAMES  # noqa: E402
 from rlli_jax.study import (  # noqa: E402
     BUDGETS,
+    DEFAULT_RUN,
     REPORTED_METRICS,
     STUDY_ENTRIES,
     mean_interval,
@@ -47,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--only",
         nargs="+",
         metavar="NAME",
-        help=f"entries to run (default all): {list(STUDY_ENTRIES)}",
+        help=(f"entries to run (default: all but the paper_config group): {list(STUDY_ENTRIES)}"),
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override"
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     entries_dir = out / "entries"
     entries_dir.mkdir(parents=True, exist_ok=True)
-    names = args.only or list(STUDY_ENTRIES)
+    names = args.only or list(DEFAULT_RUN)
     unknown = [name for name in names if name not in STUDY_ENTRIES]
     if unknown:
         print(

@@ -18,6 +18,7 @@ from scipy import stats
 
 from rlli_jax.qoe.model import SimulatorQoE
 from rlli_jax.study import (
+    DEFAULT_RUN,
     STUDY_ENTRIES,
     PersonaBlindQoE,
     mean_interval,
@@ -95,6 +96,39 @@ def test_every_entry_config_loads():
         assert config.agent.algo == entry.algo
 
 
+def test_paper_config_entries_move_paper_yaml_one_setting_to_default_yaml():
+    """Each `paper_config` pair differs from the paper.yaml main pair in exactly the settings it
+    names, and there takes configs/default.yaml's values; a run without --only skips them."""
+    from rlli_jax.config import load_config
+
+    paper = REPO / "configs" / "paper.yaml"
+    default = load_config(REPO / "configs" / "default.yaml")
+    group = [entry for entry in STUDY_ENTRIES.values() if entry.group == "paper_config"]
+    assert len(group) == 6
+    changed_fields = set()
+    for entry in group:
+        assert entry.name not in DEFAULT_RUN
+        main = load_config(paper, study_overrides(STUDY_ENTRIES[entry.algo], "cpu"))
+        changed = load_config(paper, study_overrides(entry, "cpu"))
+        differences = [
+            (section, field)
+            for section in ("agent", "hyper", "train", "env")
+            for field, value in vars(getattr(changed, section)).items()
+            if value != vars(getattr(main, section))[field]
+        ]
+        assert differences, entry.name
+        for section, field in differences:
+            assert vars(getattr(changed, section))[field] == vars(getattr(default, section))[field]
+        changed_fields.update(differences)
+    assert changed_fields == {
+        ("hyper", "critic_lr"),
+        ("agent", "actor_hidden_sizes"),
+        ("agent", "encoder_hidden_sizes"),
+        ("agent", "batch_size"),
+    }
+    assert set(STUDY_ENTRIES) - set(DEFAULT_RUN) == {entry.name for entry in group}
+
+
 def _run_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--config", str(REPO / "configs" / "paper.yaml"), *args],
@@ -148,4 +182,4 @@ def test_script_tiny_every_entry(tmp_path):
     gains = json.loads((out / "gain.json").read_text())
     assert "gddpg vs ddpg" in gains
     for name in STUDY_ENTRIES:
-        assert (out / "entries" / f"{name}.json").exists(), name
+        assert (out / "entries" / f"{name}.json").exists() == (name in DEFAULT_RUN), name
