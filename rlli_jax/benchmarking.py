@@ -247,6 +247,61 @@ def benchmark_act(
     return measurements
 
 
+# Batch at which `act_cost_analysis` compiles one `act` call. The per-action figures barely
+# depend on it, because only the weights' bytes are spread over the batch.
+COST_ANALYSIS_BATCH = 1024
+
+
+def _per_action_cost(compiled, batch: int) -> dict[str, float]:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list | tuple):  # some jax versions return a list of dicts
+        analysis = analysis[0] if analysis else {}
+    analysis = analysis or {}
+    return {
+        key: float(analysis.get(name, float("nan"))) / batch
+        for key, name in (
+            ("flops", "flops"),
+            ("transcendentals", "transcendentals"),
+            ("bytes_accessed", "bytes accessed"),
+        )
+    }
+
+
+def act_cost_analysis(
+    *,
+    diffusion_steps: tuple[int, ...] = ACT_DIFFUSION_STEPS,
+    num_users: int = 8,
+    batch: int = COST_ANALYSIS_BATCH,
+) -> list[dict[str, Any]]:
+    """XLA's cost analysis of one deterministic `act` call per actor, per action.
+
+    Returns one record per actor (the MLP actor, then the diffusion actor at each T) with the
+    compiled program's floating-point operations, transcendental operations (exp, log, sin and
+    the like) and bytes accessed, each divided by `batch`, and `flops_over_mlp`. Unlike timings
+    these do not depend on the machine's load; on a backend whose compiler reports no cost
+    analysis the figures are NaN.
+    """
+    env = DiffusionServiceEnv(num_users=num_users)
+    cases = [("ddpg", {}, "MLP actor")] + [
+        ("gddpg", {"diffusion_steps": steps}, f"diffusion actor T={steps}")
+        for steps in diffusion_steps
+    ]
+    obs = jnp.zeros((batch, env.obs_dim))
+    records = []
+    for algo, overrides, label in cases:
+        agent, agent_state, hyper = _agent_for(algo, env.obs_dim, env.num_actions, **overrides)
+
+        def act(agent_state, obs, key, agent=agent, hyper=hyper):
+            return agent.act(agent_state, obs, key, hyper, explore=False)
+
+        compiled = jax.jit(act).lower(agent_state, obs, jax.random.key(0)).compile()
+        records.append({"case": label, "batch": batch, **_per_action_cost(compiled, batch)})
+    mlp_flops = records[0]["flops"]
+    for record in records:
+        record["flops_over_mlp"] = record["flops"] / mlp_flops
+    return records
+
+
 def benchmark_update(
     *,
     num_updates: int,

@@ -79,6 +79,17 @@ def print_table(records: list[dict]) -> None:
         )
 
 
+def print_act_costs(costs: list[dict]) -> None:
+    """Print XLA's per-action cost analysis of each actor."""
+    print(f"XLA cost analysis per action (batch {costs[0]['batch']}):")
+    print(f"{'actor':<24}{'flops':>12}{'x MLP':>8}{'transcendentals':>17}{'bytes':>12}")
+    for cost in costs:
+        print(
+            f"{cost['case']:<24}{cost['flops']:>12.0f}{cost['flops_over_mlp']:>8.2f}"
+            f"{cost['transcendentals']:>17.0f}{cost['bytes_accessed']:>12.0f}"
+        )
+
+
 def speed_ratios(records: list[dict]) -> dict[str, float]:
     """Ratios measured in this run.
 
@@ -172,6 +183,9 @@ def main(argv: list[str]) -> int:
         measurements += benchmarking.benchmark_update(
             num_updates=args.num_steps, repeats=args.repeats
         )
+    act_costs = []
+    if "act" in args.suite:
+        act_costs = benchmarking.act_cost_analysis()
     parts = {}
     if "train" in args.suite:
         measurements += benchmarking.benchmark_train(args.train_envs, repeats=args.repeats)
@@ -187,6 +201,8 @@ def main(argv: list[str]) -> int:
     ratios.update(glue_ratios(records, parts))
     for name, value in ratios.items():
         print(f"{name}: {value:.1f}x")
+    if act_costs:
+        print_act_costs(act_costs)
 
     args.out.mkdir(parents=True, exist_ok=True)
     document = {
@@ -196,6 +212,7 @@ def main(argv: list[str]) -> int:
         "records": records,
         "ratios": ratios,
         "train_parts_s": {str(n): p for n, p in parts.items()},
+        "act_cost_analysis": act_costs,
     }
     (args.out / "benchmark.json").write_text(json.dumps(document, indent=2))
     plot(records, args.out / "benchmark.png")

@@ -46,6 +46,24 @@ def test_act_suite_covers_mlp_and_each_diffusion_length():
         check_measurement(measurement, "act", num_envs=2, work_per_call=4)
 
 
+def test_act_cost_analysis_counts_each_denoising_step():
+    costs = benchmarking.act_cost_analysis(diffusion_steps=(1, 3), batch=4)
+    assert [cost["case"] for cost in costs] == [
+        "MLP actor",
+        "diffusion actor T=1",
+        "diffusion actor T=3",
+    ]
+    mlp, one_step, three_steps = (cost["flops"] for cost in costs)
+    # Each extra denoising step runs the 256-256 noise network once more: at least its
+    # multiply-adds (2 flops each) for an action of 32 entries (8 users).
+    noise_network_flops = 2 * (32 * 256 + 256 * 256 + 256 * 32)
+    assert (three_steps - one_step) / 2 >= noise_network_flops
+    assert one_step > mlp > 0
+    assert costs[0]["flops_over_mlp"] == 1.0
+    assert costs[2]["flops_over_mlp"] == pytest.approx(three_steps / mlp)
+    assert costs[2]["transcendentals"] > costs[1]["transcendentals"] > 0
+
+
 def test_update_suite_records_batch_size():
     measurements = benchmarking.benchmark_update(
         num_updates=1, repeats=2, batch_sizes=(8,), num_users=3
