@@ -30,6 +30,7 @@ Entries and their groups:
 """
 
 import dataclasses
+import hashlib
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -241,6 +242,23 @@ def seed_keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:
     return jnp.stack([pair[0] for pair in pairs]), jnp.stack([pair[1] for pair in pairs])
 
 
+def settings_digest(
+    config_path: str | Path,
+    entry: StudyEntry,
+    budget: str,
+    seeds: Sequence[int],
+    extra_overrides: Sequence[str] = (),
+) -> str:
+    """Return a digest of everything that determines `entry`'s results: the resolved config
+    (base file, budget, the entry's overrides and `extra_overrides`), the seeds and whether it
+    trains on the persona-blind QoE. Loading the config checks it, so a bad value raises
+    ValueError here, before anything compiles.
+    """
+    config = load_config(config_path, study_overrides(entry, budget, extra_overrides))
+    text = f"{config!r};seeds={list(seeds)};persona_blind={entry.persona_blind}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def run_entry(
     config_path: str | Path,
     entry: StudyEntry,
@@ -301,6 +319,7 @@ def run_entry(
     chunk_steps = config.train.env_steps_per_chunk
     return {
         "entry": dataclasses.asdict(entry),
+        "settings_digest": settings_digest(config_path, entry, budget, seeds, extra_overrides),
         "budget": budget,
         "config_path": str(config_path),
         "overrides": overrides,

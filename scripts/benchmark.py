@@ -61,8 +61,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--numpy-envs = {args.numpy_envs} is invalid: it must be >= 1")
     if args.num_steps < 1:
         parser.error(f"--num-steps = {args.num_steps} is invalid: it must be >= 1")
-    if any(n < 1 for n in args.num_envs):
-        parser.error(f"--num-envs = {args.num_envs} is invalid: every value must be >= 1")
+    for flag in ("num_envs", "train_envs", "sweep_members"):
+        values = getattr(args, flag)
+        if any(n < 1 for n in values):
+            option = "--" + flag.replace("_", "-")
+            parser.error(f"{option} = {values} is invalid: every value must be >= 1")
+    if args.sweep_envs < 1:
+        parser.error(f"--sweep-envs = {args.sweep_envs} is invalid: it must be >= 1")
     args.suite = args.suite or list(SUITES)
     return args
 

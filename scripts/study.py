@@ -5,7 +5,9 @@
     python scripts/study.py --report-only --out runs/study   # tables and plots from saved runs
 
 Each entry's results go to OUT/entries/NAME.json; an entry whose file exists is not run
-again, so an interrupted study resumes where it stopped. After the runs the script writes
+again, so an interrupted study resumes where it stopped. Before anything compiles the script
+checks that each existing file was written with the same config, budget, seeds and --set
+overrides, and stops with an error naming the file if not. After the runs the script writes
 OUT/summary.json, OUT/summary.csv, OUT/gain.json, OUT/tables.md and the plots OUT/curves_GROUP.png,
 OUT/bars_qoe.png and OUT/energy_qoe.png from every entry file present.
 """
@@ -32,6 +34,8 @@ from rlli_jax.study import (  # noqa: E402
     mean_interval,
     relative_gain,
     run_entry,
+    settings_digest,
+    study_overrides,
     summarize_seeds,
 )
 
@@ -51,7 +55,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=(f"entries to run (default: all but the paper_config group): {list(STUDY_ENTRIES)}"),
     )
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=(
+            "extra config override, applied after the budget's and the entry's overrides, so it "
+            "wins over both; entry labels do not show it"
+        ),
     )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--report-only", action="store_true", help="only rebuild tables and plots")
@@ -62,7 +73,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     entries_dir = out / "entries"
-    entries_dir.mkdir(parents=True, exist_ok=True)
     names = args.only or list(DEFAULT_RUN)
     unknown = [name for name in names if name not in STUDY_ENTRIES]
     if unknown:
@@ -70,43 +80,116 @@ def main(argv=None) -> int:
             f"error: unknown study entries {unknown}; known: {list(STUDY_ENTRIES)}", file=sys.stderr
         )
         return 2
+    if args.report_only:
+        return _report(entries_dir, out)
     if args.seeds < 1:
         print(f"error: invalid --seeds {args.seeds}: must be >= 1", file=sys.stderr)
         return 2
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
 
-    if not args.report_only:
-        for name in names:
-            path = entries_dir / f"{name}.json"
-            if path.exists():
-                print(f"{name}: done earlier, skipping ({path})", flush=True)
-                continue
-            start = time.perf_counter()
-            result = run_entry(
-                args.config,
-                STUDY_ENTRIES[name],
-                args.budget,
-                seeds,
-                args.set,
-                baseline_cache=_baseline_cache(entries_dir),
-            )
-            result["wall_s"] = time.perf_counter() - start
-            _write_json(path, result)
-            qoe = mean_interval(result["per_seed"][result["entry"]["algo"]]["qoe"])
-            print(
-                f"{name}: QoE {qoe['mean']:.3f} [{qoe['low']:.3f}, {qoe['high']:.3f}], "
-                f"compile {result['compile_s']:.0f} s, train {result['train_s']:.0f} s, "
-                f"eval {result['eval_s']:.0f} s",
-                flush=True,
-            )
+    # Check the configs and the files of finished entries before anything compiles.
+    try:
+        digests = {
+            name: settings_digest(args.config, STUDY_ENTRIES[name], args.budget, seeds, args.set)
+            for name in names
+        }
+        finished = _finished_entries(entries_dir, names, digests, args, seeds)
+    except (ValueError, EntryFileError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
-    results = _load_results(entries_dir)
+    entries_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        path = entries_dir / f"{name}.json"
+        if name in finished:
+            print(f"{name}: done earlier with the same settings, skipping ({path})", flush=True)
+            continue
+        start = time.perf_counter()
+        result = run_entry(
+            args.config,
+            STUDY_ENTRIES[name],
+            args.budget,
+            seeds,
+            args.set,
+            baseline_cache=_baseline_cache(entries_dir),
+        )
+        result["wall_s"] = time.perf_counter() - start
+        _write_json(path, result)
+        qoe = mean_interval(result["per_seed"][result["entry"]["algo"]]["qoe"])
+        print(
+            f"{name}: QoE {qoe['mean']:.3f} [{qoe['low']:.3f}, {qoe['high']:.3f}], "
+            f"compile {result['compile_s']:.0f} s, train {result['train_s']:.0f} s, "
+            f"eval {result['eval_s']:.0f} s",
+            flush=True,
+        )
+    return _report(entries_dir, out)
+
+
+class EntryFileError(Exception):
+    """An entry file that cannot be used: unreadable, incomplete or from other settings."""
+
+
+# Keys every entry file must contain for the report and the baseline cache.
+ENTRY_FILE_KEYS = ("entry", "per_seed", "seeds", "baseline_signature", "curves")
+
+
+def _report(entries_dir: Path, out: Path) -> int:
+    try:
+        results = _load_results(entries_dir)
+    except EntryFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not results:
-        print(f"no entry results under {entries_dir}", file=sys.stderr)
+        print(f"error: no entry results under {entries_dir}", file=sys.stderr)
         return 1
     write_report(results, out)
     print(f"wrote summary and plots to {out}")
     return 0
+
+
+def _finished_entries(
+    entries_dir: Path, names: list[str], digests: dict[str, str], args, seeds: list[int]
+) -> set[str]:
+    """Return the requested entries whose files exist and were written with this run's settings.
+
+    Raises EntryFileError for a file written with other settings. It also raises it for any
+    unreadable file in the directory, because the report reads them all.
+    """
+    results = _load_results(entries_dir)
+    finished = set()
+    for name in names:
+        if name not in results:
+            continue
+        saved = results[name]
+        entry = STUDY_ENTRIES[name]
+        requested = {
+            "seeds": seeds,
+            "budget": args.budget,
+            "overrides": study_overrides(entry, args.budget, args.set),
+            "config file": Path(args.config).name,
+        }
+        recorded = {
+            "seeds": saved.get("seeds"),
+            "budget": saved.get("budget"),
+            "overrides": saved.get("overrides"),
+            "config file": Path(str(saved.get("config_path"))).name,
+        }
+        differences = [
+            f"{key} {recorded[key]} against {requested[key]} now"
+            for key in requested
+            if recorded[key] != requested[key]
+        ]
+        # Files written before the digest existed are compared on the fields above only.
+        if not differences and saved.get("settings_digest", digests[name]) != digests[name]:
+            differences.append("the resolved config differs (was the config file changed?)")
+        if differences:
+            raise EntryFileError(
+                f"{entries_dir / (name + '.json')} was written with other settings: "
+                f"{'; '.join(differences)}. Use another --out, or delete the file to run "
+                f"{name} again"
+            )
+        finished.add(name)
+    return finished
 
 
 def _baseline_cache(entries_dir: Path) -> dict:
@@ -119,7 +202,25 @@ def _baseline_cache(entries_dir: Path) -> dict:
 
 
 def _load_results(entries_dir: Path) -> dict:
-    return {path.stem: json.loads(path.read_text()) for path in sorted(entries_dir.glob("*.json"))}
+    """Read every entry file under `entries_dir`, raising EntryFileError that names a bad one."""
+    results = {}
+    for path in sorted(entries_dir.glob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise EntryFileError(
+                f"unreadable study entry file {path}: {error}. Delete it to run the entry again"
+            ) from error
+        missing = [
+            key for key in ENTRY_FILE_KEYS if not isinstance(result, dict) or key not in result
+        ]
+        if missing:
+            raise EntryFileError(
+                f"incomplete study entry file {path}: missing {missing}. Delete it to run the "
+                "entry again"
+            )
+        results[path.stem] = result
+    return results
 
 
 def _write_json(path: Path, data) -> None:

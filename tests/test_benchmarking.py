@@ -82,6 +82,9 @@ def test_update_suite_records_batch_size():
         (["--num-envs", "0"], "--num-envs"),
         (["--num-steps", "0"], "--num-steps"),
         (["--numpy-envs", "0"], "--numpy-envs"),
+        (["--train-envs", "1024", "-4"], "--train-envs"),
+        (["--sweep-members", "0"], "--sweep-members"),
+        (["--sweep-envs", "-1"], "--sweep-envs"),
     ],
 )
 def test_script_rejects_invalid_sizes(argv, message, capsys):

@@ -96,9 +96,9 @@ def test_every_entry_config_loads():
         assert config.agent.algo == entry.algo
 
 
-def test_paper_config_entries_move_paper_yaml_one_setting_to_default_yaml():
-    """Each `paper_config` pair differs from the paper.yaml main pair in exactly the settings it
-    names, and there takes configs/default.yaml's values; a run without --only skips them."""
+def test_paper_config_entries_take_default_values():
+    """Each `paper_config` pair differs from the paper.yaml main pair only in the settings it
+    names. There it takes the configs/default.yaml values. A run without --only skips it."""
     from rlli_jax.config import load_config
 
     paper = REPO / "configs" / "paper.yaml"
@@ -165,7 +165,44 @@ def test_script_tiny_writes_outputs_and_resumes(tmp_path):
 
     resumed = _run_script(*args)
     assert resumed.returncode == 0, resumed.stderr
-    assert "done earlier, skipping" in resumed.stdout
+    assert "done earlier with the same settings, skipping" in resumed.stdout
+
+    # A resume with other settings stops before running anything and names the file.
+    before = (out / "entries" / "ddpg.json").read_text()
+    other_seeds = _run_script(*args, "--first-seed", "1")
+    assert other_seeds.returncode == 2
+    assert "ddpg.json was written with other settings" in other_seeds.stderr
+    assert "seeds [0, 1] against [1, 2] now" in other_seeds.stderr
+    other_set = _run_script(*args, "--set", "hyper.tau=0.01")
+    assert other_set.returncode == 2
+    assert "hyper.tau=0.01" in other_set.stderr
+    assert (out / "entries" / "ddpg.json").read_text() == before
+
+    # A damaged entry file is named in the error, for a resume and for --report-only.
+    (out / "entries" / "ddpg.json").write_text(before[:1000])
+    for extra in ((), ("--report-only",)):
+        damaged = _run_script(*args, *extra)
+        assert damaged.returncode == 2
+        assert "unreadable study entry file" in damaged.stderr
+        assert "ddpg.json" in damaged.stderr
+        assert "Traceback" not in damaged.stderr
+    (out / "entries" / "ddpg.json").write_text("{}")
+    incomplete = _run_script(*args, "--report-only")
+    assert incomplete.returncode == 2
+    assert "incomplete study entry file" in incomplete.stderr
+
+
+def test_script_rejects_bad_config_early(tmp_path):
+    out = tmp_path / "study"
+    missing = _run_script("--config", str(tmp_path / "nope.yaml"), "--out", str(out))
+    assert missing.returncode == 2
+    assert "nope.yaml" in missing.stderr
+    assert "not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad_value = _run_script("--only", "ddpg", "--set", "hyper.tau=-1", "--out", str(out))
+    assert bad_value.returncode == 2
+    assert "hyper.tau" in bad_value.stderr
+    assert not out.exists()
 
 
 def test_script_rejects_unknown_entry(tmp_path):
