@@ -329,7 +329,24 @@ def _markdown_tables(results: dict, summary: dict, gains: dict) -> str:
             f"| {name} | {result['compile_s']:.0f} | {result['train_s']:.0f} | "
             f"{result['eval_s']:.0f} | {result['num_updates']} |"
         )
+    lines += ["", "| entry | config | budget | --set overrides |", "|---|---|---|---|"]
+    for name, result in results.items():
+        lines.append(
+            f"| {name} | {result.get('config_path')} | {result.get('budget')} | "
+            f"{_extra_overrides(name, result)} |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def _extra_overrides(name: str, result: dict) -> str:
+    """Return the overrides an entry ran with beyond its budget's and its own, as text."""
+    overrides = list(result.get("overrides", []))
+    if name in STUDY_ENTRIES and result.get("budget") in BUDGETS:
+        standard = study_overrides(STUDY_ENTRIES[name], result["budget"])
+        if overrides[: len(standard)] == standard:
+            extra = overrides[len(standard) :]
+            return ", ".join(f"`{item}`" for item in extra) if extra else "none"
+    return "all: " + ", ".join(f"`{item}`" for item in overrides)
 
 
 def _plot_curves(results: dict, out: Path) -> None:

@@ -162,6 +162,9 @@ def test_script_tiny_writes_outputs_and_resumes(tmp_path):
     assert np.isfinite(result["per_seed"]["ddpg"]["qoe"]).all()
     summary = json.loads((out / "summary.json").read_text())
     assert 1.0 <= summary["ddpg"]["greedy"]["qoe"]["mean"] <= 5.0
+    tables = (out / "tables.md").read_text()
+    assert "| ddpg | " in tables
+    assert "| tiny | none |" in tables
 
     resumed = _run_script(*args)
     assert resumed.returncode == 0, resumed.stderr
