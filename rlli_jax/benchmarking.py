@@ -254,7 +254,9 @@ COST_ANALYSIS_BATCH = 1024
 
 def _per_action_cost(compiled, batch: int) -> dict[str, float]:
     analysis = compiled.cost_analysis()
-    if isinstance(analysis, list | tuple):  # some jax versions return a list of dicts
+    # jax documents the result as nested dicts, lists or tuples, or None, so take the first
+    # dict of a list.
+    if isinstance(analysis, list | tuple):
         analysis = analysis[0] if analysis else {}
     analysis = analysis or {}
     return {
@@ -273,13 +275,13 @@ def act_cost_analysis(
     num_users: int = 8,
     batch: int = COST_ANALYSIS_BATCH,
 ) -> list[dict[str, Any]]:
-    """XLA's cost analysis of one deterministic `act` call per actor, per action.
+    """Return XLA's cost analysis of one deterministic `act` call per actor, per action.
 
-    Returns one record per actor (the MLP actor, then the diffusion actor at each T) with the
-    compiled program's floating-point operations, transcendental operations (exp, log, sin and
-    the like) and bytes accessed, each divided by `batch`, and `flops_over_mlp`. Unlike timings
-    these do not depend on the machine's load; on a backend whose compiler reports no cost
-    analysis the figures are NaN.
+    There is one record per actor: the MLP actor, then the diffusion actor at each T. Each has
+    the compiled program's floating-point operations, transcendental operations (exp, log, sin
+    and the like) and bytes accessed, each divided by `batch`, and `flops_over_mlp`. Unlike
+    timings these do not depend on the machine's load. On a backend whose compiler reports no
+    cost analysis the figures are NaN.
     """
     env = DiffusionServiceEnv(num_users=num_users)
     cases = [("ddpg", {}, "MLP actor")] + [

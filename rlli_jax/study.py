@@ -249,10 +249,12 @@ def settings_digest(
     seeds: Sequence[int],
     extra_overrides: Sequence[str] = (),
 ) -> str:
-    """Return a digest of everything that determines `entry`'s results: the resolved config
-    (base file, budget, the entry's overrides and `extra_overrides`), the seeds and whether it
-    trains on the persona-blind QoE. Loading the config checks it, so a bad value raises
-    ValueError here, before anything compiles.
+    """Return a digest of the settings that determine `entry`'s results.
+
+    These are the resolved config (base file, budget, the entry's overrides and
+    `extra_overrides`), the seeds and whether the entry trains on the persona-blind QoE. The
+    config file is read and checked, so a bad value raises ValueError here, before anything
+    compiles. A reward network file named by the config enters by its path, not its contents.
     """
     config = load_config(config_path, study_overrides(entry, budget, extra_overrides))
     text = f"{config!r};seeds={list(seeds)};persona_blind={entry.persona_blind}"
