@@ -21,12 +21,13 @@ Entries and their groups:
   per vectorised environment step (the `cpu` budget's 24 doubled). `gddpg_bound_loss` adds
   the penalty on x0 predictions outside [-1, 1] (`AgentConfig.bound_loss_coef` 1), which
   only the diffusion actor has.
-- `paper_config`: G-DDPG and DDPG on `configs/paper.yaml` with one of its three differences
-  from `configs/default.yaml` set to the default.yaml value: critic learning rate 1e-3, actor
-  width 128 (the MLP actor, the noise network and the state encoder), batch 256. This finds
-  which setting keeps `configs/paper.yaml` from learning at the `cpu` budget. On
-  `configs/default.yaml` these entries would repeat the main pair, so they run only when named
-  (`DEFAULT_RUN` lists the entries of a run without `--only`).
+- `paper_config`: G-DDPG and DDPG on `configs/paper.yaml` with one of the three differences
+  from `configs/default.yaml` that remain after the `cpu` budget and gamma 0 set to the
+  default.yaml value: critic learning rate 1e-3, actor width 128 (the MLP actor, the noise
+  network and the state encoder), batch 256. This finds which setting keeps
+  `configs/paper.yaml` from learning at the `cpu` budget. On `configs/default.yaml` these
+  entries would repeat the main pair, so a run that does not name its entries skips an entry
+  whose resolved config equals its learner's main entry (`default_entries`).
 """
 
 import dataclasses
@@ -159,11 +160,14 @@ class StudyEntry:
     overrides: tuple[str, ...] = ()
     # Train on the persona-blind QoE; evaluation always uses the persona QoE.
     persona_blind: bool = False
-    # Part of a study run that does not name its entries (see `DEFAULT_RUN`).
-    default_run: bool = True
+    # In a run that does not name its entries, skip this entry when its resolved config equals
+    # that of its learner's main entry (see `default_entries`).
+    skip_if_unchanged: bool = False
 
 
-def _pair(name: str, group: str, label: str, overrides=(), persona_blind=False, default_run=True):
+def _pair(
+    name: str, group: str, label: str, overrides=(), persona_blind=False, skip_if_unchanged=False
+):
     """Build the G-DDPG and DDPG entries of one setting."""
     return [
         StudyEntry(
@@ -173,7 +177,7 @@ def _pair(name: str, group: str, label: str, overrides=(), persona_blind=False, 
             label=f"{algo_label}{label}",
             overrides=(f"agent.algo={algo}", *overrides),
             persona_blind=persona_blind,
-            default_run=default_run,
+            skip_if_unchanged=skip_if_unchanged,
         )
         for algo, algo_label in (("gddpg", "G-DDPG"), ("ddpg", "DDPG"))
     ]
@@ -219,14 +223,12 @@ def _study_entries() -> dict[str, StudyEntry]:
     )
     for suffix, label, change in PAPER_CONFIG_CHANGES:
         entries += _pair(
-            suffix, "paper_config", label, (*MYOPIC_OVERRIDES, *change), default_run=False
+            suffix, "paper_config", label, (*MYOPIC_OVERRIDES, *change), skip_if_unchanged=True
         )
     return {entry.name: entry for entry in entries}
 
 
 STUDY_ENTRIES = _study_entries()
-# Entries of a study run that does not name its entries.
-DEFAULT_RUN = tuple(name for name, entry in STUDY_ENTRIES.items() if entry.default_run)
 
 
 def study_overrides(entry: StudyEntry, budget: str, extra: Sequence[str] = ()) -> list[str]:
@@ -234,6 +236,28 @@ def study_overrides(entry: StudyEntry, budget: str, extra: Sequence[str] = ()) -
     if budget not in BUDGETS:
         raise ValueError(f"invalid budget {budget!r}: expected one of {sorted(BUDGETS)}")
     return [*BUDGETS[budget], *entry.overrides, *extra]
+
+
+def default_entries(
+    config_path: str | Path, budget: str, extra_overrides: Sequence[str] = ()
+) -> list[str]:
+    """Return the entries of a study run that does not name its entries, in study order.
+
+    That is every entry except those marked `skip_if_unchanged` whose resolved config equals
+    the resolved config of their learner's main entry (`gddpg` or `ddpg`): such an entry would
+    train the main entry again. On `configs/default.yaml` this skips the `paper_config` group;
+    on `configs/paper.yaml` it keeps it. A bad config raises ValueError.
+    """
+    names = []
+    for name, entry in STUDY_ENTRIES.items():
+        if entry.skip_if_unchanged:
+            main = STUDY_ENTRIES[entry.algo]
+            resolved = load_config(config_path, study_overrides(entry, budget, extra_overrides))
+            main_resolved = load_config(config_path, study_overrides(main, budget, extra_overrides))
+            if resolved == main_resolved and entry.persona_blind == main.persona_blind:
+                continue
+        names.append(name)
+    return names
 
 
 def seed_keys(seeds: Sequence[int]) -> tuple[jax.Array, jax.Array]:

@@ -19,7 +19,12 @@ SUITES = ("env", "act", "update", "train", "sweep")
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=SUITES, action="append", help="suite(s) to run")
+    parser.add_argument(
+        "--suite",
+        choices=SUITES,
+        action="append",
+        help="suite to run; repeat for several (default: all five)",
+    )
     parser.add_argument(
         "--num-envs",
         type=int,
@@ -51,7 +56,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--sweep-envs", type=int, default=64, help="environments per member in the sweep suite"
     )
-    parser.add_argument("--num-steps", type=int, default=16, help="env steps per timed call")
+    parser.add_argument(
+        "--num-steps",
+        type=int,
+        default=16,
+        help=(
+            "work per timed call: env steps (env), actions (act), gradient steps (update); "
+            "the train and sweep suites run their own chunks"
+        ),
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (>= 1)")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder")
     args = parser.parse_args(argv)

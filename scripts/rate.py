@@ -52,7 +52,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--timeout", type=float, default=60.0, help="openai: per-request timeout in seconds"
     )
     parser.add_argument(
-        "--max-retries", type=int, default=4, help="openai: retries on 429, 5xx and timeouts"
+        "--max-retries",
+        type=int,
+        default=4,
+        help=(
+            "openai: retries after a 429, 500, 502, 503 or 504 response, a timeout or a "
+            "connection error"
+        ),
     )
     parser.add_argument(
         "--temperature", type=float, default=0.7, help="openai: sampling temperature"

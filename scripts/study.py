@@ -1,8 +1,12 @@
 """Run the reproduction study (G-DDPG, DDPG, baselines, ablations) and write its results.
 
     python scripts/study.py --config configs/paper.yaml --seeds 5 --budget cpu --out runs/study
-    python scripts/study.py --budget cpu --only gddpg ddpg --out runs/study   # the main pair
+    python scripts/study.py --config configs/default.yaml --budget cpu --only gddpg ddpg \
+        --out runs/study_default   # the main pair on the config the CPU study used
     python scripts/study.py --report-only --out runs/study   # tables and plots from saved runs
+
+Without --only every entry runs, except a `paper_config` entry whose resolved config equals
+its learner's main entry (on configs/default.yaml all six; see `default_entries`).
 
 Each entry's results go to OUT/entries/NAME.json; an entry whose file exists is not run
 again, so an interrupted study resumes where it stopped. Before anything compiles the script
@@ -28,9 +32,9 @@ import numpy as np  # noqa: E402
 from rlli_jax.agents.baselines import BASELINE_NAMES  # noqa: E402
 from rlli_jax.study import (  # noqa: E402
     BUDGETS,
-    DEFAULT_RUN,
     REPORTED_METRICS,
     STUDY_ENTRIES,
+    default_entries,
     mean_interval,
     relative_gain,
     run_entry,
@@ -42,7 +46,9 @@ from rlli_jax.study import (  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/paper.yaml", help="base training config")
+    parser.add_argument(
+        "--config", default="configs/paper.yaml", help="base training config (default: %(default)s)"
+    )
     parser.add_argument("--seeds", type=int, default=5, help="seeds per entry (>= 2 for intervals)")
     parser.add_argument(
         "--first-seed", type=int, default=0, help="first seed; seeds are consecutive"
@@ -52,7 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--only",
         nargs="+",
         metavar="NAME",
-        help=(f"entries to run (default: all but the paper_config group): {list(STUDY_ENTRIES)}"),
+        help=(
+            "entries to run (default: all, except paper_config entries that leave the config "
+            f"unchanged): {list(STUDY_ENTRIES)}"
+        ),
     )
     parser.add_argument(
         "--set",
@@ -73,8 +82,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     entries_dir = out / "entries"
-    names = args.only or list(DEFAULT_RUN)
-    unknown = [name for name in names if name not in STUDY_ENTRIES]
+    unknown = [name for name in args.only or () if name not in STUDY_ENTRIES]
     if unknown:
         print(
             f"error: unknown study entries {unknown}; known: {list(STUDY_ENTRIES)}", file=sys.stderr
@@ -89,6 +97,7 @@ def main(argv=None) -> int:
 
     # Check the configs and the files of finished entries before anything compiles.
     try:
+        names = args.only or default_entries(args.config, args.budget, args.set)
         digests = {
             name: settings_digest(args.config, STUDY_ENTRIES[name], args.budget, seeds, args.set)
             for name in names

@@ -18,9 +18,9 @@ from scipy import stats
 
 from rlli_jax.qoe.model import SimulatorQoE
 from rlli_jax.study import (
-    DEFAULT_RUN,
     STUDY_ENTRIES,
     PersonaBlindQoE,
+    default_entries,
     mean_interval,
     relative_gain,
     study_overrides,
@@ -98,7 +98,7 @@ def test_every_entry_config_loads():
 
 def test_paper_config_entries_take_default_values():
     """Each `paper_config` pair differs from the paper.yaml main pair only in the settings it
-    names. There it takes the configs/default.yaml values. A run without --only skips it."""
+    names. There it takes the configs/default.yaml values."""
     from rlli_jax.config import load_config
 
     paper = REPO / "configs" / "paper.yaml"
@@ -107,7 +107,6 @@ def test_paper_config_entries_take_default_values():
     assert len(group) == 6
     changed_fields = set()
     for entry in group:
-        assert entry.name not in DEFAULT_RUN
         main = load_config(paper, study_overrides(STUDY_ENTRIES[entry.algo], "cpu"))
         changed = load_config(paper, study_overrides(entry, "cpu"))
         differences = [
@@ -126,7 +125,25 @@ def test_paper_config_entries_take_default_values():
         ("agent", "encoder_hidden_sizes"),
         ("agent", "batch_size"),
     }
-    assert set(STUDY_ENTRIES) - set(DEFAULT_RUN) == {entry.name for entry in group}
+
+
+@pytest.mark.parametrize("budget", ["cpu", "full"])
+def test_default_entries_skip_unchanged(budget):
+    """A run without --only skips the paper_config entries on configs/default.yaml, where they
+    would train the main pair again, and keeps them on configs/paper.yaml."""
+    group = {entry.name for entry in STUDY_ENTRIES.values() if entry.group == "paper_config"}
+    on_default = default_entries(REPO / "configs" / "default.yaml", budget)
+    assert set(STUDY_ENTRIES) - set(on_default) == group
+    assert default_entries(REPO / "configs" / "paper.yaml", budget) == list(STUDY_ENTRIES)
+    # An extra override that gives paper.yaml the default.yaml critic learning rate makes the
+    # critic lr entries repeat the main pair, so they are skipped too.
+    with_critic_lr = default_entries(
+        REPO / "configs" / "paper.yaml", budget, ["hyper.critic_lr=1.0e-3"]
+    )
+    assert set(STUDY_ENTRIES) - set(with_critic_lr) == {
+        "gddpg_critic_lr_1e-3",
+        "ddpg_critic_lr_1e-3",
+    }
 
 
 def _run_script(*args: str) -> subprocess.CompletedProcess:
@@ -222,4 +239,4 @@ def test_script_tiny_every_entry(tmp_path):
     gains = json.loads((out / "gain.json").read_text())
     assert "gddpg vs ddpg" in gains
     for name in STUDY_ENTRIES:
-        assert (out / "entries" / f"{name}.json").exists() == (name in DEFAULT_RUN), name
+        assert (out / "entries" / f"{name}.json").exists(), name

@@ -1,10 +1,10 @@
 """Rater backend for any OpenAI-compatible chat-completions server (vLLM, llama.cpp, Ollama, ...).
 
-Each request is one POST to `{base_url}/chat/completions`. HTTP 429 and 5xx responses, timeouts
-and connection errors are retried with exponential backoff, and a numeric Retry-After header
-replaces the backoff delay, capped at `backoff_max_s`. Other 4xx responses fail at once. At most
-`concurrency` requests are in flight. A reply that `parse_rating` rejects becomes a failure that
-keeps the raw text.
+Each request is one POST to `{base_url}/chat/completions`. HTTP 429, 500, 502, 503 and 504
+responses, timeouts and connection errors are retried with exponential backoff, and a numeric
+Retry-After header replaces the backoff delay, capped at `backoff_max_s`. Other 4xx and 5xx
+responses fail at once. At most `concurrency` requests are in flight. A reply that
+`parse_rating` rejects becomes a failure that keeps the raw text.
 The API key is read from the environment variable named by `api_key_env` and is only ever sent
 in the Authorization header: it is not stored in results, records or log messages.
 """
@@ -180,7 +180,7 @@ class OpenAIRater:
         """Send one POST and return the message content.
 
         Raises:
-            _RetryableError: 429, 5xx, timeout or connection error.
+            _RetryableError: a status in RETRY_STATUS_CODES, a timeout or a connection error.
             _PermanentError: any other HTTP error, or a body that is not a chat completion.
         """
         try:
