@@ -22,15 +22,24 @@ import argparse
 import dataclasses
 import logging
 import os
+import time
+from pathlib import Path
 
 import jax
 import jax.extend.backend
+import numpy as np
+from jax.experimental import multihost_utils
 
 logger = logging.getLogger(__name__)
 
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
+# File name prefix of the marker that `check_shared_directory` writes and removes.
+SHARED_MARKER_PREFIX = ".rlli-shared-check-"
+# How long a process waits for the marker to appear, for file systems that show a new file
+# on other hosts only after a delay.
+SHARED_MARKER_WAIT_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,3 +226,52 @@ def is_primary() -> bool:
 def process_key(key: jax.Array) -> jax.Array:
     """Fold the process index into `key`, for randomness that each process draws alone."""
     return jax.random.fold_in(key, jax.process_index())
+
+
+def check_shared_directory(directory: str | Path) -> None:
+    """Check that every process can read the files that process 0 writes in `directory`.
+
+    Every process of a multi-process run must call this after process 0 has created
+    `directory`; a single process returns at once. Process 0 writes a marker file named after a
+    random token that it broadcasts, every process reads it back, and process 0 removes it.
+    Without this check a directory that is not shared makes the first checkpoint save wait
+    forever for files the other hosts never see.
+
+    Raises:
+        ValueError: some process cannot read the marker, so `directory` is not shared.
+    """
+    if jax.process_count() == 1:
+        return
+    directory = Path(directory)
+    token = np.int32(int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF)
+    token = int(multihost_utils.broadcast_one_to_all(token))
+    marker = directory / f"{SHARED_MARKER_PREFIX}{token}"
+    if is_primary():
+        marker.write_text(str(token))
+    multihost_utils.sync_global_devices("rlli_jax.distributed: shared marker written")
+    seen = np.int32(_reads_marker(marker, token, SHARED_MARKER_WAIT_S))
+    # The gather also waits until every process has tried to read the marker, so it can go now.
+    flags = np.asarray(multihost_utils.process_allgather(seen)).reshape(-1)
+    if is_primary():
+        marker.unlink(missing_ok=True)
+    blind = [index for index, flag in enumerate(flags) if not flag]
+    if blind:
+        raise ValueError(
+            f"output directory {str(directory)!r} is not shared: processes {blind} cannot see "
+            "the files that process 0 writes there; pass an --out directory on a file system "
+            "that every host mounts at the same path"
+        )
+
+
+def _reads_marker(marker: Path, token: int, wait_s: float) -> bool:
+    """Return True once `marker` can be read and contains `token`, or False after `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if marker.read_text() == str(token):
+                return True
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)

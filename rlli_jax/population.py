@@ -39,6 +39,7 @@ from rlli_jax import sharding
 from rlli_jax.agents.baselines import BASELINE_NAMES, make_baseline_policy
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import Config, read_yaml, save_config
+from rlli_jax.distributed import check_shared_directory
 from rlli_jax.evaluation import run_episodes, summarize
 from rlli_jax.metrics import MetricsWriter
 from rlli_jax.runner import eval_key, train_key
@@ -167,13 +168,15 @@ def run_sweep(
     """Run every group of `plan` not yet finished in `out_dir`, and return all members' results.
 
     Raises:
-        ValueError: `out_dir` contains a different sweep.
+        ValueError: `out_dir` contains a different sweep, or in a multi-process run some process
+            cannot see the files of `out_dir` (it is not shared).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     mesh = sharding.make_mesh() if mesh is None else mesh
     primary = jax.process_index() == 0
     _claim_directory(plan, out_dir, primary)
+    check_shared_directory(out_dir)
 
     compiles = {"init": 0, "run_chunk": 0, "evaluate": 0}
     results: list[dict[str, Any]] = []

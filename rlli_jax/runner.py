@@ -39,6 +39,7 @@ from jax.experimental import multihost_utils
 from rlli_jax import sharding
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import Config, load_config, save_config
+from rlli_jax.distributed import check_shared_directory
 from rlli_jax.evaluation import evaluate_baselines, summarize
 from rlli_jax.metrics import MetricsWriter, plot_learning_curves
 from rlli_jax.train import (
@@ -242,8 +243,9 @@ def run_training(
         The summary also written to `summary.json` (by process 0).
 
     Raises:
-        ValueError: `run_dir` already contains a run and `resume` is False, or the
-            environments cannot be split over the devices.
+        ValueError: `run_dir` already contains a run and `resume` is False, the
+            environments cannot be split over the devices, or in a multi-process run some
+            process cannot see the files of `run_dir` (it is not shared).
         NonFiniteError: a loss, metric or parameter became NaN or infinite; the newest
             checkpoint is the last good state.
     """
@@ -265,10 +267,17 @@ def run_training(
     if jax.process_count() > 1:
         # Every process has checked run_dir above before process 0 writes to it.
         multihost_utils.sync_global_devices("rlli_jax.runner: run directory checked")
+    created = primary and not run_dir.exists()
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            save_config(config, run_dir / CONFIG_NAME)
+    try:
+        check_shared_directory(run_dir)
+    except ValueError:
+        if created:
+            run_dir.rmdir()  # still empty: leave nothing that would block the retry
+        raise
+    if primary and not resume:
+        save_config(config, run_dir / CONFIG_NAME)
 
     train_config = config.train
     hyper = placement.hyper

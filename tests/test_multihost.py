@@ -246,3 +246,45 @@ def test_processes_with_different_configs_fail(tmp_path):
         assert process.returncode == 1, log[-3000:]
         assert "started with a different config" in log
     assert not (tmp_path / "run").exists()
+
+
+# Wrapper that runs a script with process 1 unable to read what process 0 writes in the output
+# directory, as on a host whose --out path is a local directory instead of a shared one.
+BLIND_PROCESS_WRAPPER = """
+import runpy
+import sys
+
+import rlli_jax.distributed as distributed
+
+if sys.argv[sys.argv.index("--process-id") + 1] == "1":
+    distributed._reads_marker = lambda marker, token, wait_s: False
+script = sys.argv.pop(1)
+sys.argv[0] = script
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", [TRAIN_SCRIPT, SCRIPT], ids=["train", "sweep"])
+def test_unshared_output_directory_fails(tmp_path, script):
+    (tmp_path / "base.yaml").write_text(TINY_BASE)
+    (tmp_path / "sweep.yaml").write_text(TINY_SWEEP)
+    wrapper = tmp_path / "blind_process.py"
+    wrapper.write_text(BLIND_PROCESS_WRAPPER)
+    config = "base.yaml" if script == TRAIN_SCRIPT else "sweep.yaml"
+    coordinator = f"127.0.0.1:{free_port()}"
+    loopback = {"JAX_COORDINATOR_BIND_ADDRESS": coordinator}
+    processes = []
+    for index in range(2):
+        args = [str(script), "--config", config, "--out", "run", "--coordinator", coordinator]
+        args += ["--num-processes", "2", "--process-id", str(index)]
+        processes.append(start(args, tmp_path, 2, f"blind{index}.log", loopback, script=wrapper))
+    wait_all(processes)
+
+    logs = [(tmp_path / f"blind{index}.log").read_text() for index in range(2)]
+    for process, log in zip(processes, logs, strict=True):
+        assert process.returncode == 1, log[-3000:]
+        assert "is not shared: processes [1] cannot see" in log
+    assert list((tmp_path / "run").glob(".rlli-shared-check-*")) == []
+    if script == TRAIN_SCRIPT:
+        assert not (tmp_path / "run").exists()
