@@ -238,7 +238,8 @@ def check_shared_directory(directory: str | Path) -> None:
     forever for files the other hosts never see.
 
     Raises:
-        ValueError: some process cannot read the marker, so `directory` is not shared.
+        ValueError: process 0 cannot write the marker, or some process cannot read it, so
+            `directory` is not shared.
     """
     if jax.process_count() == 1:
         return
@@ -246,13 +247,22 @@ def check_shared_directory(directory: str | Path) -> None:
     token = np.int32(int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF)
     token = int(multihost_utils.broadcast_one_to_all(token))
     marker = directory / f"{SHARED_MARKER_PREFIX}{token}"
+    write_error = None
     if is_primary():
-        marker.write_text(str(token))
+        try:
+            marker.write_text(str(token))
+        except OSError as error:
+            # Raise only after the gather below, so the other processes do not wait forever.
+            write_error = error
     multihost_utils.sync_global_devices("rlli_jax.distributed: shared marker written")
     seen = np.int32(_reads_marker(marker, token, SHARED_MARKER_WAIT_S))
     # The gather also waits until every process has tried to read the marker, so it can go now.
     flags = np.asarray(multihost_utils.process_allgather(seen)).reshape(-1)
     if is_primary():
+        if write_error is not None:
+            raise ValueError(
+                f"failed to write {str(marker)!r} in the output directory: {write_error}"
+            ) from write_error
         marker.unlink(missing_ok=True)
     blind = [index for index, flag in enumerate(flags) if not flag]
     if blind:
