@@ -5,6 +5,7 @@ Library code only: it returns records; `scripts/benchmark.py` prints and writes 
 
 import dataclasses
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -205,6 +206,25 @@ def _agent_for(algo: str, obs_dim: int, action_dim: int, **config_overrides):
     return agent, agent_state, hyper
 
 
+def _act_many(agent, hyper, num_calls: int):
+    """Return act_many(agent_state, obs, key): `num_calls` deterministic `act` calls in one
+    `lax.scan`, summing the actions so that none is optimised away."""
+
+    def act_many(agent_state, obs, key):
+        def body(total, inputs):
+            key_call, offset = inputs
+            # A per-call offset keeps XLA from hoisting a key-free actor (the MLP) out of the
+            # loop and computing it once for all calls.
+            action = agent.act(agent_state, obs + offset, key_call, hyper, explore=False)
+            return total + jnp.sum(action), None
+
+        inputs = (jax.random.split(key, num_calls), 1e-3 * jnp.arange(num_calls))
+        total, _ = jax.lax.scan(body, jnp.float32(0.0), inputs)
+        return total
+
+    return act_many
+
+
 def benchmark_act(
     num_envs_list: list[int],
     *,
@@ -223,23 +243,11 @@ def benchmark_act(
     measurements = []
     for algo, overrides, label in cases:
         agent, agent_state, hyper = _agent_for(algo, env.obs_dim, env.num_actions, **overrides)
+        act_many = jax.jit(_act_many(agent, hyper, num_calls))
         for num_envs in num_envs_list:
             obs = jax.random.normal(jax.random.key(1), (num_envs, env.obs_dim))
-
-            def act_many(agent_state, obs, key, agent=agent, hyper=hyper):
-                def body(total, inputs):
-                    key_call, offset = inputs
-                    # A per-call offset keeps XLA from hoisting a key-free actor (the MLP) out
-                    # of the loop and computing it once for all calls.
-                    action = agent.act(agent_state, obs + offset, key_call, hyper, explore=False)
-                    return total + jnp.sum(action), None
-
-                inputs = (jax.random.split(key, num_calls), 1e-3 * jnp.arange(num_calls))
-                total, _ = jax.lax.scan(body, jnp.float32(0.0), inputs)
-                return total
-
             compile_s, times = time_compiled(
-                jax.jit(act_many), (agent_state, obs, jax.random.key(2)), repeats=repeats
+                act_many, (agent_state, obs, jax.random.key(2)), repeats=repeats
             )
             measurements.append(
                 Measurement("act", label, num_envs, num_envs * num_calls, compile_s, times)
@@ -301,6 +309,167 @@ def act_cost_analysis(
     mlp_flops = records[0]["flops"]
     for record in records:
         record["flops_over_mlp"] = record["flops"] / mlp_flops
+    return records
+
+
+# Where the time of one `act` call goes, by part of the actor. An HLO instruction belongs to
+# the first part whose marker occurs in its `op_name` metadata, which holds the Flax module
+# path and the jax function names. The rest is the chain's own arithmetic and the output clip.
+ACT_PROFILE_PARTS = (
+    ("Gaussian draws", ("_normal", "_uniform", "threefry", "random_bits")),
+    ("state encoder", ("DiffusionActorNetwork.encode",)),
+    ("time embedding", ("DiffusionActorNetwork.embed_time",)),
+    ("noise network", ("DiffusionActorNetwork.predict_noise",)),
+    ("MLP actor", ("MLPActor",)),
+)
+ACT_PROFILE_OTHER = "chain and output"
+
+_HLO_INSTRUCTION = re.compile(
+    r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(?:\(.*?\)|\S+)\s+([\w\-]+)\((.*)$"
+)
+# Control flow: the instructions of its bodies carry the time, so it is not counted again.
+_HLO_CONTROL_FLOW = ("while", "call", "conditional")
+_HLO_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def hlo_instruction_parts(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """Map each instruction of a compiled module's HLO text to (part, kind).
+
+    part comes from `ACT_PROFILE_PARTS`. kind is "matmul" for a dot, or for a fusion whose
+    root is one (its `op_name` ends in `dot_general`), and "elementwise" otherwise.
+    Control-flow instructions (while, call, conditional) are left out, because the
+    instructions of their bodies carry their time.
+    """
+    table = {}
+    for line in hlo_text.splitlines():
+        match = _HLO_INSTRUCTION.match(line)
+        if not match:
+            continue
+        name, opcode, rest = match.groups()
+        if opcode in _HLO_CONTROL_FLOW:
+            continue
+        op_name_match = _HLO_OP_NAME.search(rest)
+        op_name = op_name_match.group(1) if op_name_match else ""
+        part = next(
+            (label for label, markers in ACT_PROFILE_PARTS if any(m in op_name for m in markers)),
+            ACT_PROFILE_OTHER,
+        )
+        matmul = opcode in ("dot", "convolution") or op_name.endswith("dot_general")
+        table[name] = (part, "matmul" if matmul else "elementwise")
+    return table
+
+
+def _union_ns(intervals: list[tuple[int, int]]) -> int:
+    """Return the total length of the union of [start, end) intervals, in their unit."""
+    total, reach = 0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            total += end - start
+            reach = end
+        elif end > reach:
+            total += end - reach
+            reach = end
+    return total
+
+
+def op_times_from_trace(trace_dir: Path, instructions: dict[str, Any]) -> dict[str, int]:
+    """Return nanoseconds per HLO instruction in the newest `jax.profiler` trace under
+    `trace_dir`, counting only events of `instructions`' names.
+
+    An event names its instruction in its `hlo_op` statistic (or, on some backends, in its
+    own name). The time of one instruction is the union of its events' intervals: a CPU
+    matmul split over worker threads counts once, not once per thread. When a device plane
+    (a GPU) has such events, only device planes count, so the host's launch events are not
+    added to the kernels' time.
+    """
+    files = sorted(Path(trace_dir).glob("**/*.xplane.pb"), key=lambda path: path.stat().st_mtime)
+    if not files:
+        raise FileNotFoundError(f"no *.xplane.pb trace under {trace_dir}")
+    profile = jax.profiler.ProfileData.from_file(str(files[-1]))
+    by_plane: dict[str, dict[str, list[tuple[int, int]]]] = {}
+    for plane in profile.planes:
+        for line in plane.lines:
+            for event in line.events:
+                stats = dict(event.stats)
+                name = stats.get("hlo_op", event.name)
+                if name in instructions:
+                    spans = by_plane.setdefault(plane.name, {}).setdefault(name, [])
+                    spans.append((event.start_ns, event.start_ns + event.duration_ns))
+    device_planes = [name for name in by_plane if name.startswith("/device:")]
+    planes = device_planes or list(by_plane)
+    merged: dict[str, list[tuple[int, int]]] = {}
+    for plane_name in planes:
+        for name, spans in by_plane[plane_name].items():
+            merged.setdefault(name, []).extend(spans)
+    return {name: _union_ns(spans) for name, spans in merged.items()}
+
+
+def act_profile(
+    num_envs: int,
+    trace_dir: Path,
+    *,
+    diffusion_steps: tuple[int, ...] = (5,),
+    num_calls: int = 8,
+    repeats: int = 5,
+    num_users: int = 8,
+) -> list[dict[str, Any]]:
+    """Profile deterministic `act` calls with `jax.profiler` and split their time by part.
+
+    For the MLP actor and the diffusion actor at each T, this compiles the `act` suite's
+    program: `num_calls` calls on `num_envs` observations in one `lax.scan`. It runs the
+    program once to warm up, then traces `repeats` runs into `trace_dir/<case>`, which
+    TensorBoard or Perfetto can open. Returns one record per actor:
+    `case`, `num_envs`, `op_ns_per_action` (summed time of its HLO instructions per action)
+    and `parts`, a list of {part, kind, ns_per_action, share} sorted by time, where part is
+    from `ACT_PROFILE_PARTS` and kind is "matmul" or "elementwise".
+
+    Instructions that run at the same time on different threads each count in full, so on
+    a multi-core CPU `op_ns_per_action` can exceed the wall time per action.
+    """
+    env = DiffusionServiceEnv(num_users=num_users)
+    cases = [("ddpg", {}, "MLP actor")] + [
+        ("gddpg", {"diffusion_steps": steps}, f"diffusion actor T={steps}")
+        for steps in diffusion_steps
+    ]
+    obs = jax.random.normal(jax.random.key(1), (num_envs, env.obs_dim))
+    records = []
+    for algo, overrides, label in cases:
+        agent, agent_state, hyper = _agent_for(algo, env.obs_dim, env.num_actions, **overrides)
+
+        act_many = jax.jit(_act_many(agent, hyper, num_calls))
+        compiled = act_many.lower(agent_state, obs, jax.random.key(0)).compile()
+        instructions = hlo_instruction_parts(compiled.as_text())
+        keys = jax.random.split(jax.random.key(2), repeats + 1)
+        jax.block_until_ready(compiled(agent_state, obs, keys[0]))
+        case_dir = Path(trace_dir) / label.replace(" ", "_").replace("=", "")
+        with jax.profiler.trace(str(case_dir)):
+            start = time.perf_counter()
+            for key in keys[1:]:
+                jax.block_until_ready(compiled(agent_state, obs, key))
+            wall_s = time.perf_counter() - start
+        totals: dict[tuple[str, str], int] = {}
+        for name, nanoseconds in op_times_from_trace(case_dir, instructions).items():
+            totals[instructions[name]] = totals.get(instructions[name], 0) + nanoseconds
+        actions = repeats * num_calls * num_envs
+        total = sum(totals.values())
+        parts = [
+            {
+                "part": part,
+                "kind": kind,
+                "ns_per_action": nanoseconds / actions,
+                "share": nanoseconds / total if total else float("nan"),
+            }
+            for (part, kind), nanoseconds in sorted(totals.items(), key=lambda item: -item[1])
+        ]
+        records.append(
+            {
+                "case": label,
+                "num_envs": num_envs,
+                "op_ns_per_action": total / actions,
+                "wall_ns_per_action": wall_s * 1e9 / actions,
+                "parts": parts,
+            }
+        )
     return records
 
 

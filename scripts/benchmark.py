@@ -1,10 +1,11 @@
-"""Measure rlli_jax throughput and write a table, a JSON record and a log-log PNG.
+"""Measure rlli_jax throughput, print a table, and write JSON, Markdown tables and a PNG.
 
     python scripts/benchmark.py --suite env --out runs/benchmark
 
 Each case compiles once (compile time reported apart), runs one warm-up call, then is timed
 over --repeats calls synchronised with block_until_ready; the table shows the median with min
-and max.
+and max. With the act suite, the MLP actor and the diffusion actor at T = 5 are also traced with
+jax.profiler (traces under OUT/profile) and their time is split by part of the actor.
 """
 
 import argparse
@@ -65,6 +66,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             "the train and sweep suites run their own chunks"
         ),
     )
+    parser.add_argument(
+        "--profile-envs",
+        type=int,
+        default=4096,
+        help="with the act suite, profile the MLP actor and the diffusion actor at T = 5 with "
+        "jax.profiler at this many envs and split their time by part (0: no profile)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (>= 1)")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder")
     args = parser.parse_args(argv)
@@ -79,6 +87,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if any(n < 1 for n in values):
             option = "--" + flag.replace("_", "-")
             parser.error(f"{option} = {values} is invalid: every value must be >= 1")
+    if args.profile_envs < 0:
+        parser.error(f"--profile-envs = {args.profile_envs} is invalid: it must be >= 0")
     if args.sweep_envs < 1:
         parser.error(f"--sweep-envs = {args.sweep_envs} is invalid: it must be >= 1")
     args.suite = args.suite or list(SUITES)
@@ -106,6 +116,22 @@ def print_act_costs(costs: list[dict]) -> None:
             f"{cost['case']:<24}{cost['flops']:>12.0f}{cost['flops_over_mlp']:>8.2f}"
             f"{cost['transcendentals']:>17.0f}{cost['bytes_accessed']:>12.0f}"
         )
+
+
+def print_act_profile(profiles: list[dict]) -> None:
+    """Print where each actor's time goes, by part, from its jax.profiler trace."""
+    for profile in profiles:
+        print(
+            f"profile of {profile['case']} at {profile['num_envs']} envs: "
+            f"{profile['op_ns_per_action']:.0f} ns of operations per action "
+            f"({profile['wall_ns_per_action']:.0f} ns wall under the profiler)"
+        )
+        for part in profile["parts"]:
+            if part["share"] >= 0.001:
+                print(
+                    f"  {part['share']:>7.1%} {part['ns_per_action']:>9.0f} ns  "
+                    f"{part['part']} ({part['kind']})"
+                )
 
 
 def speed_ratios(records: list[dict]) -> dict[str, float]:
@@ -145,6 +171,59 @@ def glue_ratios(records: list[dict], parts: dict[int, dict[str, float]]) -> dict
         per_iteration = record["median_s"] / iterations
         ratios[f"train_glue_{num_envs}"] = per_iteration / sum(parts[num_envs].values())
     return ratios
+
+
+def markdown_report(document: dict) -> str:
+    """Return the run's tables in Markdown, one per suite, then the ratios, the XLA cost
+    analysis and the profile, ready to paste into docs/benchmarks.md."""
+    machine = document["machine"]
+    lines = [
+        f"Command: `{document['command']}`",
+        "",
+        f"Machine: {machine['device']} ({machine['backend']} backend, {machine['num_devices']} "
+        f"device(s)), {machine['processor']} host with {machine['cpu_count']} CPUs, "
+        f"jax {machine['jax_version']}, Python {machine['python']}, {document['time_utc']}.",
+        "",
+    ]
+    records = document["records"]
+    for suite in SUITES:
+        rows = [r for r in records if r["suite"] == suite]
+        if not rows:
+            continue
+        lines += [f"#### {suite}", ""]
+        lines += ["| case | num_envs | median /s | min /s | max /s | compile s |"]
+        lines += ["|---|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            lines.append(
+                f"| {r['case']} | {r['num_envs']} | {r['throughput_median']:.4g} | "
+                f"{r['throughput_min']:.4g} | {r['throughput_max']:.4g} | {r['compile_s']:.1f} |"
+            )
+        lines.append("")
+    if document["ratios"]:
+        lines += ["#### ratios", "", "| ratio | value |", "|---|---:|"]
+        lines += [f"| {name} | {value:.1f}x |" for name, value in document["ratios"].items()]
+        lines.append("")
+    costs = document["act_cost_analysis"]
+    if costs:
+        lines += [f"#### XLA cost analysis per action (batch {costs[0]['batch']})", ""]
+        lines += ["| actor | flops | x MLP | transcendentals | bytes accessed |"]
+        lines += ["|---|---:|---:|---:|---:|"]
+        for cost in costs:
+            lines.append(
+                f"| {cost['case']} | {cost['flops']:,.0f} | {cost['flops_over_mlp']:.2f} | "
+                f"{cost['transcendentals']:,.0f} | {cost['bytes_accessed']:,.0f} |"
+            )
+        lines.append("")
+    for profile in document["act_profile"]:
+        lines += [f"#### profile of the {profile['case']} at {profile['num_envs']} envs", ""]
+        lines += ["| part | kind | ns per action | share |", "|---|---|---:|---:|"]
+        for part in profile["parts"]:
+            lines.append(
+                f"| {part['part']} | {part['kind']} | {part['ns_per_action']:.0f} | "
+                f"{part['share']:.1%} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -201,9 +280,16 @@ def main(argv: list[str]) -> int:
         measurements += benchmarking.benchmark_update(
             num_updates=args.num_steps, repeats=args.repeats
         )
-    act_costs = []
+    act_costs, act_profiles = [], []
     if "act" in args.suite:
         act_costs = benchmarking.act_cost_analysis()
+        if args.profile_envs:
+            act_profiles = benchmarking.act_profile(
+                args.profile_envs,
+                args.out / "profile",
+                num_calls=args.num_steps,
+                repeats=args.repeats,
+            )
     parts = {}
     if "train" in args.suite:
         measurements += benchmarking.benchmark_train(args.train_envs, repeats=args.repeats)
@@ -221,6 +307,8 @@ def main(argv: list[str]) -> int:
         print(f"{name}: {value:.1f}x")
     if act_costs:
         print_act_costs(act_costs)
+    if act_profiles:
+        print_act_profile(act_profiles)
 
     args.out.mkdir(parents=True, exist_ok=True)
     document = {
@@ -231,10 +319,12 @@ def main(argv: list[str]) -> int:
         "ratios": ratios,
         "train_parts_s": {str(n): p for n, p in parts.items()},
         "act_cost_analysis": act_costs,
+        "act_profile": act_profiles,
     }
     (args.out / "benchmark.json").write_text(json.dumps(document, indent=2))
+    (args.out / "benchmark.md").write_text(markdown_report(document))
     plot(records, args.out / "benchmark.png")
-    print(f"wrote {args.out / 'benchmark.json'} and {args.out / 'benchmark.png'}")
+    print(f"wrote benchmark.json, benchmark.md and benchmark.png to {args.out}")
     return 0
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run every benchmark suite on one GPU and write benchmark.json and benchmark.png to one folder.
+# Run every benchmark suite on one GPU and write benchmark.json, benchmark.md, benchmark.png and
+# the act profile traces to one folder.
 #
 #   bash scripts/gpu_benchmark.sh [OUT_DIR]      (default: runs/gpu_benchmark)
 #

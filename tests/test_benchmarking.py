@@ -64,6 +64,73 @@ def test_act_cost_analysis_counts_each_denoising_step():
     assert costs[2]["transcendentals"] > costs[1]["transcendentals"] > 0
 
 
+HLO_SAMPLE = """\
+ENTRY %main.1 (o.1: f32[4,8], k.1: u32[2]) -> f32[4,2] {
+  %ynn_fusion.3 = f32[4,16]{1,0} fusion(%o.1, %w.1), kind=kCustom, calls=%fc.3, \
+metadata={op_name="jit(act)/DiffusionActorNetwork.encode/state_encoder/Dense_0/dot_general"}
+  %add_divide_fusion = f32[4,16]{1,0} fusion(%ynn_fusion.3), kind=kLoop, calls=%fc.4, \
+metadata={op_name="jit(act)/closed_call/DiffusionActorNetwork.predict_noise/noise_predictor/div"}
+  %while.2 = (s32[], u32[4,2]{1,0}) while(%tuple.1), condition=%cond, body=%body, \
+metadata={op_name="jit(act)/jit(_normal)/jit(_uniform)/while"}
+  %xor.7 = u32[4,2]{1,0} xor(%a, %b), metadata={op_name="jit(act)/jit(_uniform)/xor"}
+  %dot.5 = f32[1,16]{1,0} dot(%e, %w), lhs_contracting_dims={0}, rhs_contracting_dims={0}
+  ROOT %clamp_fusion = f32[4,2]{1,0} fusion(%x), kind=kLoop, calls=%fc.9, \
+metadata={op_name="jit(act)/jit(clip)/min"}
+}
+"""
+
+
+def test_hlo_instruction_parts_sorts_by_part_and_kind():
+    parts = benchmarking.hlo_instruction_parts(HLO_SAMPLE)
+    assert parts == {
+        "ynn_fusion.3": ("state encoder", "matmul"),
+        "add_divide_fusion": ("noise network", "elementwise"),
+        "xor.7": ("Gaussian draws", "elementwise"),
+        "dot.5": ("chain and output", "matmul"),
+        "clamp_fusion": ("chain and output", "elementwise"),
+    }  # the while loop is left out: its body's instructions carry its time
+
+
+@pytest.mark.parametrize(
+    ("intervals", "total"),
+    [
+        ([], 0),
+        ([(0, 10)], 10),
+        ([(0, 10), (5, 15)], 15),  # overlapping: counted once
+        ([(0, 10), (2, 4), (20, 25)], 15),  # nested, then disjoint
+        ([(20, 25), (0, 10)], 15),  # any order
+    ],
+)
+def test_union_of_intervals(intervals, total):
+    assert benchmarking._union_ns(intervals) == total
+
+
+def test_act_profile_splits_each_actor_by_part(tmp_path):
+    mlp, diffusion = benchmarking.act_profile(
+        4, tmp_path, diffusion_steps=(2,), num_calls=2, repeats=1, num_users=3
+    )
+    assert (mlp["case"], diffusion["case"]) == ("MLP actor", "diffusion actor T=2")
+    for record in (mlp, diffusion):
+        assert record["num_envs"] == 4
+        assert record["op_ns_per_action"] > 0
+        assert sum(part["share"] for part in record["parts"]) == pytest.approx(1.0)
+    mlp_parts = {part["part"] for part in mlp["parts"]}
+    assert "MLP actor" in mlp_parts
+    assert not mlp_parts & {"noise network", "state encoder", "Gaussian draws"}
+    diffusion_parts = {(part["part"], part["kind"]) for part in diffusion["parts"]}
+    assert {
+        ("noise network", "matmul"),
+        ("state encoder", "matmul"),
+        ("Gaussian draws", "elementwise"),
+    } <= diffusion_parts
+    assert list((tmp_path / "diffusion_actor_T2").glob("**/*.xplane.pb"))
+
+
+def test_op_times_need_a_trace(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no \\*.xplane.pb trace"):
+        benchmarking.op_times_from_trace(tmp_path, {})
+
+
 def test_update_suite_records_batch_size():
     measurements = benchmarking.benchmark_update(
         num_updates=1, repeats=2, batch_sizes=(8,), num_users=3
@@ -85,6 +152,7 @@ def test_update_suite_records_batch_size():
         (["--train-envs", "1024", "-4"], "--train-envs"),
         (["--sweep-members", "0"], "--sweep-members"),
         (["--sweep-envs", "-1"], "--sweep-envs"),
+        (["--profile-envs", "-1"], "--profile-envs"),
     ],
 )
 def test_script_rejects_invalid_sizes(argv, message, capsys):
@@ -103,3 +171,25 @@ def test_script_writes_json_and_plot(tmp_path):
     assert "NumPy reference N=8 random policy (Python loop)" in cases
     assert "jax_env_2_over_numpy" in record["ratios"]
     assert (out / "benchmark.png").stat().st_size > 0
+    report = (out / "benchmark.md").read_text()
+    assert "#### env" in report
+    assert "| NumPy reference N=8 random policy (Python loop) | 1 |" in report
+    assert "| jax_env_2_over_numpy |" in report
+
+
+def test_script_prints_each_part_of_a_profile(capsys):
+    profile = {
+        "case": "diffusion actor T=5",
+        "num_envs": 64,
+        "op_ns_per_action": 100.0,
+        "wall_ns_per_action": 120.0,
+        "parts": [
+            {"part": "noise network", "kind": "matmul", "ns_per_action": 60.0, "share": 0.6},
+            {"part": "Gaussian draws", "kind": "elementwise", "ns_per_action": 40.0, "share": 0.4},
+        ],
+    }
+    benchmark_script.print_act_profile([profile])
+    lines = capsys.readouterr().out.splitlines()
+    assert "diffusion actor T=5 at 64 envs: 100 ns" in lines[0]
+    assert lines[1].split() == ["60.0%", "60", "ns", "noise", "network", "(matmul)"]
+    assert lines[2].split()[-1] == "(elementwise)"
