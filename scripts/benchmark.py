@@ -280,16 +280,24 @@ def main(argv: list[str]) -> int:
         measurements += benchmarking.benchmark_update(
             num_updates=args.num_steps, repeats=args.repeats
         )
-    act_costs, act_profiles = [], []
+    act_costs, act_profiles, profile_error = [], [], None
     if "act" in args.suite:
         act_costs = benchmarking.act_cost_analysis()
         if args.profile_envs:
-            act_profiles = benchmarking.act_profile(
-                args.profile_envs,
-                args.out / "profile",
-                num_calls=args.num_steps,
-                repeats=args.repeats,
-            )
+            # A profiler that fails (no CUPTI on a GPU host, a trace format jax cannot read)
+            # must not cost the timings measured so far, so the run goes on without it.
+            try:
+                act_profiles = benchmarking.act_profile(
+                    args.profile_envs,
+                    args.out / "profile",
+                    num_calls=args.num_steps,
+                    repeats=args.repeats,
+                )
+            except Exception as error:  # noqa: BLE001  (any profiler failure)
+                profile_error = f"{type(error).__name__}: {error}"
+                print(
+                    f"act profile failed, continuing without it: {profile_error}", file=sys.stderr
+                )
     parts = {}
     if "train" in args.suite:
         measurements += benchmarking.benchmark_train(args.train_envs, repeats=args.repeats)
@@ -320,6 +328,7 @@ def main(argv: list[str]) -> int:
         "train_parts_s": {str(n): p for n, p in parts.items()},
         "act_cost_analysis": act_costs,
         "act_profile": act_profiles,
+        "act_profile_error": profile_error,
     }
     (args.out / "benchmark.json").write_text(json.dumps(document, indent=2))
     (args.out / "benchmark.md").write_text(markdown_report(document))

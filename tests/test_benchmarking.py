@@ -193,3 +193,19 @@ def test_script_prints_each_part_of_a_profile(capsys):
     assert "diffusion actor T=5 at 64 envs: 100 ns" in lines[0]
     assert lines[1].split() == ["60.0%", "60", "ns", "noise", "network", "(matmul)"]
     assert lines[2].split()[-1] == "(elementwise)"
+
+
+def test_script_survives_failed_profile(tmp_path, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise RuntimeError("profiler unavailable")
+
+    monkeypatch.setattr(benchmarking, "act_profile", fail)
+    out = tmp_path / "bench"
+    argv = ["--suite", "act", "--num-envs", "2", "--profile-envs", "2"]
+    argv += ["--num-steps", "1", "--repeats", "1", "--out", str(out)]
+    assert benchmark_script.main(argv) == 0
+    assert "act profile failed" in capsys.readouterr().err
+    record = json.loads((out / "benchmark.json").read_text())
+    assert record["act_profile"] == []
+    assert record["act_profile_error"] == "RuntimeError: profiler unavailable"
+    assert {entry["case"] for entry in record["records"]} >= {"MLP actor", "diffusion actor T=5"}
