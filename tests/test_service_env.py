@@ -351,3 +351,35 @@ def test_prompt_draws_follow_topic_popularity():
     harmonic_topic = sum(1.0 / (rank + 1) for rank in range(first_topic.size))
     share_of_first = np.mean(in_first_topic == first_topic[0])
     np.testing.assert_allclose(share_of_first, 1.0 / harmonic_topic, atol=0.02)
+
+
+def primitive_names(jaxpr) -> set[str]:
+    """Collect the primitive names of `jaxpr` and of every jaxpr nested in its equations."""
+    names = set()
+    for equation in jaxpr.eqns:
+        names.add(equation.primitive.name)
+        for value in equation.params.values():
+            nested = value if isinstance(value, list | tuple) else [value]
+            for item in nested:
+                inner = getattr(item, "jaxpr", item)  # a ClosedJaxpr contains its Jaxpr
+                if hasattr(inner, "eqns"):
+                    names |= primitive_names(inner)
+    return names
+
+
+@pytest.mark.parametrize("method", ["reset", "step"])
+def test_env_has_no_while_loop(method):
+    # Fixed-length scans only: a while loop's trip count would depend on the data, and vmap
+    # turns it into a loop that runs until the slowest environment is done.
+    env = default_env()
+    params = env.default_params
+    key = jax.random.key(0)
+    _, state = env.reset(key, params)
+    if method == "reset":
+        jaxpr = jax.make_jaxpr(env.reset)(key, params)
+    else:
+        action = jnp.zeros(env.num_actions)
+        jaxpr = jax.make_jaxpr(env.step)(key, state, action, params)
+    names = primitive_names(jaxpr.jaxpr)
+    assert "while" not in names
+    assert "scan" in names  # the walk reaches nested jaxprs, so it would see a while loop
