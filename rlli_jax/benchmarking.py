@@ -6,7 +6,9 @@ Library code only: it returns records; `scripts/benchmark.py` prints and writes 
 import dataclasses
 import platform
 import re
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -314,7 +316,8 @@ def act_cost_analysis(
 
 # Where the time of one `act` call goes, by part of the actor. An HLO instruction belongs to
 # the first part whose marker occurs in its `op_name` metadata, which holds the Flax module
-# path and the jax function names. The rest is the chain's own arithmetic and the output clip.
+# path and the jax function names. The rest is the chain's own arithmetic, the output clip and
+# the benchmark loop's input offset and sum of actions.
 ACT_PROFILE_PARTS = (
     ("Gaussian draws", ("_normal", "_uniform", "threefry", "random_bits")),
     ("state encoder", ("DiffusionActorNetwork.encode",)),
@@ -322,39 +325,63 @@ ACT_PROFILE_PARTS = (
     ("noise network", ("DiffusionActorNetwork.predict_noise",)),
     ("MLP actor", ("MLPActor",)),
 )
-ACT_PROFILE_OTHER = "chain and output"
+ACT_PROFILE_OTHER = "chain, clip and loop"
 
 _HLO_INSTRUCTION = re.compile(
     r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(?:\(.*?\)|\S+)\s+([\w\-]+)\((.*)$"
 )
+_HLO_OPERAND = re.compile(r"%([\w.\-]+)")
+_HLO_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_HLO_MODULE = re.compile(r"^HloModule\s+([\w.\-]+)", re.MULTILINE)
 # Control flow: the instructions of its bodies carry the time, so it is not counted again.
 _HLO_CONTROL_FLOW = ("while", "call", "conditional")
-_HLO_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def hlo_module_name(hlo_text: str) -> str | None:
+    """Return the module name from the `HloModule` header of HLO text, or None without one."""
+    match = _HLO_MODULE.search(hlo_text)
+    return match.group(1) if match else None
 
 
 def hlo_instruction_parts(hlo_text: str) -> dict[str, tuple[str, str]]:
     """Map each instruction of a compiled module's HLO text to (part, kind).
 
-    part comes from `ACT_PROFILE_PARTS`. kind is "matmul" for a dot, or for a fusion whose
-    root is one (its `op_name` ends in `dot_general`), and "elementwise" otherwise.
-    Control-flow instructions (while, call, conditional) are left out, because the
-    instructions of their bodies carry their time.
+    part comes from `ACT_PROFILE_PARTS`, matched against the instruction's `op_name`
+    metadata. XLA leaves that metadata off some instructions it creates (batch-1 dots,
+    copies), and such an instruction takes the `op_name` of an instruction that consumes it.
+    kind is "matmul" for a dot, or for a fusion whose root is one (its `op_name` ends in
+    `dot_general`), and "elementwise" otherwise. Control-flow instructions (while, call,
+    conditional) are left out, because the instructions of their bodies carry their time.
     """
-    table = {}
+    instructions = []
     for line in hlo_text.splitlines():
         match = _HLO_INSTRUCTION.match(line)
         if not match:
             continue
         name, opcode, rest = match.groups()
-        if opcode in _HLO_CONTROL_FLOW:
-            continue
+        operands = _HLO_OPERAND.findall(rest.split(")", 1)[0])
         op_name_match = _HLO_OP_NAME.search(rest)
         op_name = op_name_match.group(1) if op_name_match else ""
+        instructions.append((name, opcode, op_name, operands))
+
+    # HLO text lists consumers after their operands, so one pass in reverse order carries an
+    # op_name down a chain of instructions that have none.
+    op_names = {name: op_name for name, _, op_name, _ in instructions}
+    for name, _, _, operands in reversed(instructions):
+        for operand in operands:
+            if operand in op_names and not op_names[operand]:
+                op_names[operand] = op_names[name]
+
+    table = {}
+    for name, opcode, own_op_name, _ in instructions:
+        if opcode in _HLO_CONTROL_FLOW:
+            continue
+        op_name = op_names[name]
         part = next(
             (label for label, markers in ACT_PROFILE_PARTS if any(m in op_name for m in markers)),
             ACT_PROFILE_OTHER,
         )
-        matmul = opcode in ("dot", "convolution") or op_name.endswith("dot_general")
+        matmul = opcode in ("dot", "convolution") or own_op_name.endswith("dot_general")
         table[name] = (part, "matmul" if matmul else "elementwise")
     return table
 
@@ -372,12 +399,15 @@ def _union_ns(intervals: list[tuple[int, int]]) -> int:
     return total
 
 
-def op_times_from_trace(trace_dir: Path, instructions: dict[str, Any]) -> dict[str, int]:
+def op_times_from_trace(
+    trace_dir: Path, instructions: dict[str, Any], module: str | None = None
+) -> dict[str, int]:
     """Return nanoseconds per HLO instruction in the newest `jax.profiler` trace under
     `trace_dir`, counting only events of `instructions`' names.
 
     An event names its instruction in its `hlo_op` statistic (or, on some backends, in its
-    own name). The time of one instruction is the union of its events' intervals: a CPU
+    own name). With `module`, an event whose `hlo_module` statistic names another compiled
+    program is skipped, since programs share instruction names. The time of one instruction is the union of its events' intervals: a CPU
     matmul split over worker threads counts once, not once per thread. When a device plane
     (a GPU) has such events, only device planes count, so the host's launch events are not
     added to the kernels' time.
@@ -392,6 +422,8 @@ def op_times_from_trace(trace_dir: Path, instructions: dict[str, Any]) -> dict[s
             for event in line.events:
                 stats = dict(event.stats)
                 name = stats.get("hlo_op", event.name)
+                if module is not None and stats.get("hlo_module", module) != module:
+                    continue
                 if name in instructions:
                     spans = by_plane.setdefault(plane.name, {}).setdefault(name, [])
                     spans.append((event.start_ns, event.start_ns + event.duration_ns))
@@ -432,26 +464,38 @@ def act_profile(
         for steps in diffusion_steps
     ]
     obs = jax.random.normal(jax.random.key(1), (num_envs, env.obs_dim))
+    # The first trace in a process pays the profiler's start-up cost, which inflated the
+    # first actor's wall time per action. A throwaway trace takes that cost.
+    with tempfile.TemporaryDirectory() as warmup_dir, jax.profiler.trace(warmup_dir):
+        jax.block_until_ready(obs + 1.0)
     records = []
     for algo, overrides, label in cases:
         agent, agent_state, hyper = _agent_for(algo, env.obs_dim, env.num_actions, **overrides)
-
         act_many = jax.jit(_act_many(agent, hyper, num_calls))
         compiled = act_many.lower(agent_state, obs, jax.random.key(0)).compile()
-        instructions = hlo_instruction_parts(compiled.as_text())
-        keys = jax.random.split(jax.random.key(2), repeats + 1)
+        hlo_text = compiled.as_text()
+        instructions = hlo_instruction_parts(hlo_text)
+        module = hlo_module_name(hlo_text)
+        # Split the keys before tracing, so no other program runs inside the trace.
+        keys = list(jax.random.split(jax.random.key(2), repeats + 1))
         jax.block_until_ready(compiled(agent_state, obs, keys[0]))
         case_dir = Path(trace_dir) / label.replace(" ", "_").replace("=", "")
+        shutil.rmtree(case_dir, ignore_errors=True)  # the newest trace must be this run's
         with jax.profiler.trace(str(case_dir)):
             start = time.perf_counter()
             for key in keys[1:]:
                 jax.block_until_ready(compiled(agent_state, obs, key))
             wall_s = time.perf_counter() - start
         totals: dict[tuple[str, str], int] = {}
-        for name, nanoseconds in op_times_from_trace(case_dir, instructions).items():
+        for name, nanoseconds in op_times_from_trace(case_dir, instructions, module).items():
             totals[instructions[name]] = totals.get(instructions[name], 0) + nanoseconds
-        actions = repeats * num_calls * num_envs
         total = sum(totals.values())
+        if total == 0:
+            raise RuntimeError(
+                f"the jax.profiler trace in {case_dir} has no events of the compiled program "
+                f"{module!r}: this backend's profiler does not record XLA operations"
+            )
+        actions = repeats * num_calls * num_envs
         parts = [
             {
                 "part": part,

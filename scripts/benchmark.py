@@ -10,12 +10,18 @@ jax.profiler (traces under OUT/profile) and their time is split by part of the a
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 DEFAULT_NUM_ENVS = [1, 64, 1024, 4096, 16384]
+DEFAULT_PROFILE_ENVS = 4096
 SUITES = ("env", "act", "update", "train", "sweep")
+OUTPUT_FILES = ("benchmark.json", "benchmark.md", "benchmark.png")
+# Sizes index int32 arrays in the compiled programs.
+MAX_SIZE = 2**31 - 1
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -69,30 +75,68 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--profile-envs",
         type=int,
-        default=4096,
+        default=None,
         help="with the act suite, profile the MLP actor and the diffusion actor at T = 5 with "
-        "jax.profiler at this many envs and split their time by part (0: no profile)",
+        f"jax.profiler at this many envs and split their time by part (default "
+        f"{DEFAULT_PROFILE_ENVS}, 0: no profile)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (>= 1)")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats = {args.repeats} is invalid: it must be >= 1")
-    if args.numpy_envs < 1:
-        parser.error(f"--numpy-envs = {args.numpy_envs} is invalid: it must be >= 1")
-    if args.num_steps < 1:
-        parser.error(f"--num-steps = {args.num_steps} is invalid: it must be >= 1")
+    args.suite = args.suite or list(SUITES)
+    for flag in ("repeats", "numpy_envs", "num_steps", "sweep_envs"):
+        value = getattr(args, flag)
+        if not 1 <= value <= MAX_SIZE:
+            parser.error(f"{option_name(flag)} = {value} is invalid: it must be in [1, {MAX_SIZE}]")
     for flag in ("num_envs", "train_envs", "sweep_members"):
         values = getattr(args, flag)
-        if any(n < 1 for n in values):
-            option = "--" + flag.replace("_", "-")
-            parser.error(f"{option} = {values} is invalid: every value must be >= 1")
-    if args.profile_envs < 0:
-        parser.error(f"--profile-envs = {args.profile_envs} is invalid: it must be >= 0")
-    if args.sweep_envs < 1:
-        parser.error(f"--sweep-envs = {args.sweep_envs} is invalid: it must be >= 1")
-    args.suite = args.suite or list(SUITES)
+        if any(not 1 <= n <= MAX_SIZE for n in values):
+            parser.error(
+                f"{option_name(flag)} = {values} is invalid: every value must be in [1, {MAX_SIZE}]"
+            )
+    if args.profile_envs is None:
+        args.profile_envs = DEFAULT_PROFILE_ENVS if "act" in args.suite else 0
+    elif not 0 <= args.profile_envs <= MAX_SIZE:
+        parser.error(
+            f"--profile-envs = {args.profile_envs} is invalid: it must be in [0, {MAX_SIZE}]"
+        )
+    elif args.profile_envs and "act" not in args.suite:
+        parser.error(
+            f"--profile-envs = {args.profile_envs} needs the act suite: add --suite act, "
+            "or leave --profile-envs out"
+        )
+    check_output_folder(parser, args.out)
     return args
+
+
+def option_name(flag: str) -> str:
+    return "--" + flag.replace("_", "-")
+
+
+def check_output_folder(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Reject an --out that cannot take the outputs, before anything is measured."""
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out = {out} is invalid: it exists and is not a folder")
+    for name in OUTPUT_FILES:
+        path = out / name
+        if path.exists() and not path.is_file():
+            parser.error(f"--out = {out} is invalid: {path} exists and is not a file")
+
+
+def write_outputs(out: Path, document: dict) -> None:
+    """Write benchmark.json, benchmark.md and benchmark.png, each replacing an older file
+    only once all three are complete, so a failed write leaves the old set whole."""
+    out.mkdir(parents=True, exist_ok=True)
+    temporary = {name: out / f".partial.{name}" for name in OUTPUT_FILES}
+    try:
+        temporary["benchmark.json"].write_text(json.dumps(document, indent=2))
+        temporary["benchmark.md"].write_text(markdown_report(document))
+        plot(document["records"], temporary["benchmark.png"])
+        for name, path in temporary.items():
+            os.replace(path, out / name)
+    finally:
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
 
 
 def print_table(records: list[dict]) -> None:
@@ -173,9 +217,20 @@ def glue_ratios(records: list[dict], parts: dict[int, dict[str, float]]) -> dict
     return ratios
 
 
+def markdown_table(title: str, header: list[str], align: str, rows: list[list]) -> list[str]:
+    """Return the lines of a Markdown table under a `#### title` heading, then a blank line.
+
+    align has one character per column: "l" for text, "r" for numbers.
+    """
+    rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
+    lines = [f"#### {title}", "", "| " + " | ".join(header) + " |", rule]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
 def markdown_report(document: dict) -> str:
     """Return the run's tables in Markdown, one per suite, then the ratios, the XLA cost
-    analysis and the profile, ready to paste into docs/benchmarks.md."""
+    analysis, the train parts and the profile, ready to paste into docs/benchmarks.md."""
     machine = document["machine"]
     lines = [
         f"Command: `{document['command']}`",
@@ -185,44 +240,69 @@ def markdown_report(document: dict) -> str:
         f"jax {machine['jax_version']}, Python {machine['python']}, {document['time_utc']}.",
         "",
     ]
-    records = document["records"]
+
+    header = ["case", "num_envs", "median /s", "min /s", "max /s", "compile s"]
     for suite in SUITES:
-        rows = [r for r in records if r["suite"] == suite]
-        if not rows:
-            continue
-        lines += [f"#### {suite}", ""]
-        lines += ["| case | num_envs | median /s | min /s | max /s | compile s |"]
-        lines += ["|---|---:|---:|---:|---:|---:|"]
-        for r in rows:
-            lines.append(
-                f"| {r['case']} | {r['num_envs']} | {r['throughput_median']:.4g} | "
-                f"{r['throughput_min']:.4g} | {r['throughput_max']:.4g} | {r['compile_s']:.1f} |"
-            )
-        lines.append("")
-    if document["ratios"]:
-        lines += ["#### ratios", "", "| ratio | value |", "|---|---:|"]
-        lines += [f"| {name} | {value:.1f}x |" for name, value in document["ratios"].items()]
-        lines.append("")
-    costs = document["act_cost_analysis"]
+        rows = [
+            [
+                r["case"],
+                r["num_envs"],
+                f"{r['throughput_median']:.4g}",
+                f"{r['throughput_min']:.4g}",
+                f"{r['throughput_max']:.4g}",
+                f"{r['compile_s']:.1f}",
+            ]
+            for r in document["records"]
+            if r["suite"] == suite
+        ]
+        if rows:
+            lines += markdown_table(suite, header, "lrrrrr", rows)
+
+    ratios = document["ratios"]
+    if ratios:
+        rows = [[name, f"{value:.1f}x"] for name, value in ratios.items()]
+        lines += markdown_table("ratios", ["ratio", "value"], "lr", rows)
+
+    costs = document.get("act_cost_analysis", [])
     if costs:
-        lines += [f"#### XLA cost analysis per action (batch {costs[0]['batch']})", ""]
-        lines += ["| actor | flops | x MLP | transcendentals | bytes accessed |"]
-        lines += ["|---|---:|---:|---:|---:|"]
-        for cost in costs:
-            lines.append(
-                f"| {cost['case']} | {cost['flops']:,.0f} | {cost['flops_over_mlp']:.2f} | "
-                f"{cost['transcendentals']:,.0f} | {cost['bytes_accessed']:,.0f} |"
-            )
-        lines.append("")
-    for profile in document["act_profile"]:
-        lines += [f"#### profile of the {profile['case']} at {profile['num_envs']} envs", ""]
-        lines += ["| part | kind | ns per action | share |", "|---|---|---:|---:|"]
-        for part in profile["parts"]:
-            lines.append(
-                f"| {part['part']} | {part['kind']} | {part['ns_per_action']:.0f} | "
-                f"{part['share']:.1%} |"
-            )
-        lines.append("")
+        title = f"XLA cost analysis per action (batch {costs[0]['batch']})"
+        header = ["actor", "flops", "x MLP", "transcendentals", "bytes accessed"]
+        rows = [
+            [
+                cost["case"],
+                f"{cost['flops']:,.0f}",
+                f"{cost['flops_over_mlp']:.2f}",
+                f"{cost['transcendentals']:,.0f}",
+                f"{cost['bytes_accessed']:,.0f}",
+            ]
+            for cost in costs
+        ]
+        lines += markdown_table(title, header, "lrrrr", rows)
+
+    train_parts = document.get("train_parts_s", {})
+    if train_parts:
+        title = "train parts timed alone (seconds per call)"
+        header = ["num_envs", "exploring act", "env step", "gradient steps"]
+        rows = [
+            [n, f"{p['act_s']:.4g}", f"{p['env_step_s']:.4g}", f"{p['updates_s']:.4g}"]
+            for n, p in train_parts.items()
+        ]
+        lines += markdown_table(title, header, "rrrr", rows)
+
+    if document.get("act_profile_error"):
+        lines += [f"The act profile failed: {document['act_profile_error']}", ""]
+    for profile in document.get("act_profile", []):
+        title = f"profile of the {profile['case']} at {profile['num_envs']} envs"
+        rows = [
+            [part["part"], part["kind"], f"{part['ns_per_action']:.0f}", f"{part['share']:.1%}"]
+            for part in profile["parts"]
+        ]
+        table = markdown_table(title, ["part", "kind", "ns per action", "share"], "llrr", rows)
+        summary = (
+            f"Operations: {profile['op_ns_per_action']:.0f} ns per action. Wall time under the "
+            f"profiler: {profile['wall_ns_per_action']:.0f} ns per action."
+        )
+        lines += table[:2] + [summary, ""] + table[2:]
     return "\n".join(lines)
 
 
@@ -258,6 +338,8 @@ def plot(records: list[dict], path: Path) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    # Create the folder now, so a path that cannot be written fails before the measurements.
+    args.out.mkdir(parents=True, exist_ok=True)
     from rlli_jax import benchmarking
 
     info = benchmarking.machine_info()
@@ -318,21 +400,19 @@ def main(argv: list[str]) -> int:
     if act_profiles:
         print_act_profile(act_profiles)
 
-    args.out.mkdir(parents=True, exist_ok=True)
     document = {
-        "command": "python scripts/benchmark.py " + " ".join(argv),
+        "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
         "time_utc": datetime.now(timezone.utc).isoformat(),
         "machine": info,
         "records": records,
         "ratios": ratios,
         "train_parts_s": {str(n): p for n, p in parts.items()},
         "act_cost_analysis": act_costs,
+        "act_profile_envs": args.profile_envs,
         "act_profile": act_profiles,
         "act_profile_error": profile_error,
     }
-    (args.out / "benchmark.json").write_text(json.dumps(document, indent=2))
-    (args.out / "benchmark.md").write_text(markdown_report(document))
-    plot(records, args.out / "benchmark.png")
+    write_outputs(args.out, document)
     print(f"wrote benchmark.json, benchmark.md and benchmark.png to {args.out}")
     return 0
 

@@ -65,6 +65,8 @@ def test_act_cost_analysis_counts_each_denoising_step():
 
 
 HLO_SAMPLE = """\
+HloModule jit_act_many, entry_computation_layout={(f32[4,8]{1,0})->f32[4,2]{1,0}}
+
 ENTRY %main.1 (o.1: f32[4,8], k.1: u32[2]) -> f32[4,2] {
   %ynn_fusion.3 = f32[4,16]{1,0} fusion(%o.1, %w.1), kind=kCustom, calls=%fc.3, \
 metadata={op_name="jit(act)/DiffusionActorNetwork.encode/state_encoder/Dense_0/dot_general"}
@@ -74,6 +76,12 @@ metadata={op_name="jit(act)/closed_call/DiffusionActorNetwork.predict_noise/nois
 metadata={op_name="jit(act)/jit(_normal)/jit(_uniform)/while"}
   %xor.7 = u32[4,2]{1,0} xor(%a, %b), metadata={op_name="jit(act)/jit(_uniform)/xor"}
   %dot.5 = f32[1,16]{1,0} dot(%e, %w), lhs_contracting_dims={0}, rhs_contracting_dims={0}
+  %add_fusion.2 = f32[4,16]{1,0} fusion(%dot.5, %ynn_fusion.3), kind=kLoop, calls=%fc.5, \
+metadata={op_name="jit(act)/closed_call/DiffusionActorNetwork.predict_noise/noise_predictor/add"}
+  %copy.9 = u32[4,2]{1,0} copy(%xor.7)
+  %erf_fusion = f32[4,2]{1,0} fusion(%copy.9), kind=kLoop, calls=%fc.6, \
+metadata={op_name="jit(act)/jit(_normal)/jit(_normal_real)/erf_inv"}
+  %copy.3 = f32[4,2]{1,0} copy(%x)
   ROOT %clamp_fusion = f32[4,2]{1,0} fusion(%x), kind=kLoop, calls=%fc.9, \
 metadata={op_name="jit(act)/jit(clip)/min"}
 }
@@ -86,9 +94,18 @@ def test_hlo_instruction_parts_sorts_by_part_and_kind():
         "ynn_fusion.3": ("state encoder", "matmul"),
         "add_divide_fusion": ("noise network", "elementwise"),
         "xor.7": ("Gaussian draws", "elementwise"),
-        "dot.5": ("chain and output", "matmul"),
-        "clamp_fusion": ("chain and output", "elementwise"),
+        "dot.5": ("noise network", "matmul"),  # no metadata: from its consumer
+        "add_fusion.2": ("noise network", "elementwise"),
+        "copy.9": ("Gaussian draws", "elementwise"),  # no metadata: from its consumer
+        "erf_fusion": ("Gaussian draws", "elementwise"),
+        "copy.3": ("chain, clip and loop", "elementwise"),  # no metadata, no consumer
+        "clamp_fusion": ("chain, clip and loop", "elementwise"),
     }  # the while loop is left out: its body's instructions carry its time
+
+
+def test_hlo_module_name_read_from_header():
+    assert benchmarking.hlo_module_name(HLO_SAMPLE) == "jit_act_many"
+    assert benchmarking.hlo_module_name("ENTRY %main.1 () -> f32[] {\n}") is None
 
 
 @pytest.mark.parametrize(
@@ -126,6 +143,14 @@ def test_act_profile_splits_each_actor_by_part(tmp_path):
     assert list((tmp_path / "diffusion_actor_T2").glob("**/*.xplane.pb"))
 
 
+def test_act_profile_rejects_trace_without_operations(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmarking, "op_times_from_trace", lambda *args: {})
+    with pytest.raises(RuntimeError, match="has no events of the compiled program"):
+        benchmarking.act_profile(
+            2, tmp_path, diffusion_steps=(), num_calls=1, repeats=1, num_users=2
+        )
+
+
 def test_op_times_need_a_trace(tmp_path):
     with pytest.raises(FileNotFoundError, match="no \\*.xplane.pb trace"):
         benchmarking.op_times_from_trace(tmp_path, {})
@@ -153,6 +178,10 @@ def test_update_suite_records_batch_size():
         (["--sweep-members", "0"], "--sweep-members"),
         (["--sweep-envs", "-1"], "--sweep-envs"),
         (["--profile-envs", "-1"], "--profile-envs"),
+        (["--suite", "env", "--profile-envs", "8"], "needs the act suite"),
+        (["--num-envs", str(2**31)], "--num-envs"),
+        (["--profile-envs", str(2**40)], "--profile-envs"),
+        (["--repeats", str(2**31)], "--repeats"),
     ],
 )
 def test_script_rejects_invalid_sizes(argv, message, capsys):
@@ -209,3 +238,54 @@ def test_script_survives_failed_profile(tmp_path, monkeypatch, capsys):
     assert record["act_profile"] == []
     assert record["act_profile_error"] == "RuntimeError: profiler unavailable"
     assert {entry["case"] for entry in record["records"]} >= {"MLP actor", "diffusion actor T=5"}
+
+
+def test_script_rejects_out_that_is_a_file(tmp_path, capsys):
+    out = tmp_path / "afile"
+    out.write_text("not a folder")
+    with pytest.raises(SystemExit):
+        benchmark_script.parse_args(["--out", str(out)])
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_script_rejects_output_name_taken_by_folder(tmp_path, capsys):
+    (tmp_path / "benchmark.md").mkdir()
+    with pytest.raises(SystemExit):
+        benchmark_script.parse_args(["--out", str(tmp_path)])
+    assert "benchmark.md exists and is not a file" in capsys.readouterr().err
+
+
+def test_failed_write_keeps_previous_outputs(tmp_path, monkeypatch):
+    for name in benchmark_script.OUTPUT_FILES:
+        (tmp_path / name).write_text("previous run")
+
+    def fail(records, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(benchmark_script, "plot", fail)
+    document = {
+        "command": "python scripts/benchmark.py",
+        "time_utc": "2026-01-01T00:00:00+00:00",
+        "machine": benchmarking.machine_info(),
+        "records": [],
+        "ratios": {},
+    }
+    with pytest.raises(OSError, match="disk full"):
+        benchmark_script.write_outputs(tmp_path, document)
+    for name in benchmark_script.OUTPUT_FILES:
+        assert (tmp_path / name).read_text() == "previous run"
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(benchmark_script.OUTPUT_FILES)
+
+
+def test_markdown_report_names_profile_failure():
+    document = {
+        "command": "python scripts/benchmark.py --suite act",
+        "time_utc": "2026-01-01T00:00:00+00:00",
+        "machine": benchmarking.machine_info(),
+        "records": [],
+        "ratios": {},
+        "act_profile": [],
+        "act_profile_error": "RuntimeError: profiler unavailable",
+    }
+    report = benchmark_script.markdown_report(document)
+    assert "The act profile failed: RuntimeError: profiler unavailable" in report
