@@ -348,7 +348,8 @@ def hlo_instruction_parts(hlo_text: str) -> dict[str, tuple[str, str]]:
 
     part comes from `ACT_PROFILE_PARTS`, matched against the instruction's `op_name`
     metadata. XLA leaves that metadata off some instructions it creates (batch-1 dots,
-    copies), and such an instruction takes the `op_name` of an instruction that consumes it.
+    copies). Such an instruction takes the `op_name` of an instruction that consumes it, or,
+    when that names no part, the part of its first operand that has one.
     kind is "matmul" for a dot, or for a fusion whose root is one (its `op_name` ends in
     `dot_general`), and "elementwise" otherwise. Control-flow instructions (while, call,
     conditional) are left out, because the instructions of their bodies carry their time.
@@ -372,18 +373,31 @@ def hlo_instruction_parts(hlo_text: str) -> dict[str, tuple[str, str]]:
             if operand in op_names and not op_names[operand]:
                 op_names[operand] = op_names[name]
 
+    parts = {name: _part_of(op_name) for name, op_name in op_names.items()}
+    # When the consumer is the benchmark loop (a batch-1 dot feeding the sum of actions), the
+    # operands tell more: take the part of the first operand that has one.
+    for name, _, own_op_name, operands in instructions:
+        if not own_op_name and parts[name] == ACT_PROFILE_OTHER:
+            known = [
+                parts[o] for o in operands if parts.get(o, ACT_PROFILE_OTHER) != ACT_PROFILE_OTHER
+            ]
+            parts[name] = known[0] if known else ACT_PROFILE_OTHER
+
     table = {}
     for name, opcode, own_op_name, _ in instructions:
         if opcode in _HLO_CONTROL_FLOW:
             continue
-        op_name = op_names[name]
-        part = next(
-            (label for label, markers in ACT_PROFILE_PARTS if any(m in op_name for m in markers)),
-            ACT_PROFILE_OTHER,
-        )
         matmul = opcode in ("dot", "convolution") or own_op_name.endswith("dot_general")
-        table[name] = (part, "matmul" if matmul else "elementwise")
+        table[name] = (parts[name], "matmul" if matmul else "elementwise")
     return table
+
+
+def _part_of(op_name: str) -> str:
+    """Return the first part of `ACT_PROFILE_PARTS` whose marker occurs in `op_name`."""
+    for label, markers in ACT_PROFILE_PARTS:
+        if any(marker in op_name for marker in markers):
+            return label
+    return ACT_PROFILE_OTHER
 
 
 def _union_ns(intervals: list[tuple[int, int]]) -> int:
@@ -407,10 +421,10 @@ def op_times_from_trace(
 
     An event names its instruction in its `hlo_op` statistic (or, on some backends, in its
     own name). With `module`, an event whose `hlo_module` statistic names another compiled
-    program is skipped, since programs share instruction names. The time of one instruction is the union of its events' intervals: a CPU
-    matmul split over worker threads counts once, not once per thread. When a device plane
-    (a GPU) has such events, only device planes count, so the host's launch events are not
-    added to the kernels' time.
+    program is skipped, since programs share instruction names. The time of one instruction
+    is the union of its events' intervals, so a CPU matmul split over worker threads counts
+    once, not once per thread. When a device plane (a GPU) has such events, only device
+    planes count, so the host's launch events are not added to the kernels' time.
     """
     files = sorted(Path(trace_dir).glob("**/*.xplane.pb"), key=lambda path: path.stat().st_mtime)
     if not files:

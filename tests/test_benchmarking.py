@@ -82,6 +82,9 @@ metadata={op_name="jit(act)/closed_call/DiffusionActorNetwork.predict_noise/nois
   %erf_fusion = f32[4,2]{1,0} fusion(%copy.9), kind=kLoop, calls=%fc.6, \
 metadata={op_name="jit(act)/jit(_normal)/jit(_normal_real)/erf_inv"}
   %copy.3 = f32[4,2]{1,0} copy(%x)
+  %dot.9 = f32[4,2]{1,0} dot(%ynn_fusion.3, %w2), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %reduce_fusion = f32[] fusion(%dot.9), kind=kLoop, calls=%fc.7, \
+metadata={op_name="jit(act_many)/while/body/reduce_sum"}
   ROOT %clamp_fusion = f32[4,2]{1,0} fusion(%x), kind=kLoop, calls=%fc.9, \
 metadata={op_name="jit(act)/jit(clip)/min"}
 }
@@ -99,6 +102,8 @@ def test_hlo_instruction_parts_sorts_by_part_and_kind():
         "copy.9": ("Gaussian draws", "elementwise"),  # no metadata: from its consumer
         "erf_fusion": ("Gaussian draws", "elementwise"),
         "copy.3": ("chain, clip and loop", "elementwise"),  # no metadata, no consumer
+        "dot.9": ("state encoder", "matmul"),  # consumer names no part: from its operand
+        "reduce_fusion": ("chain, clip and loop", "elementwise"),
         "clamp_fusion": ("chain, clip and loop", "elementwise"),
     }  # the while loop is left out: its body's instructions carry its time
 
