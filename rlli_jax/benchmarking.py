@@ -315,7 +315,7 @@ def act_cost_analysis(
 
 
 # Where the time of one `act` call goes, by part of the actor. An HLO instruction belongs to
-# the first part whose marker occurs in its `op_name` metadata, which holds the Flax module
+# the first part whose marker occurs in its `op_name` metadata, which contains the Flax module
 # path and the jax function names. The rest is the chain's own arithmetic, the output clip and
 # the benchmark loop's input offset and sum of actions.
 ACT_PROFILE_PARTS = (

@@ -20,7 +20,7 @@ DEFAULT_NUM_ENVS = [1, 64, 1024, 4096, 16384]
 DEFAULT_PROFILE_ENVS = 4096
 SUITES = ("env", "act", "update", "train", "sweep")
 OUTPUT_FILES = ("benchmark.json", "benchmark.md", "benchmark.png")
-# Sizes index int32 arrays in the compiled programs.
+# The compiled programs index arrays with int32, so no size may exceed its range.
 MAX_SIZE = 2**31 - 1
 
 
