@@ -294,3 +294,17 @@ def test_markdown_report_names_profile_failure():
     }
     report = benchmark_script.markdown_report(document)
     assert "The act profile failed: RuntimeError: profiler unavailable" in report
+
+
+@pytest.mark.parametrize(
+    ("argv", "profile_envs"),
+    [
+        ([], benchmark_script.DEFAULT_PROFILE_ENVS),  # all suites, act among them
+        (["--suite", "env"], 0),  # no act suite: nothing to profile
+        (["--suite", "act", "--profile-envs", "0"], 0),
+        (["--suite", "act", "--profile-envs", "64"], 64),
+    ],
+)
+def test_profile_envs_default_follows_suites(argv, profile_envs, tmp_path):
+    args = benchmark_script.parse_args([*argv, "--out", str(tmp_path)])
+    assert args.profile_envs == profile_envs
