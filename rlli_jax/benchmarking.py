@@ -314,10 +314,10 @@ def act_cost_analysis(
     return records
 
 
-# Where the time of one `act` call goes, by part of the actor. An HLO instruction belongs to
-# the first part whose marker occurs in its `op_name` metadata, which contains the Flax module
-# path and the jax function names. The rest is the chain's own arithmetic, the output clip and
-# the benchmark loop's input offset and sum of actions.
+# Parts of the actor that the profile splits an `act` call's time into, each with its markers.
+# An HLO instruction belongs to the first part whose marker occurs in its `op_name` metadata,
+# which contains the Flax module path and the jax function names. The rest is the chain's own
+# arithmetic, the output clip and the benchmark loop's input offset and sum of actions.
 ACT_PROFILE_PARTS = (
     ("Gaussian draws", ("_normal", "_uniform", "threefry", "random_bits")),
     ("state encoder", ("DiffusionActorNetwork.encode",)),
@@ -333,7 +333,8 @@ _HLO_INSTRUCTION = re.compile(
 _HLO_OPERAND = re.compile(r"%([\w.\-]+)")
 _HLO_OP_NAME = re.compile(r'op_name="([^"]*)"')
 _HLO_MODULE = re.compile(r"^HloModule\s+([\w.\-]+)", re.MULTILINE)
-# Control flow: the instructions of its bodies carry the time, so it is not counted again.
+# Control-flow instructions are not counted, because the instructions of their bodies carry
+# their time.
 _HLO_CONTROL_FLOW = ("while", "call", "conditional")
 
 
@@ -379,7 +380,9 @@ def hlo_instruction_parts(hlo_text: str) -> dict[str, tuple[str, str]]:
     for name, _, own_op_name, operands in instructions:
         if not own_op_name and parts[name] == ACT_PROFILE_OTHER:
             known = [
-                parts[o] for o in operands if parts.get(o, ACT_PROFILE_OTHER) != ACT_PROFILE_OTHER
+                parts[operand]
+                for operand in operands
+                if parts.get(operand, ACT_PROFILE_OTHER) != ACT_PROFILE_OTHER
             ]
             parts[name] = known[0] if known else ACT_PROFILE_OTHER
 
@@ -402,14 +405,14 @@ def _part_of(op_name: str) -> str:
 
 def _union_ns(intervals: list[tuple[int, int]]) -> int:
     """Return the total length of the union of [start, end) intervals, in their unit."""
-    total, reach = 0, None
+    total, covered_until = 0, None
     for start, end in sorted(intervals):
-        if reach is None or start > reach:
+        if covered_until is None or start > covered_until:
             total += end - start
-            reach = end
-        elif end > reach:
-            total += end - reach
-            reach = end
+            covered_until = end
+        elif end > covered_until:
+            total += end - covered_until
+            covered_until = end
     return total
 
 
@@ -464,10 +467,12 @@ def act_profile(
     For the MLP actor and the diffusion actor at each T, this compiles the `act` suite's
     program: `num_calls` calls on `num_envs` observations in one `lax.scan`. It runs the
     program once to warm up, then traces `repeats` runs into `trace_dir/<case>`, which
-    TensorBoard or Perfetto can open. Returns one record per actor:
-    `case`, `num_envs`, `op_ns_per_action` (summed time of its HLO instructions per action)
-    and `parts`, a list of {part, kind, ns_per_action, share} sorted by time, where part is
-    from `ACT_PROFILE_PARTS` and kind is "matmul" or "elementwise".
+    TensorBoard or Perfetto can open. Returns one record per actor: `case`, `num_envs`,
+    `op_ns_per_action` (summed time of its HLO instructions per action),
+    `wall_ns_per_action` (wall time of the traced runs per action) and `parts`, a list of
+    {part, kind, ns_per_action, share} sorted by time, where part is from
+    `ACT_PROFILE_PARTS` and kind is "matmul" or "elementwise". Raises RuntimeError when the
+    trace has no events of the compiled program.
 
     Instructions that run at the same time on different threads each count in full, so on
     a multi-core CPU `op_ns_per_action` can exceed the wall time per action.
@@ -515,7 +520,7 @@ def act_profile(
                 "part": part,
                 "kind": kind,
                 "ns_per_action": nanoseconds / actions,
-                "share": nanoseconds / total if total else float("nan"),
+                "share": nanoseconds / total,
             }
             for (part, kind), nanoseconds in sorted(totals.items(), key=lambda item: -item[1])
         ]

@@ -110,6 +110,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def option_name(flag: str) -> str:
+    """Return the command-line option of an argparse destination, "num_envs" -> "--num-envs"."""
     return "--" + flag.replace("_", "-")
 
 
@@ -124,8 +125,8 @@ def check_output_folder(parser: argparse.ArgumentParser, out: Path) -> None:
 
 
 def write_outputs(out: Path, document: dict) -> None:
-    """Write benchmark.json, benchmark.md and benchmark.png, each replacing an older file
-    only once all three are complete, so a failed write leaves the old set whole."""
+    """Write benchmark.json, benchmark.md and benchmark.png to temporary names first, then
+    rename them over the older files, so a failed write leaves the old set whole."""
     out.mkdir(parents=True, exist_ok=True)
     temporary = {name: out / f".partial.{name}" for name in OUTPUT_FILES}
     try:
