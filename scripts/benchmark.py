@@ -346,23 +346,33 @@ def main(argv: list[str]) -> int:
     info = benchmarking.machine_info()
     print(f"machine: {info}")
     measurements = []
+
+    def add(suite_measurements: list) -> None:
+        # Print each suite's rows when it ends, so a long run shows its progress and a run
+        # stopped by a time limit keeps the suites it finished in its log.
+        measurements.extend(suite_measurements)
+        print_table([m.as_dict() for m in suite_measurements])
+        sys.stdout.flush()
+
     if "env" in args.suite:
-        measurements += benchmarking.benchmark_env(
-            args.num_envs, num_steps=args.num_steps, repeats=args.repeats
-        )
-        measurements.append(
-            benchmarking.benchmark_numpy_reference(
-                args.numpy_envs, num_steps=args.num_steps, repeats=args.repeats
+        add(
+            benchmarking.benchmark_env(
+                args.num_envs, num_steps=args.num_steps, repeats=args.repeats
             )
+            + [
+                benchmarking.benchmark_numpy_reference(
+                    args.numpy_envs, num_steps=args.num_steps, repeats=args.repeats
+                )
+            ]
         )
     if "act" in args.suite:
-        measurements += benchmarking.benchmark_act(
-            args.num_envs, num_calls=args.num_steps, repeats=args.repeats
+        add(
+            benchmarking.benchmark_act(
+                args.num_envs, num_calls=args.num_steps, repeats=args.repeats
+            )
         )
     if "update" in args.suite:
-        measurements += benchmarking.benchmark_update(
-            num_updates=args.num_steps, repeats=args.repeats
-        )
+        add(benchmarking.benchmark_update(num_updates=args.num_steps, repeats=args.repeats))
     act_costs, act_profiles, profile_error = [], [], None
     if "act" in args.suite:
         act_costs = benchmarking.act_cost_analysis()
@@ -383,15 +393,16 @@ def main(argv: list[str]) -> int:
                 )
     parts = {}
     if "train" in args.suite:
-        measurements += benchmarking.benchmark_train(args.train_envs, repeats=args.repeats)
+        add(benchmarking.benchmark_train(args.train_envs, repeats=args.repeats))
         for num_envs in args.train_envs:
             parts[num_envs] = benchmarking.benchmark_train_parts(num_envs, repeats=args.repeats)
     if "sweep" in args.suite:
-        measurements += benchmarking.benchmark_sweep(
-            args.sweep_members, num_envs=args.sweep_envs, repeats=args.repeats
+        add(
+            benchmarking.benchmark_sweep(
+                args.sweep_members, num_envs=args.sweep_envs, repeats=args.repeats
+            )
         )
     records = [m.as_dict() for m in measurements]
-    print_table(records)
     ratios = speed_ratios(records)
     ratios.update(glue_ratios(records, parts))
     for name, value in ratios.items():

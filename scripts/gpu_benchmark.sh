@@ -4,15 +4,17 @@
 #
 #   bash scripts/gpu_benchmark.sh [OUT_DIR]      (default: runs/gpu_benchmark)
 #
-# Needs the CUDA build of jax in the active Python (pip install -e ".[gpu]"); the script checks
+# Needs the CUDA build of jax in the Python it runs ($PYTHON if set, else python3; pip install
+# -e ".[gpu]", or scripts/download_wheels.sh on a host without network); the script checks
 # that jax finds a GPU and stops otherwise. Sizes are chosen to finish in under 8 minutes on one
-# current data-centre GPU; the NumPy reference runs on the host CPU in the same run, so the
-# report's ratios compare the GPU with that CPU.
+# current data-centre GPU (not yet measured); the NumPy reference runs on the host CPU in the
+# same run, so the report's ratios compare the GPU with that CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+python="${PYTHON:-python3}"
 out="${1:-runs/gpu_benchmark}"
 
-python - <<'PY'
+"$python" - <<'PY'
 import sys
 
 import jax
@@ -22,7 +24,7 @@ if jax.default_backend() != "gpu":
 print("devices:", jax.devices())
 PY
 
-python scripts/benchmark.py \
+"$python" scripts/benchmark.py \
     --suite env --suite act --suite update --suite train --suite sweep \
     --num-envs 1 64 1024 4096 16384 65536 \
     --numpy-envs 16 \

@@ -211,6 +211,22 @@ def test_script_writes_json_and_plot(tmp_path):
     assert "| jax_env_2_over_numpy |" in report
 
 
+def test_script_prints_a_suite_before_the_next_one_runs(tmp_path, monkeypatch, capsys):
+    # A run stopped during a later suite (a time limit on a lent GPU) keeps the finished
+    # suites' rows in its log.
+    def fail(*args, **kwargs):
+        raise RuntimeError("stopped during the update suite")
+
+    monkeypatch.setattr(benchmarking, "benchmark_update", fail)
+    argv = ["--suite", "env", "--suite", "update", "--num-envs", "2", "--numpy-envs", "1"]
+    argv += ["--num-steps", "1", "--repeats", "1", "--out", str(tmp_path / "bench")]
+    with pytest.raises(RuntimeError, match="update suite"):
+        benchmark_script.main(argv)
+    out = capsys.readouterr().out
+    assert "NumPy reference N=8 random policy (Python loop)" in out
+    assert "DiffusionService-v0 N=8 random policy" in out
+
+
 def test_script_prints_each_part_of_a_profile(capsys):
     profile = {
         "case": "diffusion actor T=5",
