@@ -39,6 +39,10 @@ ENV_PARAM_NAMES = tuple(
 )
 HYPERPARAM_NAMES = tuple(field.name for field in dataclasses.fields(AgentHyperparams))
 ENV_IDS = ("DiffusionService-v0",)
+# jax.random.key takes a 32-bit seed (without x64, key(2**32) equals key(0)).
+SEED_MAX = 2**32 - 1
+# Step counters inside the compiled program are int32.
+INT32_MAX = 2**31 - 1
 
 
 def _require(condition: bool, path: str, value: Any, rule: str) -> None:
@@ -61,7 +65,12 @@ class EnvConfig:
     def __post_init__(self):
         _require(self.id in ENV_IDS, "env.id", self.id, f"must be one of {list(ENV_IDS)}")
         _require(self.num_users >= 1, "env.num_users", self.num_users, "must be >= 1")
-        _require(self.horizon >= 1, "env.horizon", self.horizon, "must be >= 1")
+        _require(
+            1 <= self.horizon <= INT32_MAX,
+            "env.horizon",
+            self.horizon,
+            f"must be in [1, {INT32_MAX}] (the slot counter is int32)",
+        )
         pairs = self.params.items() if isinstance(self.params, Mapping) else self.params
         checked = {}
         for name, value in pairs:
@@ -128,6 +137,17 @@ class HyperConfig:
         return values
 
 
+def check_seed(seed: int, path: str) -> None:
+    """Raise ValueError unless `seed` is an int in [0, SEED_MAX], naming it by `path`."""
+    _require(
+        isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= SEED_MAX,
+        path,
+        seed,
+        f"must be an integer in [0, {SEED_MAX}], because jax.random.key takes a 32-bit seed "
+        "and a larger one would repeat a smaller one",
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Run length, replay, chunking, evaluation and checkpoint settings (all static)."""
@@ -156,8 +176,23 @@ class TrainConfig:
         )
         for name in positive:
             _require(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), "must be >= 1")
-        for name in ("seed", "warmup_env_steps", "eval_episodes", "eval_every_chunks"):
+        check_seed(self.seed, "train.seed")
+        for name in ("warmup_env_steps", "eval_episodes", "eval_every_chunks"):
             _require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "must be >= 0")
+        _require(
+            self.num_iterations <= INT32_MAX,
+            "train.total_env_steps",
+            self.total_env_steps,
+            f"must give at most {INT32_MAX} vectorised steps (the iteration counter is int32); "
+            f"with train.num_envs = {self.num_envs} it gives {self.num_iterations}",
+        )
+        _require(
+            self.warmup_iterations <= INT32_MAX,
+            "train.warmup_env_steps",
+            self.warmup_env_steps,
+            f"must give at most {INT32_MAX} vectorised steps (the iteration counter is int32); "
+            f"with train.num_envs = {self.num_envs} it gives {self.warmup_iterations}",
+        )
         _require(
             self.buffer_size >= self.num_envs,
             "train.buffer_size",
@@ -263,7 +298,8 @@ class Config:
                 raise ValueError(_unknown_key_message(str(name), section_types, source))
         sections = {}
         for name, section_type in section_types.items():
-            section_data = data.get(name) or {}
+            section_data = data.get(name)
+            section_data = {} if section_data is None else section_data
             if not isinstance(section_data, Mapping):
                 raise ValueError(
                     f"{source}: section {name} must be a mapping, got {section_data!r}"
@@ -382,8 +418,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Return a copy of nested config data with each `section.key=value` override set."""
-    result = {name: dict(section or {}) for name, section in (data or {}).items()}
+    """Return a copy of nested config data with each `section.key=value` override set.
+
+    Raises:
+        ValueError: a section of `data` is not a mapping, or an override is malformed.
+    """
+    result = {}
+    for name, section in (data or {}).items():
+        if section is not None and not isinstance(section, Mapping):
+            raise ValueError(f"section {name} must be a mapping, got {section!r}")
+        result[name] = dict(section or {})
     for text in overrides:
         keys, value = parse_override(text)
         node = result.setdefault(keys[0], {})
@@ -398,13 +442,18 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into nested dicts."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config file {str(path)!r} is a folder: expected a YAML file")
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} not found")
-    with path.open() as stream:
-        try:
-            data = yaml.safe_load(stream)
-        except yaml.YAMLError as error:
-            raise ValueError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text: {error}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+    except OSError as error:
+        raise ValueError(f"config file {str(path)!r} could not be read: {error}") from None
     if data is not None and not isinstance(data, Mapping):
         raise ValueError(f"config file {str(path)!r} must contain a mapping of sections")
     return dict(data or {})
@@ -420,7 +469,10 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     source = "config" if path is None else f"config file {str(path)!r}"
     overrides = list(overrides)
     if overrides:
-        data = apply_overrides(data, overrides)
+        try:
+            data = apply_overrides(data, overrides)
+        except ValueError as error:
+            raise ValueError(str(error) if path is None else f"{source}: {error}") from None
         source = "config" if path is None else f"{source} with --set overrides"
     return Config.from_dict(data, source)
 

@@ -104,6 +104,11 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path):
         ("train.buffer_size=10", r"invalid train\.buffer_size = 10: must be >= train\.num_envs"),
         ("agent.batch_size=1000000", r"invalid agent\.batch_size = 1000000: must be <="),
         ("train", r"invalid override 'train': expected section\.key=value"),
+        ("train.seed=4294967296", r"invalid train\.seed = 4294967296: must be an integer in"),
+        ("env.horizon=1000000000000", r"invalid env\.horizon = 1000000000000: must be in"),
+        ("train.total_env_steps=1e18", r"invalid train\.total_env_steps = .*int32"),
+        ("agent.beta_max=.inf", r"invalid agent\.beta_min = 0\.1, beta_max = inf: both must"),
+        ("agent.max_grad_norm=.inf", r"invalid agent\.max_grad_norm = inf"),
     ],
 )
 def test_bad_override_raises(override, match):
@@ -128,6 +133,36 @@ def test_section_not_mapping_raises(tmp_path):
     path.write_text("train: 3\n")
     with pytest.raises(ValueError, match="section train must be a mapping"):
         load_config(path)
+
+
+def test_schedule_with_zero_betas_raises():
+    overrides = ["agent.beta_min=1e-300", "agent.beta_max=1e-300"]
+    with pytest.raises(ValueError, match=r"invalid agent\.beta_min = 1e-300, .* not finite"):
+        load_config(overrides=overrides)
+
+
+def test_largest_seed_is_accepted():
+    assert load_config(overrides=["train.seed=4294967295"]).train.seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("section", ["[1, 2]", "0", "false"])
+def test_section_not_mapping_with_overrides_raises(tmp_path, section):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"train: {section}\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*section train must be a mapping"):
+        load_config(path, ["logging.progress_bar=false"])
+
+
+def test_binary_config_names_file(tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\x80\x81")
+    with pytest.raises(ValueError, match=r"binary\.yaml' is not UTF-8 text"):
+        load_config(path)
+
+
+def test_folder_as_config_raises(tmp_path):
+    with pytest.raises(ValueError, match="is a folder: expected a YAML file"):
+        load_config(tmp_path)
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -74,6 +74,24 @@ def test_vp_schedule_rejects_invalid(num_steps, beta_min, beta_max, match):
         vp_beta_schedule(num_steps, beta_min, beta_max)
 
 
+@pytest.mark.parametrize(
+    ("beta_min", "beta_max", "match"),
+    [
+        (0.1, float("inf"), "both must be finite"),
+        (1e-300, 1e-300, "posterior_variance is not finite in float32"),
+    ],
+)
+def test_make_schedule_rejects_non_finite_coefficients(beta_min, beta_max, match):
+    with pytest.raises(ValueError, match=match):
+        make_schedule(5, beta_min, beta_max)
+
+
+def test_make_schedule_accepts_tiny_betas():
+    schedule = make_schedule(5, 1e-10, 1e-10)
+    for name in ("posterior_mean_coef1", "posterior_mean_coef2", "sqrt_recip_alpha_bars"):
+        assert np.all(np.isfinite(np.asarray(getattr(schedule, name)))), name
+
+
 def test_reverse_step_hand_case():
     # Step 1 (t = 2): sqrt(1/ab) = 1.515886, sqrt(1/ab - 1) = 1.139259. With x = 0.5, eps = 0.2:
     #   x0   = 1.515886 * 0.5 - 1.139259 * 0.2           = 0.530091 (inside [-1, 1])

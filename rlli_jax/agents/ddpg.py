@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from rlli_jax.agents.diffusion import make_diffusion_actor
+from rlli_jax.agents.diffusion import check_schedule, make_diffusion_actor
 from rlli_jax.agents.networks import Actor, TwinCritic, make_mlp_actor
 
 
@@ -77,11 +77,19 @@ class AgentConfig:
                 f"invalid AgentConfig.beta_min = {self.beta_min}, beta_max = {self.beta_max}: "
                 "need 0 < beta_min <= beta_max"
             )
+        try:
+            check_schedule(self.diffusion_steps, self.beta_min, self.beta_max)
+        except ValueError as error:
+            message = str(error).replace("invalid beta_min", "invalid AgentConfig.beta_min")
+            raise ValueError(message) from None
         if self.batch_size < 1:
             raise ValueError(f"invalid AgentConfig.batch_size = {self.batch_size}: must be >= 1")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+        if self.max_grad_norm is not None and not (
+            math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0
+        ):
             raise ValueError(
-                f"invalid AgentConfig.max_grad_norm = {self.max_grad_norm}: must be > 0 or None"
+                f"invalid AgentConfig.max_grad_norm = {self.max_grad_norm}: must be a finite "
+                "number > 0, or None for no clipping"
             )
         if not (math.isfinite(self.bound_loss_coef) and self.bound_loss_coef >= 0.0):
             raise ValueError(

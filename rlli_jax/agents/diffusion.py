@@ -22,6 +22,7 @@ squared distance of the x0 predictions outside [-1, 1], which the update adds to
 loss with the weight `AgentConfig.bound_loss_coef` (0, the reference algorithm, by default).
 """
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -77,13 +78,48 @@ class DiffusionSchedule:
 def make_schedule(
     num_steps: int = 5, beta_min: float = 0.1, beta_max: float = 10.0
 ) -> DiffusionSchedule:
-    """Compute the VP schedule and the DDPM posterior coefficients, in float64 then float32."""
+    """Compute the VP schedule and the DDPM posterior coefficients, in float64 then float32.
+
+    Raises:
+        ValueError: the betas give a coefficient that is not finite in float32
+            (`check_schedule`).
+    """
+    check_schedule(num_steps, beta_min, beta_max)
+    constants = _schedule_constants(num_steps, beta_min, beta_max)
+    return DiffusionSchedule(**{k: jnp.asarray(v, jnp.float32) for k, v in constants.items()})
+
+
+def check_schedule(num_steps: int, beta_min: float, beta_max: float) -> None:
+    """Raise ValueError unless every coefficient of the schedule is finite in float32.
+
+    Betas so small that 1 - alpha_bar rounds to 0 in float64, or an infinite beta_max, divide
+    by zero in the posterior coefficients, and training would only fail later with non-finite
+    parameters.
+    """
+    if not (math.isfinite(beta_min) and math.isfinite(beta_max)):
+        raise ValueError(
+            f"invalid beta_min = {beta_min}, beta_max = {beta_max}: both must be finite"
+        )
+    with np.errstate(all="ignore"):
+        constants = _schedule_constants(num_steps, beta_min, beta_max)
+        for name, values in constants.items():
+            values32 = np.asarray(values, np.float32)
+            if not np.all(np.isfinite(values32)):
+                raise ValueError(
+                    f"invalid beta_min = {beta_min}, beta_max = {beta_max}: with T = "
+                    f"{num_steps} steps the schedule's {name} is not finite in float32 "
+                    f"({values32.tolist()}); the defaults are beta_min 0.1 and beta_max 10"
+                )
+
+
+def _schedule_constants(num_steps: int, beta_min: float, beta_max: float) -> dict:
+    """Compute the schedule's arrays [T] in float64, keyed by `DiffusionSchedule` field."""
     betas = vp_beta_schedule(num_steps, beta_min, beta_max)
     alphas = 1.0 - betas
     alpha_bars = np.cumprod(alphas)
     alpha_bars_prev = np.concatenate([[1.0], alpha_bars[:-1]])
     posterior_variance = betas * (1.0 - alpha_bars_prev) / (1.0 - alpha_bars)
-    constants = dict(
+    return dict(
         betas=betas,
         alphas=alphas,
         alpha_bars=alpha_bars,
@@ -97,7 +133,6 @@ def make_schedule(
         posterior_mean_coef1=betas * np.sqrt(alpha_bars_prev) / (1.0 - alpha_bars),
         posterior_mean_coef2=(1.0 - alpha_bars_prev) * np.sqrt(alphas) / (1.0 - alpha_bars),
     )
-    return DiffusionSchedule(**{k: jnp.asarray(v, jnp.float32) for k, v in constants.items()})
 
 
 def predict_x0(
