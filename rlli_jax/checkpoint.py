@@ -6,13 +6,17 @@ writes into a temporary directory and renames it when the write has finished, so
 killed mid-write leaves no step directory, only a temporary one that the next manager removes.
 A step directory damaged later (a truncated or deleted file) fails to restore; `restore_latest`
 then reports it, renames it to `corrupt-<step>` so the resumed run can write that step again,
-and falls back to the previous checkpoint.
+and falls back to the previous checkpoint. A checkpoint whose arrays differ in shape or dtype
+from the restore target (a config edited after the checkpoints were written) is skipped
+without reading its data, and the error names the first array that differs. A read-only
+`Checkpointer` (used to evaluate a run) creates nothing and renames nothing.
 
 Saves are synchronous: `save` returns after the checkpoint is final on disk.
 """
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +40,35 @@ class RestoredCheckpoint:
 
 
 class Checkpointer:
-    """Synchronous orbax checkpoint manager for one run directory."""
+    """Synchronous orbax checkpoint manager for one run directory.
 
-    def __init__(self, directory: str | Path, max_to_keep: int = 3):
+    With `read_only=True` the directory must exist; nothing is created, cleaned up, renamed or
+    saved.
+    """
+
+    def __init__(self, directory: str | Path, max_to_keep: int = 3, read_only: bool = False):
         self.directory = Path(directory).absolute()
+        self.read_only = read_only
+        if read_only and not self.directory.is_dir():
+            raise ValueError(f"checkpoint directory {self.directory} not found")
+        # The read-only options are those orbax would otherwise reset with a logged warning.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
-            create=True,
+            max_to_keep=None if read_only else max_to_keep,
+            save_interval_steps=0 if read_only else 1,
+            create=not read_only,
             enable_async_checkpointing=False,
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # Naming the handlers up front lets `item_metadata` read a checkpoint's array shapes
+        # before anything was saved or restored through this manager.
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "metadata": ocp.JsonCheckpointHandler(),
+        }
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handlers
+        )
 
     def all_steps(self) -> list[int]:
         """Return the steps of the finished checkpoints, oldest first."""
@@ -55,6 +77,8 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, metadata: dict[str, Any]) -> None:
         """Write `state` (a pytree of arrays) and JSON-serialisable `metadata` as `step`."""
+        if self.read_only:
+            raise ValueError(f"checkpoint directory {self.directory} was opened read-only")
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             metadata=ocp.args.JsonSave(metadata),
@@ -62,15 +86,20 @@ class Checkpointer:
         self._manager.save(step, args=args, force=True)
         self._manager.wait_until_finished()
 
-    def restore_latest(self, target: Any) -> RestoredCheckpoint | None:
+    def restore_latest(
+        self, target: Any, check_metadata: Callable[[Any], str | None] | None = None
+    ) -> RestoredCheckpoint | None:
         """Restore the newest checkpoint that reads back whole, shaped like `target`.
 
         Args:
             target: a pytree of arrays or `jax.ShapeDtypeStruct` with the saved structure.
+            check_metadata: returns what is wrong with a checkpoint's JSON metadata, or None
+                when it is valid.
 
         Returns:
-            None when there is no checkpoint. A checkpoint that fails to restore is logged as
-            a warning, listed in `skipped`, and the next older one is tried.
+            None when there is no checkpoint. A checkpoint that fails to restore, does not
+            match `target`, or fails `check_metadata`, is logged as a warning, listed in
+            `skipped`, and the next older one is tried.
 
         Raises:
             ValueError: checkpoints exist but none of them can be restored.
@@ -83,25 +112,30 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract),
                 metadata=ocp.args.JsonRestore(),
             )
-            message = None
-            try:
-                restored = self._manager.restore(step, args=args)
-            except Exception as error:  # noqa: BLE001  (orbax raises many types on bad files)
-                message = _error_summary(error)
+            message = self._mismatch(step, abstract)
+            if message is None:
+                try:
+                    restored = self._manager.restore(step, args=args)
+                except Exception as error:  # noqa: BLE001  (orbax raises many types on bad files)
+                    message = _error_summary(error)
+            if message is None and check_metadata is not None:
+                message = check_metadata(restored.metadata)
             # Each process reads its own shards, so one process can fail alone; then every
             # process skips this step.
             if not _all_processes_agree(message is None) and message is None:
                 message = "failed to restore on another process"
             if message is not None:
+                older = "trying an older one" if step != steps[0] else "no older one is left"
                 logger.warning(
-                    "checkpoint %d in %s failed to restore, trying an older one: %s",
+                    "checkpoint %d in %s failed to restore, %s: %s",
                     step,
                     self.directory,
+                    older,
                     message,
                 )
                 skipped.append((step, message))
                 continue
-            if skipped:
+            if skipped and not self.read_only:
                 self._quarantine([bad_step for bad_step, _ in skipped])
             return RestoredCheckpoint(
                 step=step,
@@ -112,6 +146,28 @@ class Checkpointer:
         if steps:
             details = "; ".join(f"step {step}: {message}" for step, message in skipped)
             raise ValueError(f"no checkpoint in {self.directory} could be restored ({details})")
+        return None
+
+    def _mismatch(self, step: int, abstract: Any) -> str | None:
+        """Describe the first array of `step` whose shape or dtype differs from `abstract`.
+
+        Returns None when they match, or when the checkpoint's array metadata cannot be read
+        (the restore then reports that damage).
+        """
+        try:
+            saved = _shapes(self._manager.item_metadata(step)["state"].tree)
+        except Exception:  # noqa: BLE001  (damaged metadata: the restore reports it)
+            return None
+        expected = _shapes(abstract)
+        for path in sorted(set(saved) | set(expected)):
+            if saved.get(path) != expected.get(path):
+                name = "/".join(path)
+                return (
+                    f"the checkpoint does not match the config: array {name} is "
+                    f"{_describe(saved.get(path))} in the checkpoint and "
+                    f"{_describe(expected.get(path))} for this config (was the run's "
+                    "config.yaml edited after the checkpoint was written?)"
+                )
         return None
 
     def _quarantine(self, steps: list[int]) -> None:
@@ -140,6 +196,35 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _shapes(tree: Any) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
+    """Map each array leaf's key path, as strings, to its (shape, dtype name)."""
+
+    def is_array(node: Any) -> bool:
+        return hasattr(node, "shape") and hasattr(node, "dtype")
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_array)[0]
+    return {
+        tuple(_key_name(key) for key in path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+        for path, leaf in leaves
+        if is_array(leaf)
+    }
+
+
+def _key_name(key: Any) -> str:
+    """Return the attribute name, dict key or index of one step of a key path."""
+    for attribute in ("name", "key", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def _describe(entry: tuple[tuple[int, ...], str] | None) -> str:
+    if entry is None:
+        return "absent"
+    shape, dtype = entry
+    return f"{shape} {dtype}"
 
 
 def _all_processes_agree(ok: bool) -> bool:

@@ -7,11 +7,15 @@ drops rows written after the checkpoint being resumed from, so no step appears t
 """
 
 import csv
+import io
 import json
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 JSONL_NAME = "metrics.jsonl"
 CSV_NAME = "metrics.csv"
@@ -49,7 +53,8 @@ class MetricsWriter:
             self._write_csv(row)
         if self._tensorboard is not None:
             for name, value in row.items():
-                if name != "env_step" and isinstance(value, int | float):
+                # Warm-up chunks have no losses yet (NaN): TensorBoard gets no point for them.
+                if name != "env_step" and isinstance(value, int | float) and math.isfinite(value):
                     self._tensorboard.add_scalar(f"{prefix}/{name}", value, int(step))
             self._tensorboard.flush()
 
@@ -67,13 +72,14 @@ class MetricsWriter:
         if self.jsonl_path.exists():
             kept = []
             for line in self.jsonl_path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a kill
-                if record.get("env_step", 0) <= step:
+                record = _parse_row(line)
+                if record is None:
+                    logger.warning(
+                        "dropping an unreadable line of %s: %.80s", self.jsonl_path, line
+                    )
+                elif record["env_step"] <= step:
                     kept.append(line)
-            self.jsonl_path.write_text("".join(line + "\n" for line in kept))
+            _write_atomically(self.jsonl_path, "".join(line + "\n" for line in kept))
         if self.csv_path.exists() and self._csv_fields is not None:
             with self.csv_path.open(newline="") as stream:
                 rows = [
@@ -81,10 +87,11 @@ class MetricsWriter:
                     for row in csv.DictReader(stream)
                     if row.get("env_step", "").isdigit() and int(row["env_step"]) <= step
                 ]
-            with self.csv_path.open("w", newline="") as stream:
-                writer = csv.DictWriter(stream, self._csv_fields, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(rows)
+            text = io.StringIO()
+            writer = csv.DictWriter(text, self._csv_fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+            _write_atomically(self.csv_path, text.getvalue())
 
     def close(self) -> None:
         if self._tensorboard is not None:
@@ -109,13 +116,32 @@ def read_metrics(run_dir: str | Path, prefix: str | None = "train") -> list[dict
         return []
     rows = []
     for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if prefix is None or record.get("kind", "train") == prefix:
+        record = _parse_row(line)
+        if record is not None and (prefix is None or record.get("kind", "train") == prefix):
             rows.append(record)
     return rows
+
+
+def _parse_row(line: str) -> dict[str, Any] | None:
+    """Return the row of one JSONL line, or None for a line cut short by a kill or damaged by
+    hand (not an object, or without an integer `env_step`)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    step = record.get("env_step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        return None
+    return record
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace `path` by `text` through a temporary file, so a kill leaves the old or the new."""
+    temporary = path.with_name(f".partial.{path.name}")
+    temporary.write_text(text)
+    temporary.replace(path)
 
 
 def plot_learning_curves(

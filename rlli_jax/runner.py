@@ -6,6 +6,7 @@
     checkpoints/       orbax checkpoints of the whole `TrainState`
     summary.json       final evaluation of the policy and of the baselines, timings
     curves.png         learning curves
+    .lock              locked while a single-process run trains there (POSIX systems)
 
 A resumed run restores the newest readable checkpoint, drops metric rows written after it and
 continues; on CPU it reaches bit-identical parameters to a run that was never interrupted,
@@ -36,6 +37,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+try:
+    import fcntl
+except ImportError:  # Windows has no flock, so runs there are not locked
+    fcntl = None
+
 from rlli_jax import sharding
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import Config, load_config, save_config
@@ -58,6 +64,7 @@ CONFIG_NAME = "config.yaml"
 SUMMARY_NAME = "summary.json"
 CURVES_NAME = "curves.png"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_NAME = ".lock"
 
 
 class NonFiniteError(RuntimeError):
@@ -194,12 +201,23 @@ def restore_train_state(
     """
     if placement is None:
         placement = make_placement(program, shard_envs=False)
-    restored = checkpointer.restore_latest(placement.restore_target)
+    restored = checkpointer.restore_latest(placement.restore_target, run_metadata_problem)
     if restored is None:
         return None
     metadata = dict(restored.metadata)
     metadata["skipped_checkpoints"] = [list(item) for item in restored.skipped]
     return state_from_checkpoint(restored.state), metadata
+
+
+def run_metadata_problem(metadata: Any) -> str | None:
+    """Say what is wrong with a run checkpoint's JSON metadata, or return None when valid."""
+    if not isinstance(metadata, dict):
+        return f"invalid metadata {metadata!r}: expected a mapping with chunk and env_steps"
+    for name in ("chunk", "env_steps"):
+        value = metadata.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"invalid metadata {name} = {value!r}: expected an integer >= 0"
+    return None
 
 
 def evaluate_policy(program: TrainProgram, agent_state, seed: int) -> dict[str, float]:
@@ -243,13 +261,81 @@ def run_training(
         The summary also written to `summary.json` (by process 0).
 
     Raises:
-        ValueError: `run_dir` already contains a run and `resume` is False, the
+        ValueError: `run_dir` already contains a run and `resume` is False, another process
+            is training in `run_dir`, `run_dir` cannot be created or written, the
             environments cannot be split over the devices, or in a multi-process run some
             process cannot see the files of `run_dir` (it is not shared).
         NonFiniteError: a loss, metric or parameter became NaN or infinite; the newest
             checkpoint is the last good state.
     """
     run_dir = Path(run_dir)
+    # One process owns the run directory while it trains, so a second run started on the same
+    # --out is rejected instead of mixing its metrics and checkpoints into the first one's.
+    lock = RunDirectoryLock(run_dir) if jax.process_count() == 1 else None
+    try:
+        return _run_training(
+            config, run_dir, resume, on_chunk, final_evaluation, shard_envs, lock is not None
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+class RunDirectoryLock:
+    """An exclusive `flock` on `LOCK_NAME` in a run directory, held while a run trains.
+
+    Creating it creates the directory (and its parents) if needed. The operating system drops
+    the lock when the process ends, however it ends, so a killed run leaves no stale lock.
+    `release` removes the directory again when this lock created it and nothing but the lock
+    file was written there (a start that failed before writing its config).
+
+    Raises:
+        ValueError: the path is a file or cannot be created or written, or another process
+            holds the lock.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ValueError(f"run directory {str(run_dir)!r} is invalid: it is a file")
+        self.created = not run_dir.exists()
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._file = open(run_dir / LOCK_NAME, "a")  # noqa: SIM115  (held until release)
+        except OSError as error:
+            raise ValueError(
+                f"run directory {str(run_dir)!r} cannot be created or written: {error}"
+            ) from None
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            raise ValueError(
+                f"run directory {str(run_dir)!r} is in use by another training process; wait "
+                "for it to end or choose another output directory"
+            ) from None
+
+    def release(self) -> None:
+        """Drop the lock, and remove a directory that this lock created and left empty."""
+        self._file.close()
+        if self.created and [path.name for path in self.run_dir.iterdir()] == [LOCK_NAME]:
+            (self.run_dir / LOCK_NAME).unlink()
+            self.run_dir.rmdir()
+
+
+def _run_training(
+    config: Config,
+    run_dir: Path,
+    resume: bool,
+    on_chunk: Callable[[ChunkProgress], None] | None,
+    final_evaluation: bool,
+    shard_envs: bool | None,
+    locked: bool,
+) -> dict[str, Any]:
+    """Train as `run_training` describes. `locked` is True when this process holds the run
+    directory's lock, so the directory exists already."""
     if jax.process_count() > 1:
         check_same_run_on_every_process(config, run_dir, resume)
     if not resume and (run_dir / CONFIG_NAME).exists():
@@ -268,7 +354,7 @@ def run_training(
         # Every process has checked run_dir above before process 0 writes to it.
         multihost_utils.sync_global_devices("rlli_jax.runner: run directory checked")
     created = primary and not run_dir.exists()
-    if primary:
+    if primary and not locked:
         run_dir.mkdir(parents=True, exist_ok=True)
     try:
         check_shared_directory(run_dir)

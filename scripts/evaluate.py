@@ -6,10 +6,12 @@ Example:
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from rlli_jax.checkpoint import Checkpointer
+from rlli_jax.config import check_seed
 from rlli_jax.runner import CHECKPOINT_DIR, evaluate_run, load_run_config, restore_train_state
 from rlli_jax.train import make_train
 
@@ -25,6 +27,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     try:
+        if args.seed is not None:
+            check_seed(args.seed, "--seed")
+        out = Path(args.out) if args.out else None
+        if out is not None:
+            check_output_file(out)
         overrides = []
         if args.episodes is not None:
             overrides.append(f"train.eval_episodes={args.episodes}")
@@ -36,10 +43,14 @@ def main(argv=None) -> int:
         if config.train.eval_episodes < 1:
             raise ValueError("eval_episodes is 0; pass --episodes N with N >= 1")
         program = make_train(config, check_memory=False)
-        checkpointer = Checkpointer(f"{args.run}/{CHECKPOINT_DIR}")
+        checkpoint_dir = Path(args.run) / CHECKPOINT_DIR
+        if not checkpoint_dir.is_dir():
+            raise ValueError(f"no checkpoint found in {checkpoint_dir}")
+        # Read-only: evaluating leaves the run as it was, unreadable checkpoints included.
+        checkpointer = Checkpointer(checkpoint_dir, read_only=True)
         restored = restore_train_state(program, checkpointer)
         if restored is None:
-            raise ValueError(f"no checkpoint found in {args.run}/{CHECKPOINT_DIR}")
+            raise ValueError(f"no checkpoint found in {checkpoint_dir}")
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -52,12 +63,31 @@ def main(argv=None) -> int:
     result["checkpoint_chunk"] = metadata["chunk"]
     result["env_steps"] = metadata["env_steps"]
     text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w") as stream:
-            stream.write(text + "\n")
-    print(text)
+    print(text)  # before writing --out, so a failed write loses no result
+    if out is not None:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            temporary = out.with_name(f".partial.{out.name}")
+            temporary.write_text(text + "\n")
+            temporary.replace(out)
+        except OSError as error:
+            print(f"error: could not write --out {out}: {error}", file=sys.stderr)
+            return 1
     return 0
+
+
+def check_output_file(out: Path) -> None:
+    """Raise ValueError if `out` cannot become a file: it is a folder, or its nearest existing
+    parent is a file or is not writable."""
+    if out.is_dir():
+        raise ValueError(f"--out = {str(out)!r} is invalid: it is a folder, expected a file path")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out = {str(out)!r} is invalid: {parent} is not a folder")
+            if not os.access(parent, os.W_OK):
+                raise ValueError(f"--out = {str(out)!r} is invalid: {parent} is not writable")
+            break
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from rlli_jax.config import load_config
 from rlli_jax.distributed import add_distributed_arguments, initialize_from_args
-from rlli_jax.runner import NonFiniteError, load_run_config, run_training
+from rlli_jax.runner import CONFIG_NAME, NonFiniteError, load_run_config, run_training
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -55,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace):
     overrides = list(args.set)
+    set_keys = {text.split("=", 1)[0].strip() for text in args.set}
     for flag, key in (
         ("algo", "agent.algo"),
         ("num_envs", "train.num_envs"),
@@ -63,6 +64,9 @@ def build_config(args: argparse.Namespace):
     ):
         value = getattr(args, flag)
         if value is not None:
+            if key in set_keys:
+                option = "--" + flag.replace("_", "-")
+                raise ValueError(f"{option} and --set {key}=... both set {key}: use one of them")
             overrides.append(f"{key}={value}")
     if args.resume:
         if overrides or args.config or args.out:
@@ -110,10 +114,18 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         summary = run_training(config, run_dir, resume=bool(args.resume), on_chunk=on_chunk)
-    except (ValueError, NonFiniteError) as error:
+    except (ValueError, NonFiniteError, OSError) as error:
         progress.close()
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        progress.close()
+        if (run_dir / CONFIG_NAME).exists():
+            hint = f"continue from the newest checkpoint with --resume {run_dir}"
+        else:
+            hint = "the run had not started, so nothing was written"
+        print(f"interrupted: {hint}", file=sys.stderr)
+        return 130
     progress.close()
     summary.pop("final_state")
     summary["wall_s"] = time.perf_counter() - start

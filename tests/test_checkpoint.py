@@ -18,6 +18,17 @@ def make_tree(offset: float):
     }
 
 
+def save_two_and_damage_second(directory):
+    """Save steps 1 and 2, then damage every data file of step 2, as a disk error would."""
+    checkpointer = Checkpointer(directory)
+    checkpointer.save(1, make_tree(1.0), {"chunk": 1})
+    checkpointer.save(2, make_tree(2.0), {"chunk": 2})
+    for path in (directory / "2" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"garbage")
+    return checkpointer
+
+
 def test_round_trip(tmp_path):
     checkpointer = Checkpointer(tmp_path / "ckpt")
     checkpointer.save(3, make_tree(1.0), {"chunk": 3})
@@ -41,13 +52,7 @@ def test_keeps_newest(tmp_path):
 
 
 def test_corrupt_latest_falls_back_to_previous(tmp_path):
-    checkpointer = Checkpointer(tmp_path / "ckpt")
-    checkpointer.save(1, make_tree(1.0), {"chunk": 1})
-    checkpointer.save(2, make_tree(2.0), {"chunk": 2})
-    # Damage every data file of step 2, as a disk error or a truncated copy would.
-    for path in (tmp_path / "ckpt" / "2" / "state").rglob("*"):
-        if path.is_file():
-            path.write_bytes(b"garbage")
+    checkpointer = save_two_and_damage_second(tmp_path / "ckpt")
     restored = checkpointer.restore_latest(make_tree(0.0))
     assert restored.step == 1
     assert [step for step, _ in restored.skipped] == [2]
@@ -55,12 +60,7 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path):
 
 
 def test_corrupt_step_is_moved_aside_and_saved_again(tmp_path):
-    checkpointer = Checkpointer(tmp_path / "ckpt")
-    checkpointer.save(1, make_tree(1.0), {"chunk": 1})
-    checkpointer.save(2, make_tree(2.0), {"chunk": 2})
-    for path in (tmp_path / "ckpt" / "2" / "state").rglob("*"):
-        if path.is_file():
-            path.write_bytes(b"garbage")
+    checkpointer = save_two_and_damage_second(tmp_path / "ckpt")
     assert checkpointer.restore_latest(make_tree(0.0)).step == 1
     # The damaged files are kept under another name, and step 2 can be written again.
     assert (tmp_path / "ckpt" / "corrupt-2").is_dir()
@@ -106,6 +106,65 @@ def test_metrics_truncate_after_resume_point(tmp_path):
     csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].split(",")[:3] == ["env_step", "kind", "reward"]
     assert len(csv_lines) == 3
+
+
+def test_shape_mismatch_names_first_array(tmp_path):
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    checkpointer.save(1, make_tree(1.0), {"chunk": 1})
+    target = make_tree(0.0)
+    target["params"]["w"] = jnp.zeros((3, 3))
+    # A fresh manager, as a resumed run has: the shapes must be readable before any restore.
+    with pytest.raises(ValueError, match=r"params/w is \(2, 3\) float32 in the checkpoint and "
+                       r"\(3, 3\) float32 for this config"):  # fmt: skip
+        Checkpointer(tmp_path / "ckpt").restore_latest(target)
+
+
+def test_missing_array_is_a_mismatch(tmp_path):
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    checkpointer.save(1, make_tree(1.0), {"chunk": 1})
+    target = make_tree(0.0)
+    target["extra"] = jnp.zeros(2)
+    with pytest.raises(ValueError, match=r"array extra is absent in the checkpoint"):
+        Checkpointer(tmp_path / "ckpt").restore_latest(target)
+
+
+def test_rejected_metadata_falls_back(tmp_path):
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    checkpointer.save(1, make_tree(1.0), {"chunk": 1})
+    checkpointer.save(2, make_tree(2.0), {"foo": 1})
+
+    def check(metadata):
+        return None if "chunk" in metadata else "metadata has no chunk"
+
+    restored = checkpointer.restore_latest(make_tree(0.0), check)
+    assert restored.step == 1
+    assert restored.skipped == ((2, "metadata has no chunk"),)
+
+
+def test_read_only_keeps_corrupt_step(tmp_path):
+    save_two_and_damage_second(tmp_path / "ckpt")
+    reader = Checkpointer(tmp_path / "ckpt", read_only=True)
+    assert reader.restore_latest(make_tree(0.0)).step == 1
+    assert sorted(path.name for path in (tmp_path / "ckpt").iterdir()) == ["1", "2"]
+    with pytest.raises(ValueError, match="read-only"):
+        reader.save(3, make_tree(3.0), {"chunk": 3})
+
+
+def test_read_only_needs_existing_directory(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        Checkpointer(tmp_path / "absent", read_only=True)
+    assert not (tmp_path / "absent").exists()
+
+
+def test_metrics_truncate_drops_damaged_lines(tmp_path):
+    writer = MetricsWriter(tmp_path)
+    writer.write({"reward": 1.0}, 10)
+    with (tmp_path / "metrics.jsonl").open("a") as stream:
+        stream.write('42\n{"env_step": "20", "kind": "train"}\n[1, 2]\n')
+    writer.write({"reward": 3.0}, 30)
+    writer.truncate_after(30)
+    assert [row["env_step"] for row in read_metrics(tmp_path)] == [10, 30]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_metrics_write_nan_as_null(tmp_path):

@@ -18,6 +18,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import train as train_script  # noqa: E402  (scripts/train.py)
 
+from rlli_jax.runner import RunDirectoryLock  # noqa: E402
+
 TINY_SETTINGS = [
     "env.num_users=3",
     "env.horizon=4",
@@ -50,6 +52,9 @@ def tiny_args(total_env_steps: int, eval_episodes: int = 0) -> list[str]:
         (["--set", "env.params.bandwidth_hz=-1"], "bandwidth_hz = -1.0 is invalid"),
         (["--config", "absent.yaml"], "not found"),
         (["--resume", "somewhere", "--seed", "3"], "do not combine"),
+        (["--seed", "4294967296"], r"invalid train.seed = 4294967296: must be an integer in"),
+        (["--algo", "ddpg", "--set", "agent.algo=gddpg"], "--algo and --set agent.algo="),
+        (["--num-envs", "8", "--set", "train.num_envs=4"], "--num-envs and --set train.num_envs"),
     ],
 )
 def test_bad_value_fails_before_compiling(argv, match, tmp_path, capsys, monkeypatch):
@@ -191,3 +196,79 @@ def test_existing_run_dir_requires_resume(tmp_path, capsys):
     code = train_script.main(tiny_args(64) + ["--out", str(tmp_path)])
     assert code == 1
     assert "already contains a run" in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_fails_cleanly(tmp_path, capsys):
+    path = tmp_path / "file"
+    path.write_text("not a folder")
+    code = train_script.main(tiny_args(64) + ["--out", str(path)])
+    assert code == 1
+    assert "is invalid: it is a file" in capsys.readouterr().err
+    assert path.read_text() == "not a folder"
+
+
+def test_interrupt_prints_resume_hint(tmp_path, monkeypatch, capsys):
+    def interrupt(config, run_dir, **kwargs):
+        (Path(run_dir) / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "config.yaml").write_text("{}\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_script, "run_training", interrupt)
+    code = train_script.main(tiny_args(64) + ["--out", str(tmp_path / "run")])
+    assert code == 130
+    assert f"--resume {tmp_path / 'run'}" in capsys.readouterr().err
+
+
+def test_run_directory_lock_rejects_second_holder(tmp_path):
+    first = RunDirectoryLock(tmp_path / "run")
+    try:
+        with pytest.raises(ValueError, match="in use by another training process"):
+            RunDirectoryLock(tmp_path / "run")
+    finally:
+        first.release()
+    # The lock dies with its holder: a later run can take it.
+    RunDirectoryLock(tmp_path / "run").release()
+
+
+def test_run_directory_lock_removes_directory_it_left_empty(tmp_path):
+    lock = RunDirectoryLock(tmp_path / "a" / "run")
+    assert (tmp_path / "a" / "run" / ".lock").is_file()
+    lock.release()
+    assert not (tmp_path / "a" / "run").exists()
+
+
+def test_run_directory_lock_keeps_written_directory(tmp_path):
+    lock = RunDirectoryLock(tmp_path / "run")
+    (tmp_path / "run" / "config.yaml").write_text("{}\n")
+    lock.release()
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_second_run_on_same_out_is_rejected(tmp_path, capsys):
+    lock = RunDirectoryLock(tmp_path / "run")  # a run of another process, still training
+    try:
+        code = train_script.main(tiny_args(64) + ["--out", str(tmp_path / "run")])
+    finally:
+        lock.release()
+    assert code == 1
+    assert "in use by another training process" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_plot_checks_out_and_metric_names(tmp_path, capsys):
+    import plot as plot_script  # scripts/plot.py
+
+    from rlli_jax.metrics import MetricsWriter
+
+    run_dir = tmp_path / "run"
+    writer = MetricsWriter(run_dir)
+    for step in (8, 16):
+        writer.write({"qoe": 3.0, "episode_return": 1.0}, step)
+    assert plot_script.main([str(run_dir), "--out", str(tmp_path / "c.jpgx")]) == 2
+    assert "expected a .png file path" in capsys.readouterr().err
+    argv = [str(run_dir), "--metrics", "qoe", "qeo", "--out", str(tmp_path / "c.png")]
+    assert plot_script.main(argv) == 2
+    assert "--metrics ['qeo'] not found" in capsys.readouterr().err
+    argv = [str(run_dir), "--metrics", "qoe", "--out", str(tmp_path / "sub" / "c.png")]
+    assert plot_script.main(argv) == 0
+    assert (tmp_path / "sub" / "c.png").stat().st_size > 0
