@@ -4,6 +4,7 @@ Library code only: it returns records; `scripts/benchmark.py` prints and writes 
 """
 
 import dataclasses
+import math
 import platform
 import re
 import shutil
@@ -579,8 +580,9 @@ def benchmark_update(
 
 
 def _train_program(num_envs: int, overrides: tuple[str, ...] = ()):
-    """Build the default config's training program at `num_envs`, with warmup over after the
-    first chunk so timed chunks run their gradient steps."""
+    """Build the default config's training program at `num_envs`, with a warmup just long
+    enough to store one batch, so every iteration of the chunks after `warmup_chunks(config)`
+    runs its gradient steps."""
     from rlli_jax.config import load_config
     from rlli_jax.train import make_train
 
@@ -589,22 +591,36 @@ def _train_program(num_envs: int, overrides: tuple[str, ...] = ()):
         (
             f"train.num_envs={num_envs}",
             "train.steps_per_chunk=4",
-            f"train.warmup_env_steps={num_envs}",
             f"train.total_env_steps={num_envs * 4 * 4}",
             f"train.buffer_size={max(4 * 4 * num_envs, 4096)}",
             *overrides,
         ),
     )
+    # Updates wait for batch_size stored transitions, which a few envs take several chunks
+    # to collect; random actions until then keep the timed chunks' work the same.
+    warmup = max(num_envs, config.agent.batch_size)
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, warmup_env_steps=warmup)
+    )
     return config, make_train(config)
 
 
-def _time_chunks(run_chunk, state, hyper, repeats: int) -> tuple[float, tuple[float, ...]]:
-    """Compile a training-chunk function, run one warm-up chunk, then time `repeats` chunks,
-    each continuing from the previous state. Returns (compile seconds, per-chunk seconds)."""
+def warmup_chunks(config) -> int:
+    """Return how many chunks of `config` pass before every iteration runs gradient steps."""
+    return math.ceil(config.train.warmup_iterations / config.train.steps_per_chunk)
+
+
+def _time_chunks(
+    run_chunk, state, hyper, repeats: int, warmup: int = 1
+) -> tuple[float, tuple[float, ...]]:
+    """Compile a training-chunk function, run `warmup` untimed chunks, then time `repeats`
+    chunks, each continuing from the previous state. Returns (compile seconds, per-chunk
+    seconds)."""
     start = time.perf_counter()
     compiled = run_chunk.lower(state, hyper).compile()
     compile_s = time.perf_counter() - start
-    state, _ = compiled(state, hyper)  # warm-up, which also ends the random-action warmup
+    for _ in range(max(warmup, 1)):  # at least one, which also warms up the compiled call
+        state, _ = compiled(state, hyper)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -624,7 +640,9 @@ def benchmark_train(
         config, program = _train_program(num_envs, overrides)
         hyper = program.default_hyperparams
         state = program.init(jax.random.key(0), hyper)
-        compile_s, times = _time_chunks(program.run_chunk, state, hyper, repeats)
+        compile_s, times = _time_chunks(
+            program.run_chunk, state, hyper, repeats, warmup_chunks(config)
+        )
         steps = config.train.steps_per_chunk
         label = f"train {config.agent.algo} updates/step={config.train.updates_per_step}"
         measurements.append(
@@ -705,7 +723,7 @@ def benchmark_sweep(
         keys = jax.random.split(jax.random.key(0), num_members)
         state = jax.vmap(program.init, in_axes=(0, None))(keys, hyper)
         chunk = jax.jit(jax.vmap(program.run_chunk, in_axes=(0, None)))
-        compile_s, times = _time_chunks(chunk, state, hyper, repeats)
+        compile_s, times = _time_chunks(chunk, state, hyper, repeats, warmup_chunks(config))
         steps = config.train.steps_per_chunk
         measurements.append(
             Measurement(

@@ -37,7 +37,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         nargs="+",
         default=DEFAULT_NUM_ENVS,
-        help="numbers of parallel environments to measure",
+        help="numbers of parallel environments to measure in the env and act suites (the "
+        "update suite measures batch sizes 256, 512 and 1024 instead)",
     )
     parser.add_argument(
         "--numpy-envs",
@@ -122,6 +123,13 @@ def check_output_folder(parser: argparse.ArgumentParser, out: Path) -> None:
         path = out / name
         if path.exists() and not path.is_file():
             parser.error(f"--out = {out} is invalid: {path} exists and is not a file")
+    # The nearest folder that exists must take new files: out itself, or the parent that the
+    # missing folders will be created in.
+    existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
+    if not existing.is_dir():
+        parser.error(f"--out = {out} is invalid: {existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        parser.error(f"--out = {out} is invalid: {existing} is not writable")
 
 
 def write_outputs(out: Path, document: dict) -> None:

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rlli_jax.metrics import JSONL_NAME, plot_learning_curves
+from rlli_jax.metrics import JSONL_NAME, plot_learning_curves, read_metrics
 
 
 def main(argv=None) -> int:
@@ -26,8 +26,29 @@ def main(argv=None) -> int:
     if missing:
         print(f"error: no {JSONL_NAME} in {missing}", file=sys.stderr)
         return 2
-    plot_learning_curves(args.runs, args.out, tuple(args.metrics))
-    print(args.out)
+    out = Path(args.out)
+    if out.suffix.lower() != ".png" or out.is_dir():
+        print(f"error: --out = {args.out!r} is invalid: expected a .png file path", file=sys.stderr)
+        return 2
+    known = set()
+    for run in args.runs:
+        for row in read_metrics(run):
+            known.update(row)
+    unknown = [name for name in args.metrics if name not in known]
+    if unknown:
+        print(
+            f"error: --metrics {unknown} not found in the runs' metrics; known names: "
+            f"{sorted(known - {'env_step', 'kind'})}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plot_learning_curves(args.runs, out, tuple(args.metrics))
+    except OSError as error:
+        print(f"error: could not write --out {args.out}: {error}", file=sys.stderr)
+        return 1
+    print(out)
     return 0
 
 

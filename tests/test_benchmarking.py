@@ -324,3 +324,21 @@ def test_markdown_report_names_profile_failure():
 def test_profile_envs_default_follows_suites(argv, profile_envs, tmp_path):
     args = benchmark_script.parse_args([*argv, "--out", str(tmp_path)])
     assert args.profile_envs == profile_envs
+
+
+@pytest.mark.parametrize("num_envs", [8, 4096])
+def test_train_warmup_stores_a_batch_before_timing(num_envs):
+    # Updates wait for batch_size stored transitions; a timed chunk before that would report
+    # gradient steps that never ran.
+    config, _ = benchmarking._train_program(num_envs)
+    chunks = benchmarking.warmup_chunks(config)
+    stored = chunks * config.train.steps_per_chunk * num_envs
+    assert stored >= config.agent.batch_size
+    assert chunks * config.train.steps_per_chunk >= config.train.warmup_iterations
+
+
+def test_script_rejects_out_under_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        benchmark_script.main(["--suite", "env", "--out", str(tmp_path / "file" / "bench")])
+    assert "is not a folder" in capsys.readouterr().err
