@@ -87,13 +87,19 @@ def make_env(config: Config) -> DiffusionServiceEnv:
     """Build the environment of `config.env`, with its reward network checkpoint if it names one.
 
     Raises:
-        ValueError: the checkpoint cannot be loaded (wrong format, version or shapes).
+        ValueError: naming env.reward_net, when the checkpoint cannot be loaded (wrong format,
+            version or shapes, or metadata that is not valid JSON).
     """
     qoe_model = None
     if config.env.reward_net is not None:
         from rlli_jax.qoe.reward_net import RewardNetQoE
 
-        qoe_model = RewardNetQoE.from_checkpoint(Path(config.env.reward_net).expanduser())
+        try:
+            qoe_model = RewardNetQoE.from_checkpoint(Path(config.env.reward_net).expanduser())
+        except ValueError as error:
+            raise ValueError(
+                f"invalid env.reward_net = {config.env.reward_net!r}: {error}"
+            ) from None
     return DiffusionServiceEnv(
         num_users=config.env.num_users, horizon=config.env.horizon, qoe_model=qoe_model
     )

@@ -18,7 +18,41 @@ from tqdm import tqdm
 import rlli_jax
 from rlli_jax.qoe.dataset import load_ratings
 from rlli_jax.qoe.distill import DistillConfig, distill
-from rlli_jax.qoe.reward_net import save_reward_net
+from rlli_jax.qoe.reward_net import check_checkpoint_destination, save_reward_net
+
+
+def parse_hidden_sizes(text: str) -> tuple[int, ...]:
+    """Parse --hidden-sizes, e.g. "64,64", into a tuple of positive ints."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or any(size <= 0 for size in sizes):
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected comma-separated positive integers, e.g. 64,64"
+        )
+    return sizes
+
+
+def check_out_path(out: Path, ratings: Path, overwrite: bool) -> None:
+    """Reject an --out that training would fail to write or whose overwrite would lose data.
+
+    Raises:
+        ValueError: --out is, or contains, the --ratings file, or it exists and is not a
+            checkpoint that --overwrite may replace (see `check_checkpoint_destination`).
+    """
+    out_resolved = out.resolve()
+    ratings_resolved = ratings.resolve()
+    if ratings_resolved == out_resolved or out_resolved in ratings_resolved.parents:
+        raise ValueError(
+            f"--out {out} contains the --ratings file {ratings}; choose another output directory"
+        )
+    if out.exists() and not overwrite:
+        raise ValueError(f"--out {out} already exists; pass --overwrite to replace it")
+    try:
+        check_checkpoint_destination(out, overwrite)
+    except ValueError as error:
+        raise ValueError(f"invalid --out: {error}") from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,7 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ratings", type=Path, required=True, help="JSONL or JSONL.gz file")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out, if it is an empty directory or a reward-net checkpoint",
+    )
     parser.add_argument(
         "--strict", action="store_true", help="fail on any invalid line instead of skipping it"
     )
@@ -45,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument(
         "--hidden-sizes",
-        type=lambda text: tuple(int(part) for part in text.split(",")),
+        type=parse_hidden_sizes,
         default=defaults.hidden_sizes,
         help="comma-separated hidden layer widths, e.g. 64,64",
     )
@@ -65,8 +103,7 @@ def main(argv=None) -> int:
         validation_fraction=args.validation_fraction,
         seed=args.seed,
     )
-    if args.out.exists() and not args.overwrite:
-        raise ValueError(f"--out {args.out} already exists; pass --overwrite to replace it")
+    check_out_path(args.out, args.ratings, args.overwrite)
 
     dataset = load_ratings(args.ratings, strict=args.strict)
     label = " (simulated)" if dataset.all_simulated else ""

@@ -73,8 +73,15 @@ def test_model_is_hashable_static():
 
 @pytest.mark.parametrize("hidden_sizes", [(), (64, 0), (64, -1), (64, 2.5)])
 def test_model_rejects_bad_hidden_sizes(hidden_sizes):
-    with pytest.raises(ValueError, match="hidden_sizes must be a non-empty tuple"):
+    with pytest.raises(ValueError, match="hidden_sizes must be a non-empty list or tuple"):
         RewardNetQoE(hidden_sizes=hidden_sizes)
+
+
+def test_model_rejects_hidden_sizes_string():
+    with pytest.raises(ValueError, match="got '64,64' of type str"):
+        RewardNetQoE(hidden_sizes="64,64")
+    with pytest.raises(ValueError, match="got '64,64' of type str"):
+        DistillConfig(hidden_sizes="64,64")
 
 
 @pytest.mark.parametrize(
@@ -207,6 +214,83 @@ def test_load_other_format_name(small_result, tmp_path):
         load_reward_net(path)
 
 
+def save_tiny_checkpoint(path) -> None:
+    model = RewardNetQoE(hidden_sizes=(4,))
+    save_reward_net(path, model, model.init_params(jax.random.key(0)))
+
+
+def test_load_garbled_metadata_names_file(tmp_path):
+    path = tmp_path / "reward_net"
+    save_tiny_checkpoint(path)
+    metadata_file = path / "metadata" / "metadata"
+    metadata_file.write_text('{"format": "rlli_jax.reward_net", bad', encoding="utf-8")
+    with pytest.raises(ValueError, match="is not valid JSON") as error:
+        load_reward_net(path)
+    assert str(metadata_file) in str(error.value)
+
+
+def test_load_hidden_sizes_string(tmp_path):
+    path = tmp_path / "reward_net"
+    save_tiny_checkpoint(path)
+    rewrite_metadata(path, hidden_sizes="64,64")
+    with pytest.raises(ValueError, match="got '64,64' of type str") as error:
+        load_reward_net(path)
+    assert str(path) in str(error.value)
+
+
+def test_env_config_garbled_metadata_names_field(tmp_path):
+    from rlli_jax.config import load_config
+    from rlli_jax.train import make_env
+
+    path = tmp_path / "reward_net"
+    save_tiny_checkpoint(path)
+    (path / "metadata" / "metadata").write_text("{bad", encoding="utf-8")
+    config = load_config(None, [f"env.reward_net={path}", "env.num_users=2"])
+    with pytest.raises(ValueError, match=r"invalid env\.reward_net = .*is not valid JSON"):
+        make_env(config)
+
+
+def test_overwrite_replaces_checkpoint_or_empty_dir(tmp_path):
+    checkpoint = tmp_path / "reward_net"
+    save_tiny_checkpoint(checkpoint)
+    (checkpoint / "metrics.json").write_text("{}", encoding="utf-8")
+    model = RewardNetQoE(hidden_sizes=(2,))
+    save_reward_net(checkpoint, model, model.init_params(jax.random.key(1)), overwrite=True)
+    assert load_reward_net(checkpoint)[0].hidden_sizes == (2,)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    save_reward_net(empty, model, model.init_params(jax.random.key(1)), overwrite=True)
+    assert load_reward_net(empty)[0].hidden_sizes == (2,)
+
+
+def test_overwrite_rejects_other_folder(tmp_path):
+    model = RewardNetQoE(hidden_sizes=(4,))
+    params = model.init_params(jax.random.key(0))
+    folder = tmp_path / "data"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "notes.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(ValueError, match="neither empty nor a reward-net checkpoint"):
+        save_reward_net(folder, model, params, overwrite=True)
+    assert (folder / "sub" / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+    plain_file = tmp_path / "file.txt"
+    plain_file.write_text("keep me", encoding="utf-8")
+    with pytest.raises(ValueError, match="it is not a directory"):
+        save_reward_net(plain_file, model, params, overwrite=True)
+    assert plain_file.read_text(encoding="utf-8") == "keep me"
+
+
+def test_overwrite_rejects_checkpoint_with_extra_files(tmp_path):
+    path = tmp_path / "reward_net"
+    save_tiny_checkpoint(path)
+    (path / "notes.txt").write_text("keep me", encoding="utf-8")
+    model = RewardNetQoE(hidden_sizes=(4,))
+    with pytest.raises(ValueError, match=r"also contains \['notes.txt'\]"):
+        save_reward_net(path, model, model.init_params(jax.random.key(0)), overwrite=True)
+    assert (path / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+
 def test_default_qoe_model_is_shipped_reward_net():
     model = default_qoe_model()
     assert isinstance(model, RewardNetQoE)
@@ -275,3 +359,38 @@ def test_distill_script_strict_and_default(small_dataset, tmp_path, capsys):
 
     with pytest.raises(ValueError, match="already exists"):
         distill_main([*options, "--out", str(tmp_path / "net")])
+
+
+def test_distill_script_protects_out(tmp_path):
+    distill_main = load_script("distill_reward").main
+    folder = tmp_path / "data"
+    (folder / "sub").mkdir(parents=True)
+    ratings = folder / "ratings.jsonl"
+    ratings.write_text("{}\n", encoding="utf-8")
+    (folder / "sub" / "notes.txt").write_text("keep me", encoding="utf-8")
+    options = ["--ratings", str(ratings), "--epochs", "3", "--overwrite"]
+
+    for out in (folder, ratings):
+        with pytest.raises(ValueError, match="contains the --ratings file"):
+            distill_main([*options, "--out", str(out)])
+    with pytest.raises(ValueError, match="neither empty nor a reward-net checkpoint"):
+        distill_main([*options, "--out", str(folder / "sub")])
+    assert ratings.read_text(encoding="utf-8") == "{}\n"
+    assert (folder / "sub" / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_distill_script_ratings_directory(tmp_path):
+    distill_main = load_script("distill_reward").main
+    with pytest.raises(RatingsFileError, match="is a directory, not a file"):
+        distill_main(["--ratings", str(tmp_path), "--out", str(tmp_path / "net")])
+
+
+def test_distill_script_bad_hidden_sizes(tmp_path, capsys):
+    distill_main = load_script("distill_reward").main
+    options = ["--ratings", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "net")]
+    with pytest.raises(SystemExit):
+        distill_main([*options, "--hidden-sizes", "64,x"])
+    error = capsys.readouterr().err
+    assert "argument --hidden-sizes: invalid value '64,x'" in error
+    assert "comma-separated positive integers" in error
+    assert "lambda" not in error

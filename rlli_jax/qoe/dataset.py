@@ -219,9 +219,14 @@ def load_ratings(path: str | Path, strict: bool = False) -> RatingsDataset:
     line raises. Blank lines are ignored.
 
     Raises:
-        RatingsFileError: the file is missing or unreadable, or strict mode found invalid lines.
+        RatingsFileError: the file is missing, a directory or unreadable, or strict mode found
+            invalid lines.
     """
     path = Path(path)
+    if path.is_dir():
+        raise RatingsFileError(
+            f"ratings file {path} is a directory, not a file; pass the .jsonl or .jsonl.gz file"
+        )
     if not path.is_file():
         raise RatingsFileError(f"ratings file not found: {path}")
 

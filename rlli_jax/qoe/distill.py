@@ -19,7 +19,12 @@ import optax
 import scipy.stats
 
 from rlli_jax.qoe.dataset import RatingsDataset
-from rlli_jax.qoe.reward_net import DEFAULT_HIDDEN_SIZES, RewardNetQoE, reward_net_inputs
+from rlli_jax.qoe.reward_net import (
+    DEFAULT_HIDDEN_SIZES,
+    RewardNetQoE,
+    reward_net_inputs,
+    validate_hidden_sizes,
+)
 from rlli_jax.qoe.simulator import simulated_mos
 
 # Smallest input standard deviation used for normalisation, so a constant input cannot divide
@@ -42,7 +47,7 @@ class DistillConfig:
     seed: int = 0
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
+        object.__setattr__(self, "hidden_sizes", validate_hidden_sizes(self.hidden_sizes))
         positive = {
             "learning_rate": self.learning_rate,
             "batch_size": self.batch_size,
@@ -58,7 +63,6 @@ class DistillConfig:
             raise ValueError(
                 f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
             )
-        RewardNetQoE(hidden_sizes=self.hidden_sizes)  # validates hidden_sizes
 
 
 @dataclasses.dataclass(frozen=True)

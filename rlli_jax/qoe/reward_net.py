@@ -14,6 +14,7 @@ format name and version, hidden sizes, input names, training config, dataset has
 
 import dataclasses
 import functools
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,12 @@ CHECKPOINT_FORMAT = "rlli_jax.reward_net"
 CHECKPOINT_FORMAT_VERSION = 1
 # The shipped default, distilled from the shipped simulated ratings (docs/qoe.md).
 DEFAULT_CHECKPOINT_NAME = "reward_net_simulated_v1"
+# Top-level entries of a checkpoint directory: the two orbax items, the files orbax 0.12 writes
+# beside them, and the metrics.json of scripts/distill_reward.py. An overwrite deletes the whole
+# directory, so it is rejected when anything else is there.
+CHECKPOINT_ENTRIES = frozenset(
+    {"params", "metadata", "_CHECKPOINT_METADATA", "commit_success.txt", "metrics.json"}
+)
 
 
 class RewardMLP(nn.Module):
@@ -56,11 +63,19 @@ def reward_net_inputs(traits: jax.Array, quality: jax.Array, latency_s: jax.Arra
     return jnp.concatenate([traits, quality[..., None], log_latency[..., None]], axis=-1)
 
 
-def _validate_hidden_sizes(hidden_sizes) -> tuple[int, ...]:
+def validate_hidden_sizes(hidden_sizes) -> tuple[int, ...]:
+    """Return `hidden_sizes` as a tuple after checking that it is a non-empty list of ints > 0.
+
+    Raises:
+        ValueError: naming the value and the rule; a string such as "64,64" is rejected whole.
+    """
+    rule = "hidden_sizes must be a non-empty list or tuple of positive ints"
+    if not isinstance(hidden_sizes, list | tuple):
+        raise ValueError(f"{rule}, got {hidden_sizes!r} of type {type(hidden_sizes).__name__}")
     sizes = tuple(hidden_sizes)
     valid = all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)
     if not sizes or not valid:
-        raise ValueError(f"hidden_sizes must be a non-empty tuple of positive ints, got {sizes!r}")
+        raise ValueError(f"{rule}, got {sizes!r}")
     return sizes
 
 
@@ -76,7 +91,7 @@ class RewardNetQoE:
     name: str = "reward_net"
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden_sizes", _validate_hidden_sizes(self.hidden_sizes))
+        object.__setattr__(self, "hidden_sizes", validate_hidden_sizes(self.hidden_sizes))
 
     @property
     def network(self) -> RewardMLP:
@@ -138,16 +153,17 @@ def save_reward_net(
     """Save parameters and JSON metadata as an orbax checkpoint directory; returns its path.
 
     `metadata` is merged under the format fields this module writes (format, version, hidden
-    sizes, input names); it must be JSON-serialisable.
+    sizes, input names); it must be JSON-serialisable. With `overwrite`, an existing `path` is
+    deleted and written anew, but only when `check_checkpoint_destination` accepts it.
 
     Raises:
-        ValueError: `path` exists and `overwrite` is False, or the params do not fit the model.
+        ValueError: `path` exists and `overwrite` is False, `path` is something other than an
+            empty directory or a reward-net checkpoint, or the params do not fit the model.
     """
     import orbax.checkpoint as ocp  # imported here: orbax is slow to import and only needed here
 
     path = Path(path).resolve()
-    if path.exists() and not overwrite:
-        raise ValueError(f"checkpoint directory already exists: {path}; pass overwrite=True")
+    check_checkpoint_destination(path, overwrite)
     expected = _tree_shapes(jax.eval_shape(model.init_params, jax.random.key(0)))
     _check_shapes(path, _tree_shapes(params), expected, model.hidden_sizes)
 
@@ -168,6 +184,48 @@ def save_reward_net(
             force=overwrite,
         )
     return path
+
+
+def check_checkpoint_destination(path: str | Path, overwrite: bool) -> None:
+    """Check that a checkpoint may be written to `path` without deleting anything else.
+
+    A missing `path` is accepted. An existing one is accepted only with `overwrite`, and only
+    when it is an empty directory or a reward-net checkpoint (metadata format
+    `CHECKPOINT_FORMAT`) with no top-level entries beyond `CHECKPOINT_ENTRIES`.
+
+    Raises:
+        ValueError: naming the path and why it may not be replaced.
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not overwrite:
+        raise ValueError(f"checkpoint directory already exists: {path}; pass overwrite=True")
+    if path.is_symlink() or not path.is_dir():
+        raise ValueError(
+            f"cannot overwrite {path}: it is not a directory, so it is not a reward-net "
+            "checkpoint; choose another output path"
+        )
+    entries = sorted(entry.name for entry in path.iterdir())
+    if not entries:
+        return
+    metadata_file = path / "metadata" / "metadata"
+    try:
+        metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        metadata = None
+    if not isinstance(metadata, dict) or metadata.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"cannot overwrite {path}: it is neither empty nor a reward-net checkpoint "
+            f"({metadata_file} does not contain format {CHECKPOINT_FORMAT!r}); "
+            "choose another output path"
+        )
+    unexpected = [name for name in entries if name not in CHECKPOINT_ENTRIES]
+    if unexpected:
+        raise ValueError(
+            f"cannot overwrite reward-net checkpoint {path}: it also contains {unexpected}, "
+            "which overwriting would delete; move them out or choose another output path"
+        )
 
 
 def _check_shapes(path, found: dict, expected: dict, hidden_sizes) -> None:
@@ -196,7 +254,8 @@ def load_reward_net(
 
     Raises:
         ValueError: naming the file and the problem: not found, not a reward-net checkpoint,
-            another format version, other hidden sizes, or arrays of the wrong shape.
+            metadata that is not valid JSON, another format version, hidden sizes that are
+            invalid or differ from the expected ones, or arrays of the wrong shape.
     """
     import orbax.checkpoint as ocp
 
@@ -209,9 +268,16 @@ def load_reward_net(
         )
 
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        metadata = checkpointer.restore(path, ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
-            "metadata"
-        ]
+        try:
+            restored = checkpointer.restore(
+                path, ocp.args.Composite(metadata=ocp.args.JsonRestore())
+            )
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"reward-net checkpoint {path}: metadata file {path / 'metadata' / 'metadata'} "
+                f"is not valid JSON: {error}"
+            ) from None
+        metadata = restored["metadata"]
         if not isinstance(metadata, dict) or metadata.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(
                 f"{path} is not a reward-net checkpoint: metadata format is "
@@ -226,7 +292,7 @@ def load_reward_net(
                 "distil it again with scripts/distill_reward.py"
             )
         try:
-            stored_sizes = _validate_hidden_sizes(metadata.get("hidden_sizes") or ())
+            stored_sizes = validate_hidden_sizes(metadata.get("hidden_sizes"))
         except ValueError as error:
             raise ValueError(f"reward-net checkpoint {path}: {error}") from None
         if hidden_sizes is not None and tuple(hidden_sizes) != stored_sizes:
