@@ -6,7 +6,12 @@ Examples:
         --model gemma-3-270m --num 300 --out ratings_gemma.jsonl --concurrency 2
 
 Requests 0 .. num-1 are fixed by --seed; a re-run with the same arguments skips the request ids
-already in --out and sends only the rest.
+already in --out and sends only the rest. The settings that define the requests and the rater
+are stored in OUT.settings.json, and a re-run with other settings is rejected before sending
+anything. Failed requests are skipped too unless --retry-failed is given.
+
+Exit status: 0 on success, 1 when requests were sent and none of them got a rating, 2 on
+invalid arguments.
 """
 
 import argparse
@@ -20,7 +25,8 @@ from rlli_jax.env.prompts import load_prompt_bank
 from rlli_jax.qoe.collect import (
     OutcomeRanges,
     collect_ratings,
-    read_request_ids,
+    collection_settings,
+    prepare_ratings_file,
     request_id,
     sample_requests,
 )
@@ -89,6 +95,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--max-latency", type=float, default=OutcomeRanges.max_latency_s, help="seconds"
     )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="send the requests stored as failed in --out again; their old records are kept",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every retry and failure")
     return parser.parse_args(argv)
 
@@ -113,6 +124,18 @@ def build_rater(args: argparse.Namespace):
     )
 
 
+def rater_options(args: argparse.Namespace) -> dict:
+    """Return the backend options that change the ratings, stored with the collection settings."""
+    if args.backend != "openai":
+        return {}
+    return {
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "response_format": args.response_format,
+        "merge_system_message": args.merge_system_message,
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -130,9 +153,13 @@ def main(argv=None) -> int:
     rater = build_rater(args)
     prompt_texts = load_prompt_bank().texts
 
-    done_ids = read_request_ids(args.out)
-    pending = [index for index in range(args.num) if request_id(args.seed, index) not in done_ids]
+    settings = collection_settings(args.seed, ranges, prompt_texts, rater, rater_options(args))
+    statuses = prepare_ratings_file(args.out, settings)
+    run_statuses = [statuses.get(request_id(args.seed, index)) for index in range(args.num)]
+    skipped_statuses = ("ok",) if args.retry_failed else ("ok", "failed")
+    pending = [index for index, status in enumerate(run_statuses) if status not in skipped_statuses]
     num_done = args.num - len(pending)
+    num_stored_failures = 0 if args.retry_failed else run_statuses.count("failed")
     counts = {"ok": 0, "failed": 0}
 
     def count_result(result) -> None:
@@ -147,11 +174,24 @@ def main(argv=None) -> int:
             )
             collect_ratings(rater, requests, args.out, on_result=count_result)
 
+    stored_failures = ""
+    if num_stored_failures:
+        stored_failures = (
+            f", {num_stored_failures} of them stored as failures "
+            "(pass --retry-failed to send them again)"
+        )
     print(
         f"{args.out}: {counts['ok']} new ratings, {counts['failed']} new failures, "
-        f"{num_done} requests already present (skipped)"
+        f"{num_done} requests already present (skipped){stored_failures}"
         + (" [simulated ratings]" if rater.simulated else "")
     )
+    if pending and counts["ok"] == 0:
+        print(
+            f"error: all {len(pending)} requests failed; the error field of their records in "
+            f"{args.out} says why (--verbose logs each failure)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -1,9 +1,12 @@
 """Ratings dataset: record validation, loader line reports, hashing, and resumable collection."""
 
+import dataclasses
 import gzip
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +15,13 @@ import pytest
 from rlli_jax.qoe.collect import (
     OutcomeRanges,
     collect_ratings,
+    collection_settings,
+    prepare_ratings_file,
     read_request_ids,
+    read_request_statuses,
     request_id,
     sample_requests,
+    settings_path,
 )
 from rlli_jax.qoe.dataset import (
     RatingsFileError,
@@ -144,6 +151,27 @@ def test_loader_skips_and_counts_bad_lines(tmp_path):
     assert "'latency_s' must be finite, got nan" in reasons[5]
     assert "invalid JSON" in reasons[6]
     assert "duplicate request_id 's0-0000000'" in reasons[9]
+
+
+def test_loader_accepts_retry_after_failure(tmp_path):
+    path = tmp_path / "ratings.jsonl"
+    failed = good_record(0, status="failed", rating=None, error="HTTP 500")
+    write_lines(
+        path,
+        [
+            json.dumps(failed),
+            json.dumps(failed),
+            json.dumps(good_record(0, rating=3)),  # the retry that succeeded
+            json.dumps(good_record(0, rating=5)),  # a repeat after "ok": invalid
+            json.dumps(good_record(1, status="failed", rating=None, error="timeout")),
+        ],
+    )
+    dataset = load_ratings(path)
+    assert dataset.request_ids == ("s0-0000000",)
+    np.testing.assert_array_equal(dataset.ratings, [3.0])
+    assert dataset.num_failed == 1
+    assert [bad.line_number for bad in dataset.bad_lines] == [4]
+    assert "duplicate request_id 's0-0000000'" in dataset.bad_lines[0].reason
 
 
 def test_loader_skips_line_with_invalid_utf8(tmp_path):
@@ -320,6 +348,164 @@ def test_rate_script_resumes(tmp_path, capsys):
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 9
     assert len({json.loads(line)["request_id"] for line in lines}) == 9
+
+
+def test_read_statuses_skip_invalid_lines(tmp_path):
+    path = tmp_path / "ratings.jsonl"
+    write_lines(path, bad_file_lines())
+    statuses = read_request_statuses(path)
+    assert statuses == {"s0-0000000": "ok", "s0-0000006": "failed", "s0-0000007": "ok"}
+    assert read_request_ids(path) == set(statuses)
+
+
+def test_rate_script_resends_invalid_line(tmp_path, capsys):
+    rate_main = load_script("rate").main
+    path = tmp_path / "ratings.jsonl"
+    options = ["--backend", "simulator", "--num", "4", "--out", str(path)]
+    assert rate_main(options) == 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    record = json.loads(lines[1])
+    del record["quality"]
+    lines[1] = json.dumps(record)
+    write_lines(path, lines)
+    capsys.readouterr()
+
+    assert rate_main(options) == 0
+    output = capsys.readouterr().out
+    assert "1 new ratings" in output
+    assert "3 requests already present" in output
+    dataset = load_ratings(path)
+    assert sorted(dataset.request_ids) == [request_id(0, i) for i in range(4)]
+    assert [bad.line_number for bad in dataset.bad_lines] == [2]
+    assert "missing field(s) ['quality']" in dataset.bad_lines[0].reason
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--min-quality", "0.9", "min_quality = 0.0 in the file, 0.9 now"),
+        ("--max-latency", "20", "max_latency_s = 60.0 in the file, 20.0 now"),
+        ("--seed", "1", "seed = 0 in the file, 1 now"),
+    ],
+)
+def test_rate_script_rejects_changed_settings(tmp_path, option, value, message):
+    rate_main = load_script("rate").main
+    path = tmp_path / "ratings.jsonl"
+    options = ["--backend", "simulator", "--num", "5", "--out", str(path)]
+    assert rate_main(options) == 0
+    before = path.read_text(encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        rate_main([*options, option, value])
+    assert path.read_text(encoding="utf-8") == before
+
+
+def test_rate_script_rejects_other_backend(tmp_path):
+    rate_main = load_script("rate").main
+    path = tmp_path / "ratings.jsonl"
+    assert rate_main(["--backend", "simulator", "--num", "2", "--out", str(path)]) == 0
+    # The check runs before any request, so nothing listens on this address.
+    openai = ["--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
+    with pytest.raises(ValueError, match="backend = 'simulator' in the file, 'openai' now"):
+        rate_main([*openai, "--num", "2", "--out", str(path)])
+    assert len(path.read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_prepare_checks_records_without_settings(tmp_path):
+    path = tmp_path / "ratings.jsonl"
+    rater = SimulatorRater(seed=0)
+    collect_ratings(rater, sample_requests(0, range(20), PROMPTS), path)
+    assert not settings_path(path).exists()  # as written before settings files existed
+
+    narrow = collection_settings(0, OutcomeRanges(min_quality=0.9), PROMPTS, rater)
+    with pytest.raises(ValueError, match="outside this run's range min_quality = 0.9"):
+        prepare_ratings_file(path, narrow)
+    other_model = {**collection_settings(0, OutcomeRanges(), PROMPTS, rater), "model": "m"}
+    with pytest.raises(ValueError, match="line 1 has model = 'analytic-persona-v1'"):
+        prepare_ratings_file(path, other_model)
+    assert not settings_path(path).exists()
+
+    same = collection_settings(0, OutcomeRanges(), PROMPTS, rater)
+    assert len(prepare_ratings_file(path, same)) == 20
+    assert json.loads(settings_path(path).read_text(encoding="utf-8")) == same
+
+
+def test_prepare_rejects_garbled_settings_file(tmp_path):
+    path = tmp_path / "ratings.jsonl"
+    settings_path(path).write_text("{oops", encoding="utf-8")
+    settings = collection_settings(0, OutcomeRanges(), PROMPTS, SimulatorRater())
+    with pytest.raises(ValueError, match="is not valid JSON") as error:
+        prepare_ratings_file(path, settings)
+    assert str(settings_path(path)) in str(error.value)
+
+
+def test_rate_script_rejects_bad_out(tmp_path):
+    rate_main = load_script("rate").main
+    options = ["--backend", "simulator", "--num", "2", "--out"]
+    with pytest.raises(ValueError, match="is a directory"):
+        rate_main([*options, str(tmp_path)])
+    plain_file = tmp_path / "file.txt"
+    plain_file.write_text("keep me", encoding="utf-8")
+    with pytest.raises(ValueError, match="file.txt is a file, not a directory"):
+        rate_main([*options, str(plain_file / "ratings.jsonl")])
+    assert plain_file.read_text(encoding="utf-8") == "keep me"
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_rate_script_cli_error_without_traceback(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "rate.py"
+    command = [sys.executable, str(script), "--backend", "simulator", "--num", "2"]
+    completed = subprocess.run(
+        [*command, "--out", str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert completed.returncode == 2
+    assert "is a directory" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+@dataclasses.dataclass(frozen=True)
+class FailingRater:
+    """A simulator-named rater whose every request fails, as a server that is down would."""
+
+    seed: int = 0
+    backend: str = "simulator"
+    model: str = SimulatorRater.model
+    simulated: bool = True
+
+    def rate(self, requests, on_result=None):
+        results = []
+        for request in requests:
+            result = RatingResult(request=request, rating=None, error="connection refused")
+            if on_result is not None:
+                on_result(result)
+            results.append(result)
+        return results
+
+
+def test_rate_script_retry_failed(tmp_path, capsys, monkeypatch):
+    rate_script = load_script("rate")
+    path = tmp_path / "ratings.jsonl"
+    options = ["--backend", "simulator", "--num", "3", "--out", str(path)]
+    real_build_rater = rate_script.build_rater
+
+    monkeypatch.setattr(rate_script, "build_rater", lambda args: FailingRater(seed=args.seed))
+    assert rate_script.main(options) == 1
+    captured = capsys.readouterr()
+    assert "0 new ratings, 3 new failures" in captured.out
+    assert "all 3 requests failed" in captured.err
+
+    monkeypatch.setattr(rate_script, "build_rater", real_build_rater)
+    assert rate_script.main(options) == 0
+    output = capsys.readouterr().out
+    assert "0 new ratings, 0 new failures, 3 requests already present" in output
+    assert "3 of them stored as failures (pass --retry-failed" in output
+
+    assert rate_script.main([*options, "--retry-failed"]) == 0
+    assert "3 new ratings, 0 new failures, 0 requests already present" in capsys.readouterr().out
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 6  # the failed records are kept
+    dataset = load_ratings(path, strict=True)
+    assert dataset.num_ratings == 3
+    assert dataset.num_failed == 0
 
 
 def test_shipped_dataset_valid():

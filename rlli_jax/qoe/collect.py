@@ -3,27 +3,37 @@
 Request `index` of a run with seed `seed` always has the id `request_id(seed, index)` and the same
 persona, outcome and prompt, whatever the run's size, so a re-run skips the ids already in the
 output file and sends only the rest.
+
+The settings that define the requests and the rater (`collection_settings`) are stored next to
+the output file in `settings_path(out_path)`, and `prepare_ratings_file` rejects a re-run with
+other settings, so one file never mixes them.
 """
 
 import dataclasses
+import hashlib
 import json
 import math
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlli_jax.qoe.dataset import make_record
+from rlli_jax.qoe.dataset import make_record, validate_record
 from rlli_jax.qoe.personas import sample_traits
 from rlli_jax.qoe.raters import Rater, RatingResult, ResultCallback
-from rlli_jax.qoe.template import RatingRequest
+from rlli_jax.qoe.template import TEMPLATE_VERSION, RatingRequest, template_hash
 
 # Decimals kept for sampled traits, quality and latency (s): the stored values are the rated ones.
 SAMPLE_DECIMALS = 3
 # Requests are sampled in padded chunks of this size, so the sampler compiles once.
 SAMPLE_CHUNK_SIZE = 1024
+# Appended to the ratings file's name to get the file that stores its collection settings.
+SETTINGS_SUFFIX = ".settings.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,25 +156,201 @@ def sample_requests(
     ]
 
 
-def read_request_ids(path: str | Path) -> set[str]:
-    """Return the request ids already stored in a ratings file; empty when it does not exist.
+def read_request_statuses(path: str | Path) -> dict[str, str]:
+    """Return the status ("ok" or "failed") of each request stored in a ratings file.
 
-    Lines that are not JSON objects with a string "request_id" are ignored here, because this only
-    decides what to skip; `load_ratings` reports them.
+    A request retried after a failure has several records, and any "ok" one wins. Lines that
+    `validate_record` rejects are ignored, so their requests count as not done and are sent
+    again; `load_ratings` reports those lines with their numbers. A missing file gives {}.
     """
     path = Path(path)
     if not path.is_file():
-        return set()
-    ids = set()
+        return {}
+    statuses: dict[str, str] = {}
     with open(path, encoding="utf-8", errors="replace") as stream:
         for line in stream:
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:
+                validate_record(record)
+            except ValueError:  # json.JSONDecodeError is a ValueError too
                 continue
-            if isinstance(record, dict) and isinstance(record.get("request_id"), str):
-                ids.add(record["request_id"])
-    return ids
+            if statuses.get(record["request_id"]) != "ok":
+                statuses[record["request_id"]] = record["status"]
+    return statuses
+
+
+def read_request_ids(path: str | Path) -> set[str]:
+    """Return the ids of the requests with a valid record (ok or failed) in a ratings file."""
+    return set(read_request_statuses(path))
+
+
+def settings_path(out_path: str | Path) -> Path:
+    """Return the path of the settings file that belongs to a ratings file."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + SETTINGS_SUFFIX)
+
+
+def collection_settings(
+    seed: int,
+    ranges: OutcomeRanges,
+    prompt_texts: Sequence[str],
+    rater: Rater,
+    rater_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Return the settings that decide which requests a run sends and how they are rated.
+
+    `rater_options` are the backend's options that change its ratings (for the openai backend:
+    temperature, max_tokens, response_format, merge_system_message). They must be JSON values.
+    """
+    prompts_digest = hashlib.sha256(json.dumps(list(prompt_texts)).encode("utf-8")).hexdigest()
+    settings = {
+        "seed": seed,
+        "min_quality": ranges.min_quality,
+        "max_quality": ranges.max_quality,
+        "min_latency_s": ranges.min_latency_s,
+        "max_latency_s": ranges.max_latency_s,
+        "num_prompts": len(prompt_texts),
+        "prompt_bank_hash": prompts_digest,
+        "backend": rater.backend,
+        "model": rater.model,
+        "template_version": TEMPLATE_VERSION,
+        "template_hash": template_hash(),
+    }
+    settings.update(rater_options or {})
+    return settings
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"settings file {path} is not valid JSON ({error}); restore it, or move the "
+            "ratings file and its settings file away to start a new collection"
+        ) from None
+    if not isinstance(settings, dict):
+        raise ValueError(
+            f"settings file {path} must contain a JSON object, got {type(settings).__name__}"
+        )
+    return settings
+
+
+def _describe_setting(settings: Mapping, name: str) -> str:
+    return repr(settings[name]) if name in settings else "(not set)"
+
+
+def _compare_settings(out_path: Path, stored: Mapping, settings: Mapping) -> None:
+    differences = [
+        f"{name} = {_describe_setting(stored, name)} in the file, "
+        f"{_describe_setting(settings, name)} now"
+        for name in sorted(stored.keys() | settings.keys())
+        if name not in stored or name not in settings or stored[name] != settings[name]
+    ]
+    if differences:
+        raise ValueError(
+            f"ratings file {out_path} was collected with other settings "
+            f"({settings_path(out_path)}): " + "; ".join(differences) + ". Rerun with the "
+            "file's settings to resume it, or write to another file."
+        )
+
+
+def _check_records_match(out_path: Path, settings: Mapping) -> None:
+    """Check the valid records of a file that has no settings file against `settings`.
+
+    Records store the rater and template hash, which must match, and the rated quality and
+    latency, which must lie inside the current ranges.
+    """
+    # NOTE: such a file does not store its seed or prompt bank, so they are not checked. Ranges
+    # wider than the file's pass too, because every stored value still lies inside them.
+    checks = {
+        "backend": lambda record: record["rater"]["backend"],
+        "model": lambda record: record["rater"]["model"],
+        "template_hash": lambda record: record["template_hash"],
+    }
+    bounds = {
+        "quality": ("min_quality", "max_quality"),
+        "latency_s": ("min_latency_s", "max_latency_s"),
+    }
+    with open(out_path, encoding="utf-8", errors="replace") as stream:
+        for line_number, line in enumerate(stream, start=1):
+            try:
+                record = json.loads(line)
+                validate_record(record)
+            except ValueError:
+                continue
+            for name, read in checks.items():
+                if read(record) != settings[name]:
+                    raise ValueError(
+                        f"ratings file {out_path} line {line_number} has {name} = "
+                        f"{read(record)!r}, but this run has {name} = {settings[name]!r}; "
+                        "rerun with the file's settings to resume it, or write to another file"
+                    )
+            for field, (low_name, high_name) in bounds.items():
+                low, high = settings[low_name], settings[high_name]
+                if not low <= record[field] <= high:
+                    raise ValueError(
+                        f"ratings file {out_path} line {line_number} has {field} = "
+                        f"{record[field]!r}, outside this run's range {low_name} = {low!r} to "
+                        f"{high_name} = {high!r}; rerun with the file's ranges to resume it, "
+                        "or write to another file"
+                    )
+
+
+def _write_json_atomic(path: Path, document: Mapping) -> None:
+    """Write JSON to a temporary file in the same directory, then rename it over `path`."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def prepare_ratings_file(out_path: str | Path, settings: Mapping[str, Any]) -> dict[str, str]:
+    """Check that a run may append to `out_path`, store its settings, and return the statuses.
+
+    Call it before sending any request. It checks that `out_path` is a plain JSONL path that can
+    be written, and that the settings stored with an existing file equal `settings`. A file
+    without a settings file (one written before they existed) is checked against its records.
+    Then it writes the settings file if there is none, and returns `read_request_statuses`.
+
+    Raises:
+        ValueError: `out_path` is a directory, a .gz path or cannot be written, the settings file
+            is unreadable, or the stored settings differ (naming each setting and both values).
+    """
+    out_path = Path(out_path)
+    if out_path.suffix == ".gz":
+        raise ValueError(f"out_path must be a plain JSONL file, got a .gz path: {out_path}")
+    if out_path.is_dir():
+        raise ValueError(f"ratings file {out_path} is a directory; pass a .jsonl file path")
+    for parent in out_path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(
+                f"cannot write ratings file {out_path}: {parent} is a file, not a directory"
+            )
+    stored_path = settings_path(out_path)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(out_path, "a", encoding="utf-8"):
+            pass
+        has_records = out_path.stat().st_size > 0
+        if stored_path.exists():
+            _compare_settings(out_path, _read_settings(stored_path), settings)
+        else:
+            if has_records:
+                _check_records_match(out_path, settings)
+            _write_json_atomic(stored_path, settings)
+        return read_request_statuses(out_path)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ValueError(
+            f"cannot write ratings file {out_path} or its settings file: {reason} "
+            f"({error.filename or out_path}); choose a writable --out path"
+        ) from None
 
 
 def _end_with_newline(path: Path) -> None:
@@ -186,7 +372,8 @@ def collect_ratings(
     """Rate `requests` and append one record per result to `out_path` as soon as it arrives.
 
     Failures are stored too (status "failed" with the error and raw text), so a re-run does not
-    repeat them. The caller filters out already-stored ids (`read_request_ids`).
+    repeat them unless asked to retry them. The caller filters out already-stored ids
+    (`prepare_ratings_file` or `read_request_statuses`).
 
     Raises:
         ValueError: `out_path` is a gzip file (append a plain .jsonl and compress it afterwards).

@@ -123,7 +123,7 @@ class RatingsDataset:
     prompt_ids: np.ndarray  # [num_ratings] int32
     ratings: np.ndarray  # [num_ratings] float32, integers 1-5
     simulated: np.ndarray  # [num_ratings] bool
-    num_failed: int  # valid records whose request failed (status "failed")
+    num_failed: int  # requests whose last valid record has status "failed"
     bad_lines: tuple[BadLine, ...]  # invalid lines that were skipped
     raters: tuple[str, ...]  # distinct "backend/model" names of the successful ratings
     template_hashes: tuple[str, ...]  # distinct template hashes of the successful ratings
@@ -214,9 +214,10 @@ def validate_record(record) -> None:
 def load_ratings(path: str | Path, strict: bool = False) -> RatingsDataset:
     """Load and validate a ratings file (plain or .gz JSONL).
 
-    Every line is checked with `validate_record`; a repeated request id is invalid too. By
-    default invalid lines are skipped and listed in `bad_lines`; with `strict=True` any invalid
-    line raises. Blank lines are ignored.
+    Every line is checked with `validate_record`. A request id may repeat only after failed
+    records of it (retries), and a repeat after an "ok" record is invalid. By default invalid
+    lines are skipped and listed in `bad_lines`; with `strict=True` any invalid line raises.
+    Blank lines are ignored.
 
     Raises:
         RatingsFileError: the file is missing, a directory or unreadable, or strict mode found
@@ -233,7 +234,7 @@ def load_ratings(path: str | Path, strict: bool = False) -> RatingsDataset:
     hasher = hashlib.sha256()
     records: list[dict] = []
     bad_lines: list[BadLine] = []
-    seen_ids: set[str] = set()
+    status_by_id: dict[str, str] = {}
     num_failed = 0
     try:
         with open_text(path) as stream:
@@ -256,11 +257,16 @@ def load_ratings(path: str | Path, strict: bool = False) -> RatingsDataset:
                 except ValueError as error:
                     bad_lines.append(BadLine(line_number, str(error)))
                     continue
-                if record["request_id"] in seen_ids:
+                previous_status = status_by_id.get(record["request_id"])
+                if previous_status == "ok":
                     reason = f"duplicate request_id {record['request_id']!r}"
                     bad_lines.append(BadLine(line_number, reason))
                     continue
-                seen_ids.add(record["request_id"])
+                status_by_id[record["request_id"]] = record["status"]
+                # A record after a failed one is a retry (rate.py --retry-failed), and it
+                # replaces the failure in the counts.
+                if previous_status == "failed":
+                    num_failed -= 1
                 if record["status"] == "ok":
                     records.append(record)
                 else:
