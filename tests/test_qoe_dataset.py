@@ -451,6 +451,15 @@ def test_rate_script_rejects_bad_out(tmp_path):
     assert sorted(entry.name for entry in tmp_path.iterdir()) == ["file.txt"]
 
 
+# Root may write into a chmod 0o500 directory, so the test uses procfs, which rejects new files
+# for every user.
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux procfs")
+def test_rate_script_rejects_unwritable_out():
+    rate_main = load_script("rate").main
+    with pytest.raises(ValueError, match="cannot write ratings file /proc/ratings.jsonl"):
+        rate_main(["--backend", "simulator", "--num", "2", "--out", "/proc/ratings.jsonl"])
+
+
 def test_rate_script_cli_error_without_traceback(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "rate.py"
     command = [sys.executable, str(script), "--backend", "simulator", "--num", "2"]
