@@ -3,7 +3,7 @@
 A sweep file names a base training config, a number of seeds and the values to try:
 
     base: quick.yaml              # training config, relative to the sweep file
-    set: [train.total_env_steps=40960]   # overrides applied to every member
+    set: [train.total_env_steps=40960]   # overrides of every member, except seed and swept keys
     num_seeds: 8
     grid:                         # Cartesian product over these keys
       agent.algo: [ddpg, gddpg]   # static: one compiled program per value
@@ -16,9 +16,9 @@ A sweep file names a base training config, a number of seeds and the values to t
 Keys are config paths. Traced keys (`hyper.NAME` and `env.params.NAME`) enter the training
 program as arguments, so every member that shares the static keys (`agent.*`, `env.num_users`,
 `env.horizon`, `train.*` except `train.seed`) runs in one `jax.vmap`-ed program that is
-compiled once. A member is one point of the sweep with one seed. Member `i` of seed `s` uses
-the training and evaluation keys of `scripts/train.py --seed s`, so it reproduces that single
-run up to float rounding.
+compiled once. `env.reward_net` and `env.id` cannot be swept. A member is one point of the
+sweep with one seed. Member `i` of seed `s` uses the training and evaluation keys of
+`scripts/train.py --seed s`, so it reproduces that single run up to float rounding.
 
 Every check runs in Python while the sweep is planned, before anything is compiled, and raises
 ValueError naming the field, the value and the rule.
@@ -45,6 +45,7 @@ from rlli_jax.config import (
     Config,
     TrainConfig,
     apply_overrides,
+    parse_override,
     read_yaml,
 )
 from rlli_jax.evaluation import EPISODE_METRICS
@@ -62,6 +63,18 @@ STATIC_KEYS = (
 )
 RANKING_METRICS = (*EPISODE_METRICS, "reward", "episode_return")
 GOALS = ("max", "min")
+# Largest seed. With 64-bit types off (the default), `jax.random.key` keeps only the low 32
+# bits of a seed, so key(2**32) equals key(0), and seeds >= 2**63 raise OverflowError
+# (checked on jax 0.10.2).
+MAX_SEED = 2**32 - 1
+# Config keys a sweep cannot vary, and why.
+UNSWEEPABLE_KEYS = {
+    "env.reward_net": (
+        "the reward network defines the QoE that members are ranked on, so members with "
+        "different networks would not be comparable; set it in the base config or in set"
+    ),
+    "env.id": "DiffusionService-v0 is the only environment",
+}
 SWEEP_FIELDS = (
     "base",
     "set",
@@ -82,7 +95,7 @@ class SweepConfig:
     base: str  # absolute path of the base training config
     set: tuple[str, ...] = ()  # SECTION.KEY=VALUE overrides of the base config
     num_seeds: int = 1
-    first_seed: int = 0  # seeds are first_seed, ..., first_seed + num_seeds - 1
+    first_seed: int = 0  # seeds are first_seed, ..., first_seed + num_seeds - 1 <= MAX_SEED
     grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (key, values) in file order
     points: tuple[tuple[tuple[str, Any], ...], ...] = ()  # explicit (key, value) combinations
     metric: str = "qoe"
@@ -97,10 +110,17 @@ class SweepConfig:
             "must be an integer >= 1",
         )
         _require(
-            _is_int(self.first_seed) and self.first_seed >= 0,
+            _is_int(self.first_seed) and 0 <= self.first_seed <= MAX_SEED,
             "first_seed",
             self.first_seed,
-            "must be an integer >= 0",
+            f"must be an integer in [0, {MAX_SEED}]",
+        )
+        last_seed = self.first_seed + self.num_seeds - 1
+        _require(
+            last_seed <= MAX_SEED,
+            "num_seeds",
+            self.num_seeds,
+            f"the last seed first_seed + num_seeds - 1 = {last_seed} must be <= {MAX_SEED}",
         )
         _require(
             self.metric in RANKING_METRICS,
@@ -186,6 +206,8 @@ class SweepConfig:
         _require(isinstance(points, list), "points", points, "must be a list of mappings")
         for index, point in enumerate(points):
             _require(isinstance(point, Mapping), f"points[{index}]", point, "must be a mapping")
+        swept = {str(key) for key in grid} | {str(key) for point in points for key in point}
+        _check_overrides(overrides, swept)
         _require(
             bool(grid) or bool(points) or "num_seeds" in data,
             "grid",
@@ -298,7 +320,7 @@ def plan_sweep(sweep: SweepConfig) -> SweepPlan:
     Every member's full config is built and validated here, so an invalid value (a negative
     learning rate, a batch larger than the buffer) raises ValueError before any compile.
     """
-    base_data = apply_overrides(read_yaml(sweep.base), sweep.set)
+    base_data = apply_overrides(_read_base(sweep.base), sweep.set)
     _build_config(base_data, {}, "base config")
     points = _expand_points(sweep)
 
@@ -334,15 +356,44 @@ def _expand_points(sweep: SweepConfig) -> list[tuple[tuple[str, Any], ...]]:
     return [grid_point + point for grid_point in grid_points for point in explicit]
 
 
+def _read_base(path: str) -> dict[str, Any]:
+    """Read the base training config, checking that every section is a mapping.
+
+    `apply_overrides` and `_build_config` copy each section as a mapping, so a list there
+    must be rejected first.
+    """
+    data = read_yaml(path)
+    for name, section in data.items():
+        if section is not None and not isinstance(section, Mapping):
+            raise ValueError(
+                f"base config {path!r}: section {name} must be a mapping, got {section!r}"
+            )
+    return data
+
+
 def _build_config(base_data: Mapping[str, Any], values: Mapping[str, Any], what: str) -> Config:
-    """Build the config of `base_data` with each dotted key of `values` set."""
-    data = {name: dict(section or {}) for name, section in base_data.items()}
+    """Build the config of `base_data` with each dotted key of `values` set.
+
+    Raises:
+        ValueError: naming `what`, for an invalid config or a key whose parent in `base_data`
+            is not a mapping.
+    """
+    data = {}
+    for name, section in base_data.items():
+        if section is not None and not isinstance(section, Mapping):
+            raise ValueError(f"{what}: section {name} must be a mapping, got {section!r}")
+        data[name] = dict(section or {})
     for key, value in values.items():
         *parents, leaf = key.split(".")
         node = data
-        for part in parents:
+        for depth, part in enumerate(parents):
             child = node.get(part)
-            node[part] = dict(child) if isinstance(child, Mapping) else {}
+            if child is not None and not isinstance(child, Mapping):
+                path = ".".join(parents[: depth + 1])
+                raise ValueError(
+                    f"{what}: cannot set {key}: {path} must be a mapping, got {child!r}"
+                )
+            node[part] = dict(child or {})
             node = node[part]
         node[leaf] = _plain(value)
     try:
@@ -487,9 +538,34 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_overrides(overrides: list[str], swept: set[str]) -> None:
+    """Reject a `set` entry that does not parse, sets the seed, or sets a swept key.
+
+    Members take their seed and their swept values from the sweep, so such an entry would
+    have no effect.
+    """
+    for index, text in enumerate(overrides):
+        try:
+            keys, _ = parse_override(text)
+        except ValueError as error:
+            raise ValueError(f"invalid set[{index}]: {error}") from None
+        key = ".".join(keys)
+        if key == "train.seed":
+            raise ValueError(
+                f"invalid set[{index}] = {text!r}: seeds are set by num_seeds and first_seed"
+            )
+        if key in swept:
+            raise ValueError(
+                f"invalid set[{index}] = {text!r}: {key} is also swept in grid or points, "
+                "which would override it; set it in one place"
+            )
+
+
 def _check_key(key: str, field: str) -> None:
     if key == "train.seed":
         raise ValueError(f"invalid {field}: seeds are set by num_seeds and first_seed")
+    if key in UNSWEEPABLE_KEYS:
+        raise ValueError(f"invalid {field}: {key} cannot be swept: {UNSWEEPABLE_KEYS[key]}")
     if key not in TRACED_KEYS and key not in STATIC_KEYS:
         raise ValueError(
             _unknown_message("sweep key", key, TRACED_KEYS + STATIC_KEYS)

@@ -85,6 +85,31 @@ def sweep_from(base_path: Path, **fields) -> SweepConfig:
         ({"grid": {"hyper.tau": [0.1]}, "num_seeds": 0}, r"num_seeds = 0: must be an integer >= 1"),
         ({"grid": {"hyper.tau": [0.1]}, "num_seeds": -2}, r"num_seeds = -2"),
         ({"grid": {"hyper.tau": [0.1]}, "first_seed": -1}, r"first_seed = -1: must be"),
+        (
+            {"grid": {"hyper.tau": [0.1]}, "first_seed": 2**32},
+            r"invalid first_seed = 4294967296: must be an integer in \[0, 4294967295\]",
+        ),
+        (
+            {"grid": {"hyper.tau": [0.1]}, "first_seed": 2**63},
+            r"invalid first_seed = 9223372036854775808",
+        ),
+        (
+            {"grid": {"hyper.tau": [0.1]}, "first_seed": 2**32 - 2, "num_seeds": 3},
+            r"invalid num_seeds = 3: the last seed .* = 4294967296 must be <= 4294967295",
+        ),
+        (
+            {"grid": {"hyper.tau": [0.1]}, "set": ["train.seed=7"]},
+            r"invalid set\[0\] = 'train\.seed=7': seeds are set by num_seeds",
+        ),
+        (
+            {"grid": {"hyper.tau": [0.1]}, "set": ["train.num_envs=4", "hyper.tau=0.5"]},
+            r"invalid set\[1\] = 'hyper\.tau=0\.5': hyper\.tau is also swept",
+        ),
+        ({"grid": {"hyper.tau": [0.1]}, "set": ["train"]}, r"invalid set\[0\]: invalid override"),
+        (
+            {"grid": {"env.reward_net": ["a", "b"]}},
+            r"invalid grid\.env\.reward_net: env\.reward_net cannot be swept: the reward network",
+        ),
         ({"grid": {"train.seed": [1, 2]}}, r"grid\.train\.seed: seeds are set by num_seeds"),
         ({"grid": {"hyper.tau": [0.1, 0.1]}}, r"must not repeat a value"),
         ({"grid": {"hyper.tau": 0.1}}, r"grid\.hyper\.tau = 0\.1: must be a list"),
@@ -110,6 +135,25 @@ def test_invalid_sweep_config_rejected(base_path, fields, match):
 def test_missing_base_rejected():
     with pytest.raises(ValueError, match=r"invalid base = None: must be the path"):
         SweepConfig.from_dict({"grid": {"hyper.tau": [0.1]}})
+
+
+def test_seed_range_edges_accepted(base_path):
+    sweep = sweep_from(base_path, grid={"hyper.tau": [0.1]}, first_seed=2**32 - 2, num_seeds=2)
+    assert sweep.seeds == (2**32 - 2, 2**32 - 1)
+
+
+def test_list_section_in_base_rejected(base_path):
+    base_path.write_text(yaml.safe_dump(dict(TINY_BASE, train=[1, 2])))
+    sweep = sweep_from(base_path, grid={"hyper.tau": [0.1]}, set=["train.num_envs=4"])
+    with pytest.raises(ValueError, match=r"base config .*base\.yaml'?: section train must be a"):
+        plan_sweep(sweep)
+
+
+def test_list_section_rejected_when_sweeping_it(base_path):
+    base_path.write_text(yaml.safe_dump(dict(TINY_BASE, hyper=[1, 2])))
+    sweep = sweep_from(base_path, grid={"hyper.tau": [0.1]})
+    with pytest.raises(ValueError, match=r"section hyper must be a mapping, got \[1, 2\]"):
+        plan_sweep(sweep)
 
 
 def test_invalid_member_value_rejected_before_compiling(base_path):
