@@ -2,7 +2,9 @@
 
 `run_sweep` owns an output directory:
     sweep.yaml                      the resolved sweep config; a resume must match it
-    groups/group-NNN/config.yaml    the group's training config (static values)
+    groups/group-NNN/config.yaml    the group's training config (base config, overrides and
+                                    static values), written at the first call; a resume
+                                    must match it except in the seed and the swept keys
     groups/group-NNN/checkpoints/   orbax checkpoints of the whole population state
     groups/group-NNN/results.json   per-member results, written when the group has finished
     members/member-NNNN/            per-member learning curves (metrics.jsonl and metrics.csv)
@@ -32,6 +34,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import yaml
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
@@ -66,6 +69,7 @@ SWEEP_CONFIG_NAME = "sweep.yaml"
 GROUPS_DIR = "groups"
 MEMBERS_DIR = "members"
 GROUP_RESULTS_NAME = "results.json"
+GROUP_CONFIG_NAME = "config.yaml"
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 
@@ -145,7 +149,9 @@ class SweepEvent:
     members: int = 0
     failed: int = 0  # members failed so far in this group
     env_steps_per_s: float = 0.0  # over the whole population, compile time excluded
-    seconds: float = 0.0  # compile time (group_start after compiling) or group wall time
+    # group_start: compile time of this call, without that of an earlier, interrupted call.
+    # group_done: wall time of the group over every call.
+    seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,13 +184,17 @@ def run_sweep(
     _claim_directory(plan, out_dir, primary)
     check_shared_directory(out_dir)
 
+    # Every results file is read and checked before the first group compiles.
+    finished_groups = [
+        _read_group_results(out_dir / GROUPS_DIR / group.name / GROUP_RESULTS_NAME, group)
+        for group in plan.groups
+    ]
     compiles = {"init": 0, "run_chunk": 0, "evaluate": 0}
     results: list[dict[str, Any]] = []
     groups_run = groups_skipped = 0
     num_groups = len(plan.groups)
-    for group in plan.groups:
+    for group, finished in zip(plan.groups, finished_groups, strict=True):
         group_dir = out_dir / GROUPS_DIR / group.name
-        finished = _read_json(group_dir / GROUP_RESULTS_NAME)
         if _agree_across_processes(finished is not None):
             results.extend(finished["members"])
             groups_skipped += 1
@@ -209,7 +219,14 @@ def run_sweep(
 
 
 def _claim_directory(plan: SweepPlan, out_dir: Path, primary: bool) -> None:
-    """Save the sweep config in `out_dir`, or check that the one there is the same sweep."""
+    """Save the sweep and group configs in `out_dir`, or check that the saved ones match.
+
+    `sweep.yaml` names the base config by its path, so a changed base file leaves it equal.
+    Every group's resolved config is therefore saved too, and a resume is rejected when one
+    differs from the saved copy in a value that its members use. Saved copies are never
+    overwritten; a missing one (a group of a directory written before these copies existed,
+    or an interrupted first call) is written.
+    """
     path = out_dir / SWEEP_CONFIG_NAME
     if path.exists():
         if read_yaml(path) != plan.sweep.to_dict():
@@ -220,6 +237,58 @@ def _claim_directory(plan: SweepPlan, out_dir: Path, primary: bool) -> None:
     elif primary:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_sweep_config(plan.sweep, path)
+
+    missing = []
+    for group in plan.groups:
+        config_path = out_dir / GROUPS_DIR / group.name / GROUP_CONFIG_NAME
+        if config_path.exists():
+            _check_group_config(plan, group, config_path)
+        else:
+            missing.append((group, config_path))
+    if primary:
+        for group, config_path in missing:
+            config_path.parent.mkdir(parents=True, exist_ok=True)
+            save_config(group.config, config_path)
+
+
+def _check_group_config(plan: SweepPlan, group: SweepGroup, path: Path) -> None:
+    """Raise ValueError if the config saved at `path` differs from `group.config`.
+
+    The seed and the swept keys are left out: members set them, so a base value of theirs
+    never reaches a member.
+    """
+    ignored = {"train.seed", *plan.sweep.swept_keys}
+    saved = _flatten_config(read_yaml(path))
+    # A YAML round trip, so that the values compare in the form the saved file holds.
+    current = _flatten_config(yaml.safe_load(yaml.safe_dump(group.config.to_dict())))
+    for key in [*current, *(key for key in saved if key not in current)]:
+        if key in ignored:
+            continue
+        before = saved.get(key, "unset")
+        now = current.get(key, "unset")
+        if before != now:
+            raise ValueError(
+                f"invalid resume: the resolved config of {group.name} differs from the one saved "
+                f"in {path}: {key} = {before!r} saved, {now!r} now (did the base config "
+                f"{plan.sweep.base} or its overrides change?); choose a new output directory, "
+                "or restore the saved values to resume"
+            )
+
+
+def _flatten_config(data: Any) -> dict[str, Any]:
+    """Return config data as {dotted key: value}, one entry per field and per env parameter."""
+    flat = {}
+    for section, values in (data or {}).items():
+        if not isinstance(values, dict):
+            flat[str(section)] = values
+            continue
+        for key, value in values.items():
+            if section == "env" and key == "params" and isinstance(value, dict):
+                for name, param in value.items():
+                    flat[f"env.params.{name}"] = param
+            else:
+                flat[f"{section}.{key}"] = value
+    return flat
 
 
 def _run_group(
@@ -247,9 +316,7 @@ def _run_group(
     train_keys = np.stack([jax.random.key_data(train_key(int(seed))) for seed in seeds])
     eval_keys = np.stack([jax.random.key_data(eval_key(int(seed))) for seed in seeds])
 
-    if primary:
-        group_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, group_dir / "config.yaml")
+    # `_claim_directory` has saved the group config, or checked the saved one.
     writers = [_member_writer(out_dir, member.name) if primary else None
                for member in group.members]  # fmt: skip
     checkpointer = Checkpointer(group_dir / "checkpoints", train_config.max_checkpoints)
@@ -287,7 +354,8 @@ def _run_group(
                         "chunk": chunk + 1,
                         "env_steps": env_steps,
                         "failures": failures,
-                        "compile_s": timing["compile_s"],
+                        # Compile time of this group over every call so far.
+                        "compile_s": timing["previous_compile_s"] + timing["compile_s"],
                         "train_s": timing["train_s"],
                         # Wall time of this group over every invocation so far.
                         "wall_s": timing["previous_wall_s"] + time.perf_counter() - group_start,
@@ -333,9 +401,10 @@ def _initial_population(
 ) -> tuple[TrainState, int, dict[str, dict[str, Any]], dict[str, float]]:
     """Restore the newest checkpoint of the group, or initialise the population.
 
-    Returns (state, first chunk to run, failures by member position, timing so far).
+    Returns (state, first chunk to run, failures by member position, timing so far). In the
+    timing, `compile_s` counts this call only and `previous_compile_s` the earlier calls.
     """
-    timing = {"compile_s": 0.0, "train_s": 0.0, "previous_wall_s": 0.0}
+    timing = {"compile_s": 0.0, "previous_compile_s": 0.0, "train_s": 0.0, "previous_wall_s": 0.0}
     abstract = jax.eval_shape(lambda k, h: state_to_checkpoint(population.init(k, h)),
                               key_data, hyper)  # fmt: skip
     target = jax.tree.map(
@@ -344,7 +413,7 @@ def _initial_population(
     restored = checkpointer.restore_latest(target)
     if restored is not None:
         metadata = restored.metadata
-        timing["compile_s"] = float(metadata.get("compile_s", 0.0))
+        timing["previous_compile_s"] = float(metadata.get("compile_s", 0.0))
         timing["train_s"] = float(metadata.get("train_s", 0.0))
         timing["previous_wall_s"] = float(metadata.get("wall_s", 0.0))
         return (
@@ -414,9 +483,10 @@ def _member_result(
         "status": STATUS_FAILED if failure else STATUS_OK,
         "failure": failure["reason"] if failure else None,
         "env_steps": failure["env_steps"] if failure else total_env_steps,
-        # Members of a group run together, so they share its wall and compile times.
+        # Members of a group run together, so they share its wall and compile times, both
+        # summed over every call that ran the group.
         "wall_s": wall_s,
-        "compile_s": timing["compile_s"],
+        "compile_s": timing["previous_compile_s"] + timing["compile_s"],
         "evaluation": None,
     }
     if evaluation is not None and failure is None:
@@ -455,6 +525,53 @@ def _read_json(path: Path) -> Any:
     except json.JSONDecodeError:
         logger.warning("ignoring unreadable %s; the group runs again", path)
         return None
+
+
+# Keys of each member row in a group's results.json, as `_member_result` writes them.
+MEMBER_RESULT_KEYS = (
+    "member",
+    "group",
+    "seed",
+    "values",
+    "status",
+    "failure",
+    "env_steps",
+    "wall_s",
+    "compile_s",
+    "evaluation",
+)
+
+
+def _read_group_results(path: Path, group: SweepGroup) -> dict[str, Any] | None:
+    """Read the results file of a finished group, or return None if the group has none.
+
+    Raises:
+        ValueError: the file is valid JSON but not the results of this group's members.
+    """
+    data = _read_json(path)
+    if data is None:
+        return None
+    problem = None
+    if not isinstance(data, dict) or not isinstance(data.get("members"), list):
+        problem = "expected a mapping with a 'members' list"
+    elif not all(isinstance(row, dict) for row in data["members"]):
+        problem = "every entry of 'members' must be a mapping"
+    else:
+        rows = data["members"]
+        missing = [key for key in MEMBER_RESULT_KEYS if any(key not in row for row in rows)]
+        expected = [member.index for member in group.members]
+        if missing:
+            problem = f"member rows lack the keys {missing}"
+        elif [row["member"] for row in rows] != expected:
+            problem = (
+                f"members {[row['member'] for row in rows]} do not match the group's members "
+                f"{expected}"
+            )
+    if problem is not None:
+        raise ValueError(
+            f"invalid results file {path}: {problem}; delete it to run {group.name} again"
+        )
+    return data
 
 
 def _write_json(path: Path, data: Any) -> None:

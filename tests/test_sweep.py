@@ -377,7 +377,10 @@ def sweep_runs(tmp_path_factory, compile_cache):
     plan = plan_sweep(sweep)
     mesh = make_mesh(devices=jax.devices()[:1])
 
+    interrupted_events = []
+
     def stop_after_chunk_2(event):
+        interrupted_events.append(event)
         if event.kind == "chunk" and event.chunk == 2:
             raise Interrupted
 
@@ -392,6 +395,7 @@ def sweep_runs(tmp_path_factory, compile_cache):
         "plan": plan,
         "resumed": resumed,
         "events": events,
+        "interrupted_events": interrupted_events,
         "skipped": skipped,
         "reference": reference,
     }
@@ -439,6 +443,16 @@ def test_resume_continues_from_checkpoint(sweep_runs):
     assert [json.loads(line)["chunk"] for line in curve.open()] == [1, 2, 3, 4]
 
 
+def test_resume_reports_own_compile_time(sweep_runs):
+    """The group_start event of a resume counts only that call's compiles; the member rows
+    count the compiles of both calls."""
+    (first,) = [e for e in sweep_runs["interrupted_events"] if e.kind == "group_start"]
+    (resumed,) = [e for e in sweep_runs["events"] if e.kind == "group_start"]
+    row = sweep_runs["resumed"].members[0]
+    assert first.seconds > 0.0
+    assert row["compile_s"] == pytest.approx(first.seconds + resumed.seconds)
+
+
 def test_finished_groups_are_skipped(sweep_runs):
     skipped = sweep_runs["skipped"]
     assert skipped.groups_skipped == 1
@@ -452,6 +466,97 @@ def test_other_sweep_in_directory_rejected(sweep_runs, base_path):
     other = plan_sweep(sweep_from(base_path, grid={"hyper.tau": [0.1]}))
     with pytest.raises(ValueError, match=r"already contains a different sweep"):
         run_sweep(other, sweep_runs["root"] / "reference")
+
+
+@pytest.fixture
+def finished_copy(sweep_runs, tmp_path, monkeypatch):
+    """A copy of the finished reference sweep whose base config is a file of its own.
+
+    Returns (output directory, base config path). Building a population program fails, so a
+    test that reaches a compile fails.
+    """
+    import shutil
+
+    import rlli_jax.population as population
+
+    out_dir = tmp_path / "out"
+    shutil.copytree(sweep_runs["root"] / "reference", out_dir)
+    base_path = tmp_path / "base.yaml"
+    base_path.write_text(yaml.safe_dump(TINY_BASE))
+    sweep = SweepConfig.from_dict({"base": str(base_path), **_SWEEP_FIELDS})
+    save_sweep_config(sweep, out_dir / "sweep.yaml")
+
+    def fail_if_called(*args, **kwargs):
+        raise AssertionError("a group was compiled")
+
+    monkeypatch.setattr(population, "make_population_program", fail_if_called)
+    return out_dir, base_path
+
+
+_SWEEP_FIELDS = {"num_seeds": 2, "grid": {"hyper.critic_lr": [1e-3, 1e30]}}
+
+
+def _plan_for(base_path: Path):
+    return plan_sweep(SweepConfig.from_dict({"base": str(base_path), **_SWEEP_FIELDS}))
+
+
+def test_resume_rejects_changed_base_config(finished_copy):
+    out_dir, base_path = finished_copy
+    group_config = out_dir / GROUPS_DIR / "group-000" / "config.yaml"
+    saved = group_config.read_text()
+    changed = dict(TINY_BASE, hyper=dict(TINY_BASE["hyper"], critic_lr=1e-2, gamma=0.9))
+    base_path.write_text(yaml.safe_dump(changed))
+    with pytest.raises(
+        ValueError, match=r"group-000 differs .*: hyper\.gamma = 0\.0 saved, 0\.9 now"
+    ):
+        run_sweep(_plan_for(base_path), out_dir, mesh=make_mesh(devices=jax.devices()[:1]))
+    assert group_config.read_text() == saved
+
+
+def test_resume_ignores_base_value_of_swept_key(finished_copy):
+    out_dir, base_path = finished_copy
+    group_config = out_dir / GROUPS_DIR / "group-000" / "config.yaml"
+    saved = group_config.read_text()
+    # Members take critic_lr from the grid, so the base value never reaches them.
+    changed = dict(TINY_BASE, hyper=dict(TINY_BASE["hyper"], critic_lr=1e-2))
+    base_path.write_text(yaml.safe_dump(changed))
+    result = run_sweep(_plan_for(base_path), out_dir, mesh=make_mesh(devices=jax.devices()[:1]))
+    assert result.groups_skipped == 1
+    assert group_config.read_text() == saved
+
+
+def test_first_call_saves_every_group_config(finished_copy):
+    out_dir, base_path = finished_copy
+    group_config = out_dir / GROUPS_DIR / "group-000" / "config.yaml"
+    group_config.unlink()
+    run_sweep(_plan_for(base_path), out_dir, mesh=make_mesh(devices=jax.devices()[:1]))
+    assert yaml.safe_load(group_config.read_text())["hyper"]["gamma"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ({"foo": 1}, r"expected a mapping with a 'members' list"),
+        ({"members": [1]}, r"every entry of 'members' must be a mapping"),
+        ({"members": [{"member": 0}]}, r"member rows lack the keys \['group'"),
+    ],
+)
+def test_invalid_group_results_rejected(finished_copy, content, match):
+    out_dir, base_path = finished_copy
+    path = out_dir / GROUPS_DIR / "group-000" / GROUP_RESULTS_NAME
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=r"invalid results file .*results\.json: " + match):
+        run_sweep(_plan_for(base_path), out_dir, mesh=make_mesh(devices=jax.devices()[:1]))
+
+
+def test_group_results_of_other_members_rejected(finished_copy):
+    out_dir, base_path = finished_copy
+    path = out_dir / GROUPS_DIR / "group-000" / GROUP_RESULTS_NAME
+    data = json.loads(path.read_text())
+    data["members"] = data["members"][:3]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"members \[0, 1, 2\] do not match .* \[0, 1, 2, 3\]"):
+        run_sweep(_plan_for(base_path), out_dir, mesh=make_mesh(devices=jax.devices()[:1]))
 
 
 def test_results_table_and_ranking(sweep_runs):
