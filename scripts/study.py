@@ -38,6 +38,7 @@ from rlli_jax.study import (  # noqa: E402
     mean_interval,
     relative_gain,
     run_entry,
+    seed_range,
     settings_digest,
     study_overrides,
     summarize_seeds,
@@ -93,7 +94,11 @@ def main(argv=None) -> int:
     if args.seeds < 1:
         print(f"error: invalid --seeds {args.seeds}: must be >= 1", file=sys.stderr)
         return 2
-    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    try:
+        seeds = seed_range(args.first_seed, args.seeds)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     # Check the configs and the files of finished entries before anything compiles.
     try:
@@ -139,7 +144,19 @@ class EntryFileError(Exception):
 
 
 # Keys every entry file must contain for the report and the baseline cache.
-ENTRY_FILE_KEYS = ("entry", "per_seed", "seeds", "baseline_signature", "curves")
+ENTRY_FILE_KEYS = (
+    "entry",
+    "per_seed",
+    "seeds",
+    "baseline_signature",
+    "curves",
+    "curve_env_steps",
+    "total_env_steps",
+    "num_updates",
+    "compile_s",
+    "train_s",
+    "eval_s",
+)
 
 
 def _report(entries_dir: Path, out: Path) -> int:
@@ -228,8 +245,93 @@ def _load_results(entries_dir: Path) -> dict:
                 f"incomplete study entry file {path}: missing {missing}. Delete it to run the "
                 "entry again"
             )
+        problem = _entry_file_problem(result)
+        if problem is not None:
+            raise EntryFileError(
+                f"invalid study entry file {path}: {problem}. Delete it to run the entry again"
+            )
         results[path.stem] = result
     return results
+
+
+def _entry_file_problem(result: dict) -> str | None:
+    """Return the first field of an entry file that the report cannot read, or None.
+
+    `result` must contain every key of ENTRY_FILE_KEYS. The check covers their types and
+    shapes, so that the report and the baseline cache can read the file without an error.
+    """
+    entry = result["entry"]
+    if not isinstance(entry, dict):
+        return _wrong_field("entry", entry, "a mapping")
+    for key in ("group", "algo", "label"):
+        if not isinstance(entry.get(key), str):
+            return _wrong_field(f"entry.{key}", entry.get(key), "a string")
+    if not _is_list_of(result["seeds"], _is_int) or not result["seeds"]:
+        return _wrong_field("seeds", result["seeds"], "a non-empty list of integers")
+    if not isinstance(result["baseline_signature"], str):
+        return _wrong_field("baseline_signature", result["baseline_signature"], "a string")
+    for key in ("total_env_steps", "num_updates"):
+        if not _is_int(result[key]):
+            return _wrong_field(key, result[key], "an integer")
+    for key in ("compile_s", "train_s", "eval_s"):
+        if not _is_number(result[key]):
+            return _wrong_field(key, result[key], "a number")
+    for key in ("budget", "config_path"):
+        if key in result and not isinstance(result[key], str):
+            return _wrong_field(key, result[key], "a string")
+    overrides = result.get("overrides", [])
+    if not _is_list_of(overrides, lambda item: isinstance(item, str)):
+        return _wrong_field("overrides", overrides, "a list of strings")
+
+    per_seed = result["per_seed"]
+    if not isinstance(per_seed, dict):
+        return _wrong_field("per_seed", per_seed, "a mapping")
+    for method in (entry["algo"], *BASELINE_NAMES):
+        metrics = per_seed.get(method)
+        if not isinstance(metrics, dict):
+            return _wrong_field(f"per_seed.{method}", metrics, "a mapping of metrics")
+    for method, metrics in per_seed.items():
+        if not isinstance(metrics, dict):
+            return _wrong_field(f"per_seed.{method}", metrics, "a mapping of metrics")
+        for name in REPORTED_METRICS:
+            if name not in metrics:
+                return f"per_seed.{method} lacks the metric {name!r}"
+        for name, values in metrics.items():
+            if not _is_list_of(values, _is_number) or not values:
+                return _wrong_field(
+                    f"per_seed.{method}.{name}", values, "a non-empty list of numbers"
+                )
+
+    curves = result["curves"]
+    qoe_curves = curves.get("qoe") if isinstance(curves, dict) else None
+    if not _is_list_of(qoe_curves, lambda curve: _is_list_of(curve, _is_number)) or not qoe_curves:
+        return _wrong_field("curves.qoe", qoe_curves, "a non-empty list of lists of numbers")
+    steps = result["curve_env_steps"]
+    lengths = {len(curve) for curve in qoe_curves}
+    if not _is_list_of(steps, _is_number) or lengths != {len(steps)}:
+        return _wrong_field(
+            "curve_env_steps", steps, "a list of numbers, one per point of each curves.qoe row"
+        )
+    return None
+
+
+def _wrong_field(name: str, value, expected: str) -> str:
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"field {name} = {text} must be {expected}"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_list_of(value, predicate) -> bool:
+    return isinstance(value, list) and all(predicate(item) for item in value)
 
 
 def _write_json(path: Path, data) -> None:

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from rlli_jax.agents.baselines import BASELINE_NAMES
 from rlli_jax.qoe.model import SimulatorQoE
 from rlli_jax.study import (
+    REPORTED_METRICS,
     STUDY_ENTRIES,
     PersonaBlindQoE,
     default_entries,
@@ -229,6 +231,112 @@ def test_script_rejects_unknown_entry(tmp_path):
     completed = _run_script("--only", "nope", "--out", str(tmp_path))
     assert completed.returncode == 2
     assert "unknown study entries ['nope']" in completed.stderr
+
+
+@pytest.fixture
+def study_script(monkeypatch):
+    """scripts/study.py imported as a module, so that `main` runs in this process."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import study
+
+    return study
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--first-seed", "4294967296"], "invalid --first-seed = 4294967296: must be in [0, "),
+        (["--first-seed", "-5"], "invalid --first-seed = -5: must be in [0, 4294967295]"),
+        (["--first-seed", str(2**63)], f"invalid --first-seed = {2**63}"),
+        (
+            ["--first-seed", "4294967295", "--seeds", "2"],
+            "invalid --seeds = 2: the last seed --first-seed + --seeds - 1 = 4294967296",
+        ),
+    ],
+)
+def test_script_rejects_out_of_range_seeds(study_script, tmp_path, capsys, argv, message):
+    out = tmp_path / "study"
+    code = study_script.main([*argv, "--only", "ddpg", "--budget", "tiny", "--out", str(out)])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def _valid_entry_file() -> dict:
+    """An entry file with every field the report reads, for two seeds and two chunks."""
+    metrics = {name: [3.0, 3.5] for name in REPORTED_METRICS}
+    return {
+        "entry": {"name": "ddpg", "group": "main", "algo": "ddpg", "label": "DDPG"},
+        "per_seed": {method: dict(metrics) for method in ("ddpg", *BASELINE_NAMES)},
+        "seeds": [0, 1],
+        "baseline_signature": "users=8",
+        "curves": {"qoe": [[2.0, 3.0], [2.5, 3.5]]},
+        "curve_env_steps": [8, 16],
+        "total_env_steps": 16,
+        "num_updates": 2,
+        "compile_s": 1.0,
+        "train_s": 1.0,
+        "eval_s": 1.0,
+        "budget": "tiny",
+        "config_path": "configs/paper.yaml",
+        "overrides": [],
+    }
+
+
+def test_report_only_reads_valid_entry_file(study_script, tmp_path):
+    (tmp_path / "entries").mkdir()
+    (tmp_path / "entries" / "ddpg.json").write_text(json.dumps(_valid_entry_file()))
+    assert study_script.main(["--report-only", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "tables.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("entry", "ddpg", "field entry = 'ddpg' must be a mapping"),
+        ("per_seed", [], "field per_seed = [] must be a mapping"),
+        ("seeds", "0,1", "field seeds = '0,1' must be a non-empty list of integers"),
+        ("train_s", "fast", "field train_s = 'fast' must be a number"),
+        ("curves", {"qoe": 3}, "field curves.qoe = 3 must be a non-empty list of lists"),
+        ("curve_env_steps", [8], "field curve_env_steps = [8] must be a list of numbers, one"),
+        ("budget", ["tiny"], "field budget = ['tiny'] must be a string"),
+    ],
+)
+def test_report_only_rejects_mistyped_field(study_script, tmp_path, capsys, field, value, message):
+    data = _valid_entry_file()
+    data[field] = value
+    (tmp_path / "entries").mkdir()
+    (tmp_path / "entries" / "ddpg.json").write_text(json.dumps(data))
+    assert study_script.main(["--report-only", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "invalid study entry file" in error
+    assert "ddpg.json" in error
+    assert message in error
+
+
+@pytest.mark.parametrize(
+    ("method", "metrics", "message"),
+    [
+        ("greedy", None, "field per_seed.greedy = None must be a mapping of metrics"),
+        ("ddpg", {"qoe": "high"}, "per_seed.ddpg lacks the metric 'reward'"),
+    ],
+)
+def test_report_only_rejects_bad_per_seed(study_script, tmp_path, capsys, method, metrics, message):
+    data = _valid_entry_file()
+    data["per_seed"][method] = metrics
+    (tmp_path / "entries").mkdir()
+    (tmp_path / "entries" / "ddpg.json").write_text(json.dumps(data))
+    assert study_script.main(["--report-only", "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_report_only_rejects_mistyped_metric(study_script, tmp_path, capsys):
+    data = _valid_entry_file()
+    data["per_seed"]["ddpg"]["qoe"] = "high"
+    (tmp_path / "entries").mkdir()
+    (tmp_path / "entries" / "ddpg.json").write_text(json.dumps(data))
+    assert study_script.main(["--report-only", "--out", str(tmp_path)]) == 2
+    assert "field per_seed.ddpg.qoe = 'high' must be a non-empty list" in capsys.readouterr().err
 
 
 @pytest.mark.slow
