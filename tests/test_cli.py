@@ -272,3 +272,37 @@ def test_plot_checks_out_and_metric_names(tmp_path, capsys):
     argv = [str(run_dir), "--metrics", "qoe", "--out", str(tmp_path / "sub" / "c.png")]
     assert plot_script.main(argv) == 0
     assert (tmp_path / "sub" / "c.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"first_seed": 2**32}, "invalid first_seed = 4294967296: must be an integer in [0, "),
+        ({"set": ["train.seed=7"]}, "invalid set[0] = 'train.seed=7': seeds are set by"),
+        ({"grid": {"env.reward_net": ["a"]}}, "env.reward_net cannot be swept: "),
+    ],
+)
+def test_sweep_script_rejects_bad_sweep(tmp_path, capsys, fields, message):
+    import sweep as sweep_script  # scripts/sweep.py
+
+    base = tmp_path / "base.yaml"
+    base.write_text("train: {num_envs: 4}\n")
+    config = tmp_path / "sweep.yaml"
+    config.write_text(json.dumps({"base": "base.yaml", "grid": {"hyper.tau": [0.1]}, **fields}))
+    code = sweep_script.main(["--config", str(config), "--out", str(tmp_path / "out"), "--dry-run"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "Traceback" not in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_script_rejects_list_section(tmp_path, capsys):
+    import sweep as sweep_script  # scripts/sweep.py
+
+    (tmp_path / "base.yaml").write_text("train: [1, 2]\n")
+    config = tmp_path / "sweep.yaml"
+    config.write_text('{"base": "base.yaml", "set": ["train.num_envs=4"], "num_seeds": 1}\n')
+    code = sweep_script.main(["--config", str(config), "--out", str(tmp_path / "out"), "--dry-run"])
+    assert code == 2
+    assert "section train must be a mapping, got [1, 2]" in capsys.readouterr().err
