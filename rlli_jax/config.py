@@ -39,7 +39,9 @@ ENV_PARAM_NAMES = tuple(
 )
 HYPERPARAM_NAMES = tuple(field.name for field in dataclasses.fields(AgentHyperparams))
 ENV_IDS = ("DiffusionService-v0",)
-# jax.random.key takes a 32-bit seed (without x64, key(2**32) equals key(0)).
+# Largest seed. With 64-bit types off (the default), `jax.random.key` keeps only the low 32
+# bits of a seed, so key(2**32) equals key(0), and seeds >= 2**63 raise OverflowError
+# (checked on jax 0.10.2).
 SEED_MAX = 2**32 - 1
 # Step counters inside the compiled program are int32.
 INT32_MAX = 2**31 - 1

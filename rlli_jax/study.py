@@ -45,11 +45,10 @@ from scipy import stats
 
 import rlli_jax.train as train_module
 from rlli_jax.agents.baselines import BASELINE_NAMES, make_baseline_policy
-from rlli_jax.config import load_config
+from rlli_jax.config import SEED_MAX, load_config
 from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import make_agent_policy, run_episodes
 from rlli_jax.qoe.model import QoEModel
-from rlli_jax.sweep import MAX_SEED
 
 # Discount of every entry without an energy budget. With the budget off no action changes a
 # later slot, so gamma 0 is the exact objective, and it learned faster than 0.99 on this
@@ -265,15 +264,15 @@ def seed_range(first_seed: int, num_seeds: int) -> list[int]:
     """Return the seeds first_seed, ..., first_seed + num_seeds - 1 of a study run.
 
     Raises:
-        ValueError: a seed outside [0, MAX_SEED], which `jax.random.key` would wrap or reject.
+        ValueError: a seed outside [0, SEED_MAX], which `jax.random.key` would wrap or reject.
     """
-    if not 0 <= first_seed <= MAX_SEED:
-        raise ValueError(f"invalid --first-seed = {first_seed}: must be in [0, {MAX_SEED}]")
+    if not 0 <= first_seed <= SEED_MAX:
+        raise ValueError(f"invalid --first-seed = {first_seed}: must be in [0, {SEED_MAX}]")
     last_seed = first_seed + num_seeds - 1
-    if last_seed > MAX_SEED:
+    if last_seed > SEED_MAX:
         raise ValueError(
             f"invalid --seeds = {num_seeds}: the last seed --first-seed + --seeds - 1 = "
-            f"{last_seed} must be <= {MAX_SEED}"
+            f"{last_seed} must be <= {SEED_MAX}"
         )
     return list(range(first_seed, first_seed + num_seeds))
 

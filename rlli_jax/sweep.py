@@ -42,6 +42,7 @@ from rlli_jax.agents.replay import available_device_bytes
 from rlli_jax.config import (
     ENV_PARAM_NAMES,
     HYPERPARAM_NAMES,
+    SEED_MAX,
     Config,
     TrainConfig,
     apply_overrides,
@@ -63,10 +64,6 @@ STATIC_KEYS = (
 )
 RANKING_METRICS = (*EPISODE_METRICS, "reward", "episode_return")
 GOALS = ("max", "min")
-# Largest seed. With 64-bit types off (the default), `jax.random.key` keeps only the low 32
-# bits of a seed, so key(2**32) equals key(0), and seeds >= 2**63 raise OverflowError
-# (checked on jax 0.10.2).
-MAX_SEED = 2**32 - 1
 # Config keys a sweep cannot vary, and why.
 UNSWEEPABLE_KEYS = {
     "env.reward_net": (
@@ -95,7 +92,7 @@ class SweepConfig:
     base: str  # absolute path of the base training config
     set: tuple[str, ...] = ()  # SECTION.KEY=VALUE overrides of the base config
     num_seeds: int = 1
-    first_seed: int = 0  # seeds are first_seed, ..., first_seed + num_seeds - 1 <= MAX_SEED
+    first_seed: int = 0  # seeds are first_seed, ..., first_seed + num_seeds - 1 <= SEED_MAX
     grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (key, values) in file order
     points: tuple[tuple[tuple[str, Any], ...], ...] = ()  # explicit (key, value) combinations
     metric: str = "qoe"
@@ -110,17 +107,17 @@ class SweepConfig:
             "must be an integer >= 1",
         )
         _require(
-            _is_int(self.first_seed) and 0 <= self.first_seed <= MAX_SEED,
+            _is_int(self.first_seed) and 0 <= self.first_seed <= SEED_MAX,
             "first_seed",
             self.first_seed,
-            f"must be an integer in [0, {MAX_SEED}]",
+            f"must be an integer in [0, {SEED_MAX}]",
         )
         last_seed = self.first_seed + self.num_seeds - 1
         _require(
-            last_seed <= MAX_SEED,
+            last_seed <= SEED_MAX,
             "num_seeds",
             self.num_seeds,
-            f"the last seed first_seed + num_seeds - 1 = {last_seed} must be <= {MAX_SEED}",
+            f"the last seed first_seed + num_seeds - 1 = {last_seed} must be <= {SEED_MAX}",
         )
         _require(
             self.metric in RANKING_METRICS,
