@@ -182,6 +182,12 @@ class TrainConfig:
         for name in ("warmup_env_steps", "eval_episodes", "eval_every_chunks"):
             _require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "must be >= 0")
         _require(
+            not (self.eval_every_chunks and self.eval_episodes == 0),
+            "train.eval_every_chunks",
+            self.eval_every_chunks,
+            "needs train.eval_episodes >= 1, or set it to 0 for no evaluation during training",
+        )
+        _require(
             self.num_iterations <= INT32_MAX,
             "train.total_env_steps",
             self.total_env_steps,

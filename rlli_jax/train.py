@@ -402,7 +402,7 @@ def find_nonfinite(metrics: dict[str, Any]) -> tuple[int, str, float] | None:
     iterations = np.asarray(metrics["iteration"])
     for index in range(iterations.shape[0]):
         if float(metrics["params_finite"][index]) < 1.0:
-            return int(iterations[index]), "params_finite (an actor or critic parameter)", 0.0
+            return int(iterations[index]), "actor or critic parameter", math.nan
         for name, values in metrics.items():
             value = float(np.asarray(values)[index])
             if not math.isfinite(value):

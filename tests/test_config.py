@@ -135,6 +135,12 @@ def test_section_not_mapping_raises(tmp_path):
         load_config(path)
 
 
+def test_evaluation_every_chunks_needs_episodes():
+    overrides = ["train.eval_every_chunks=2", "train.eval_episodes=0"]
+    with pytest.raises(ValueError, match=r"train\.eval_every_chunks = 2: needs train\.eval"):
+        load_config(overrides=overrides)
+
+
 def test_schedule_with_zero_betas_raises():
     overrides = ["agent.beta_min=1e-300", "agent.beta_max=1e-300"]
     with pytest.raises(ValueError, match=r"invalid agent\.beta_min = 1e-300, .* not finite"):

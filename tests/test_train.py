@@ -164,7 +164,7 @@ def test_find_nonfinite_names_first_step_and_metric():
     metrics["reward"] = np.ones(3)
     assert find_nonfinite(metrics) is None
     metrics["params_finite"] = np.array([1.0, 0.0, 1.0])
-    assert find_nonfinite(metrics)[:2] == (11, "params_finite (an actor or critic parameter)")
+    assert find_nonfinite(metrics)[:2] == (11, "actor or critic parameter")
 
 
 def test_summarize_chunk_averages_by_kind():
