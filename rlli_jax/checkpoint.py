@@ -87,14 +87,14 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def restore_latest(
-        self, target: Any, check_metadata: Callable[[Any], str | None] | None = None
+        self, target: Any, check_metadata: Callable[[int, Any], str | None] | None = None
     ) -> RestoredCheckpoint | None:
         """Restore the newest checkpoint that reads back whole, shaped like `target`.
 
         Args:
             target: a pytree of arrays or `jax.ShapeDtypeStruct` with the saved structure.
-            check_metadata: returns what is wrong with a checkpoint's JSON metadata, or None
-                when it is valid.
+            check_metadata: called with a step and its JSON metadata, returns what is wrong
+                with the metadata, or None when it is valid.
 
         Returns:
             None when there is no checkpoint. A checkpoint that fails to restore, does not
@@ -119,7 +119,7 @@ class Checkpointer:
                 except Exception as error:  # noqa: BLE001  (orbax raises many types on bad files)
                     message = _error_summary(error)
             if message is None and check_metadata is not None:
-                message = check_metadata(restored.metadata)
+                message = check_metadata(step, restored.metadata)
             # Each process reads its own shards, so one process can fail alone; then every
             # process skips this step.
             if not _all_processes_agree(message is None) and message is None:

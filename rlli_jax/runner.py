@@ -201,7 +201,11 @@ def restore_train_state(
     """
     if placement is None:
         placement = make_placement(program, shard_envs=False)
-    restored = checkpointer.restore_latest(placement.restore_target, run_metadata_problem)
+    per_chunk = program.config.train.env_steps_per_chunk
+    restored = checkpointer.restore_latest(
+        placement.restore_target,
+        lambda step, metadata: run_metadata_problem(step, metadata, per_chunk),
+    )
     if restored is None:
         return None
     metadata = dict(restored.metadata)
@@ -209,14 +213,26 @@ def restore_train_state(
     return state_from_checkpoint(restored.state), metadata
 
 
-def run_metadata_problem(metadata: Any) -> str | None:
-    """Say what is wrong with a run checkpoint's JSON metadata, or return None when valid."""
+def run_metadata_problem(step: int, metadata: Any, env_steps_per_chunk: int) -> str | None:
+    """Say what is wrong with the JSON metadata of a run's checkpoint `step`, or return None.
+
+    A run saves chunk c as step c with env_steps = c * env_steps_per_chunk; metadata that
+    disagrees would make a resume start from the wrong chunk.
+    """
     if not isinstance(metadata, dict):
         return f"invalid metadata {metadata!r}: expected a mapping with chunk and env_steps"
     for name in ("chunk", "env_steps"):
         value = metadata.get(name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             return f"invalid metadata {name} = {value!r}: expected an integer >= 0"
+    if metadata["chunk"] != step:
+        return f"invalid metadata chunk = {metadata['chunk']}: the checkpoint is step {step}"
+    expected = step * env_steps_per_chunk
+    if metadata["env_steps"] != expected:
+        return (
+            f"invalid metadata env_steps = {metadata['env_steps']}: chunk {step} ends at "
+            f"{expected} environment steps"
+        )
     return None
 
 

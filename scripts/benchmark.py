@@ -348,7 +348,11 @@ def plot(records: list[dict], path: Path) -> None:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     # Create the folder now, so a path that cannot be written fails before the measurements.
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"error: --out = {args.out} cannot be created: {error}", file=sys.stderr)
+        return 2
     from rlli_jax import benchmarking
 
     info = benchmarking.machine_info()

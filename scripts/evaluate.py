@@ -12,7 +12,13 @@ from pathlib import Path
 
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import check_seed
-from rlli_jax.runner import CHECKPOINT_DIR, evaluate_run, load_run_config, restore_train_state
+from rlli_jax.runner import (
+    CHECKPOINT_DIR,
+    CONFIG_NAME,
+    evaluate_run,
+    load_run_config,
+    restore_train_state,
+)
 from rlli_jax.train import make_train
 
 
@@ -32,6 +38,7 @@ def main(argv=None) -> int:
         out = Path(args.out) if args.out else None
         if out is not None:
             check_output_file(out)
+            check_not_a_run_file(out, Path(args.run))
         overrides = []
         if args.episodes is not None:
             overrides.append(f"train.eval_episodes={args.episodes}")
@@ -74,6 +81,19 @@ def main(argv=None) -> int:
             print(f"error: could not write --out {out}: {error}", file=sys.stderr)
             return 1
     return 0
+
+
+def check_not_a_run_file(out: Path, run_dir: Path) -> None:
+    """Raise ValueError if `out` would replace a file that the run itself reads or writes."""
+    run_files = [CONFIG_NAME, "metrics.jsonl", "metrics.csv", "summary.json", "curves.png"]
+    protected = [run_dir / name for name in run_files]
+    target = out.resolve()
+    inside_checkpoints = (run_dir / CHECKPOINT_DIR).resolve() in target.parents
+    if inside_checkpoints or any(target == path.resolve() for path in protected):
+        raise ValueError(
+            f"--out = {str(out)!r} is invalid: it is a file of the run {str(run_dir)!r}; "
+            "choose another path, such as eval.json in the run directory"
+        )
 
 
 def check_output_file(out: Path) -> None:

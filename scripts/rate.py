@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rlli_jax.config import check_seed
 from rlli_jax.env.prompts import load_prompt_bank
 from rlli_jax.qoe.collect import (
     OutcomeRanges,
@@ -144,6 +145,7 @@ def main(argv=None) -> int:
     )
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
+    check_seed(args.seed, "--seed")
     ranges = OutcomeRanges(
         min_quality=args.min_quality,
         max_quality=args.max_quality,

@@ -44,11 +44,16 @@ from rlli_jax.study import (  # noqa: E402
     summarize_seeds,
 )
 
+DEFAULT_CONFIG = "configs/paper.yaml"
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--config", default="configs/paper.yaml", help="base training config (default: %(default)s)"
+        "--config",
+        default=DEFAULT_CONFIG,
+        help="base training config (default: %(default)s, taken from this repository when "
+        "the current folder has none)",
     )
     parser.add_argument("--seeds", type=int, default=5, help="seeds per entry (>= 2 for intervals)")
     parser.add_argument(
@@ -81,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.config == DEFAULT_CONFIG and not Path(DEFAULT_CONFIG).is_file():
+        args.config = str(Path(__file__).resolve().parent.parent / DEFAULT_CONFIG)
     out = Path(args.out)
     entries_dir = out / "entries"
     unknown = [name for name in args.only or () if name not in STUDY_ENTRIES]
@@ -112,7 +119,11 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    entries_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        entries_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        print(f"error: --out = {args.out} cannot be created: {error}", file=sys.stderr)
+        return 2
     for name in names:
         path = entries_dir / f"{name}.json"
         if name in finished:

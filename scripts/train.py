@@ -13,6 +13,7 @@ hosts, start the same command on each with --coordinator, --num-processes and it
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from rlli_jax.config import load_config
 from rlli_jax.distributed import add_distributed_arguments, initialize_from_args
 from rlli_jax.runner import CONFIG_NAME, NonFiniteError, load_run_config, run_training
 
+# Exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
@@ -125,7 +128,7 @@ def main(argv=None) -> int:
         else:
             hint = "the run had not started, so nothing was written"
         print(f"interrupted: {hint}", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     progress.close()
     summary.pop("final_state")
     summary["wall_s"] = time.perf_counter() - start
@@ -150,4 +153,11 @@ def _brief(summary: dict) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code == INTERRUPTED:
+        # XLA threads may still be compiling; a normal interpreter exit can then abort in
+        # their teardown. Checkpoints are written synchronously, so nothing is lost here.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

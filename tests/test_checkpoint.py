@@ -133,8 +133,8 @@ def test_rejected_metadata_falls_back(tmp_path):
     checkpointer.save(1, make_tree(1.0), {"chunk": 1})
     checkpointer.save(2, make_tree(2.0), {"foo": 1})
 
-    def check(metadata):
-        return None if "chunk" in metadata else "metadata has no chunk"
+    def check(step, metadata):
+        return None if metadata.get("chunk") == step else "metadata has no chunk"
 
     restored = checkpointer.restore_latest(make_tree(0.0), check)
     assert restored.step == 1

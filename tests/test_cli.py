@@ -306,3 +306,32 @@ def test_sweep_script_rejects_list_section(tmp_path, capsys):
     code = sweep_script.main(["--config", str(config), "--out", str(tmp_path / "out"), "--dry-run"])
     assert code == 2
     assert "section train must be a mapping, got [1, 2]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "step, metadata, match",
+    [
+        (4, {"chunk": 4, "env_steps": 64}, None),
+        (4, {"chunk": 1, "env_steps": 16}, "chunk = 1: the checkpoint is step 4"),
+        (4, {"chunk": 4, "env_steps": 60}, "env_steps = 60: chunk 4 ends at 64"),
+        (4, [4, 64], "expected a mapping"),
+    ],
+)
+def test_run_metadata_must_match_step(step, metadata, match):
+    from rlli_jax.runner import run_metadata_problem
+
+    problem = run_metadata_problem(step, metadata, env_steps_per_chunk=16)
+    if match is None:
+        assert problem is None
+    else:
+        assert match in problem
+
+
+def test_evaluate_out_cannot_replace_run_files(tmp_path):
+    import evaluate as evaluate_script  # scripts/evaluate.py
+
+    run_dir = tmp_path / "run"
+    for path in (run_dir / "config.yaml", run_dir / "checkpoints" / "4" / "x"):
+        with pytest.raises(ValueError, match="is a file of the run"):
+            evaluate_script.check_not_a_run_file(path, run_dir)
+    evaluate_script.check_not_a_run_file(run_dir / "eval.json", run_dir)

@@ -449,6 +449,11 @@ def test_rate_script_rejects_bad_out(tmp_path):
         rate_main([*options, str(plain_file / "ratings.jsonl")])
     assert plain_file.read_text(encoding="utf-8") == "keep me"
     assert sorted(entry.name for entry in tmp_path.iterdir()) == ["file.txt"]
+    with pytest.raises(ValueError, match="ends in .settings.json"):
+        rate_main([*options, str(tmp_path / "a.jsonl.settings.json")])
+    with pytest.raises(ValueError, match=r"invalid --seed = -1"):
+        rate_main([*options, str(tmp_path / "a.jsonl"), "--seed", "-1"])
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["file.txt"]
 
 
 # Root may write into a chmod 0o500 directory, so the test uses procfs, which rejects new files

@@ -325,6 +325,11 @@ def prepare_ratings_file(out_path: str | Path, settings: Mapping[str, Any]) -> d
     out_path = Path(out_path)
     if out_path.suffix == ".gz":
         raise ValueError(f"out_path must be a plain JSONL file, got a .gz path: {out_path}")
+    if out_path.name.endswith(SETTINGS_SUFFIX):
+        raise ValueError(
+            f"out_path {out_path} ends in {SETTINGS_SUFFIX}, the name of another ratings "
+            "file's settings; pass a .jsonl file path"
+        )
     if out_path.is_dir():
         raise ValueError(f"ratings file {out_path} is a directory; pass a .jsonl file path")
     for parent in out_path.parents:
@@ -381,6 +386,11 @@ def collect_ratings(
     out_path = Path(out_path)
     if out_path.suffix == ".gz":
         raise ValueError(f"out_path must be a plain JSONL file, got a .gz path: {out_path}")
+    if out_path.name.endswith(SETTINGS_SUFFIX):
+        raise ValueError(
+            f"out_path {out_path} ends in {SETTINGS_SUFFIX}, the name of another ratings "
+            "file's settings; pass a .jsonl file path"
+        )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _end_with_newline(out_path)
 
