@@ -596,8 +596,8 @@ def _train_program(num_envs: int, overrides: tuple[str, ...] = ()):
             *overrides,
         ),
     )
-    # Updates wait for batch_size stored transitions, which a few envs take several chunks
-    # to collect; random actions until then keep the timed chunks' work the same.
+    # Updates wait for batch_size stored transitions, and a few envs take several chunks to
+    # collect them. The warm-up takes random actions until then, so every timed chunk updates.
     warmup = max(num_envs, config.agent.batch_size)
     config = dataclasses.replace(
         config, train=dataclasses.replace(config.train, warmup_env_steps=warmup)

@@ -6,9 +6,9 @@
 #
 # Needs the CUDA build of jax in the Python it runs ($PYTHON if set, else python3; pip install
 # -e ".[gpu]", or scripts/download_wheels.sh on a host without network); the script checks
-# that jax finds a GPU and stops otherwise. Sizes are chosen to finish in under 8 minutes on one
-# current data-centre GPU (not yet measured); the NumPy reference runs on the host CPU in the
-# same run, so the report's ratios compare the GPU with that CPU.
+# that jax finds a GPU and stops otherwise. The sizes aim to finish in under 8 minutes on one
+# current data-centre GPU (NOTE: an estimate, not yet measured). The NumPy reference runs on
+# the host CPU in the same run, so the report's ratios compare the GPU with that CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python3}"

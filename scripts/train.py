@@ -155,8 +155,8 @@ def _brief(summary: dict) -> dict:
 if __name__ == "__main__":
     code = main()
     if code == INTERRUPTED:
-        # XLA threads may still be compiling; a normal interpreter exit can then abort in
-        # their teardown. Checkpoints are written synchronously, so nothing is lost here.
+        # XLA threads may still be compiling, and a normal interpreter exit aborted in their
+        # teardown when tried. Checkpoint saves return only when final, so none is cut short.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -211,7 +211,7 @@ def test_script_writes_json_and_plot(tmp_path):
     assert "| jax_env_2_over_numpy |" in report
 
 
-def test_script_prints_a_suite_before_the_next_one_runs(tmp_path, monkeypatch, capsys):
+def test_script_prints_each_suite_at_once(tmp_path, monkeypatch, capsys):
     # A run stopped during a later suite (a time limit on a lent GPU) keeps the finished
     # suites' rows in its log.
     def fail(*args, **kwargs):

@@ -74,6 +74,12 @@ class FakeChatServer:
                     call = server.calls[key]
                 try:
                     status, body, headers = server.respond(mode, call)
+                finally:
+                    # Leave the count before the reply is written: the client may send its
+                    # next request as soon as it has the body, before this thread runs on.
+                    with server.lock:
+                        server.in_flight -= 1
+                try:
                     self.send_response(status)
                     for name, value in headers.items():
                         self.send_header(name, value)
@@ -82,9 +88,6 @@ class FakeChatServer:
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client timed out and closed the connection
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

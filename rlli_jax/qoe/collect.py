@@ -190,6 +190,18 @@ def settings_path(out_path: str | Path) -> Path:
     return out_path.with_name(out_path.name + SETTINGS_SUFFIX)
 
 
+def _check_jsonl_name(out_path: Path) -> None:
+    """Raise ValueError unless `out_path` names a plain JSONL file: not gzip, and not the
+    settings file of another ratings file."""
+    if out_path.suffix == ".gz":
+        raise ValueError(f"out_path must be a plain JSONL file, got a .gz path: {out_path}")
+    if out_path.name.endswith(SETTINGS_SUFFIX):
+        raise ValueError(
+            f"out_path {out_path} ends in {SETTINGS_SUFFIX}, the name of another ratings "
+            "file's settings. Pass a .jsonl file path."
+        )
+
+
 def collection_settings(
     seed: int,
     ranges: OutcomeRanges,
@@ -323,13 +335,7 @@ def prepare_ratings_file(out_path: str | Path, settings: Mapping[str, Any]) -> d
             is unreadable, or the stored settings differ (naming each setting and both values).
     """
     out_path = Path(out_path)
-    if out_path.suffix == ".gz":
-        raise ValueError(f"out_path must be a plain JSONL file, got a .gz path: {out_path}")
-    if out_path.name.endswith(SETTINGS_SUFFIX):
-        raise ValueError(
-            f"out_path {out_path} ends in {SETTINGS_SUFFIX}, the name of another ratings "
-            "file's settings; pass a .jsonl file path"
-        )
+    _check_jsonl_name(out_path)
     if out_path.is_dir():
         raise ValueError(f"ratings file {out_path} is a directory; pass a .jsonl file path")
     for parent in out_path.parents:
@@ -384,13 +390,7 @@ def collect_ratings(
         ValueError: `out_path` is a gzip file (append a plain .jsonl and compress it afterwards).
     """
     out_path = Path(out_path)
-    if out_path.suffix == ".gz":
-        raise ValueError(f"out_path must be a plain JSONL file, got a .gz path: {out_path}")
-    if out_path.name.endswith(SETTINGS_SUFFIX):
-        raise ValueError(
-            f"out_path {out_path} ends in {SETTINGS_SUFFIX}, the name of another ratings "
-            "file's settings; pass a .jsonl file path"
-        )
+    _check_jsonl_name(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _end_with_newline(out_path)
 
