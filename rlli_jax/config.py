@@ -27,7 +27,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from rlli_jax.agents.ddpg import DEFAULT_HYPERPARAMS, AgentConfig, AgentHyperparams
+from rlli_jax.agents.ddpg import (
+    DEFAULT_HYPERPARAMS,
+    HYPERPARAM_RULES,
+    AgentConfig,
+    AgentHyperparams,
+    check_hyperparam,
+)
 from rlli_jax.env.params import EnvParams
 
 # EnvParams fields that hold arrays or pytrees built by the environment, not scalar constants.
@@ -120,17 +126,10 @@ class HyperConfig:
     exploration_std: float | None = None
 
     def __post_init__(self):
-        rules = {
-            "actor_lr": ("must be > 0", lambda x: x > 0),
-            "critic_lr": ("must be > 0", lambda x: x > 0),
-            "tau": ("must lie in (0, 1]", lambda x: 0 < x <= 1),
-            "gamma": ("must lie in [0, 1)", lambda x: 0 <= x < 1),
-            "exploration_std": ("must be >= 0", lambda x: x >= 0),
-        }
-        for name, (rule, predicate) in rules.items():
+        for name in HYPERPARAM_RULES:
             value = getattr(self, name)
             if value is not None:
-                _require(math.isfinite(value) and predicate(value), f"hyper.{name}", value, rule)
+                check_hyperparam(name, value, f"hyper.{name}")
 
     def resolve(self, algo: str) -> dict[str, float]:
         """Return every hyperparameter as a float, filling None from `algo`'s defaults."""
@@ -447,6 +446,36 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
     return result
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that rejects a key given twice in one mapping.
+
+    Plain `yaml.safe_load` keeps the last value of a repeated key, so a config that sets
+    `train.num_envs` twice would silently run with whichever came second.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`; its keys may be reset
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key; the base class reports it
+                continue
+            if first is None:
+                seen[key] = key_node.start_mark.line + 1
+            else:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one mapping (first on line {first}); "
+                    "give each key once",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into nested dicts."""
     path = Path(path)
@@ -455,7 +484,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
     except UnicodeDecodeError as error:
         raise ValueError(f"config file {str(path)!r} is not UTF-8 text: {error}") from None
     except yaml.YAMLError as error:

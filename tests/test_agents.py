@@ -150,11 +150,36 @@ def test_update_moves_targets_by_tau(compiled_agent):
     chex.assert_trees_all_close(new_state.target_actor_params, new_state.actor_params)
     chex.assert_trees_all_close(new_state.target_critic_params, new_state.critic_params)
 
-    hyper = default_hyperparams(algo, tau=0.0)
+    # tau = 0 (frozen targets) breaks the config rule; set it directly to test the update.
+    hyper = default_hyperparams(algo).replace(tau=jnp.float32(0.0))
     new_state, _ = update(agent_state, batch, jax.random.key(3), hyper)
     chex.assert_trees_all_equal(new_state.target_actor_params, agent_state.target_actor_params)
     chex.assert_trees_all_equal(new_state.target_critic_params, agent_state.target_critic_params)
     assert int(new_state.step) == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"tau": 0.0}, r"invalid tau = 0\.0: must lie in \(0, 1\]"),
+        ({"gamma": 1.0}, r"invalid gamma = 1\.0: must lie in \[0, 1\)"),
+        ({"actor_lr": float("nan")}, r"invalid actor_lr = nan: must be > 0"),
+        ({"exploration_std": "0.1"}, r"invalid exploration_std = '0\.1'"),
+        ({"critic_lr": True}, r"invalid critic_lr = True"),
+    ],
+)
+def test_default_hyperparams_rejects_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        default_hyperparams("gddpg", **overrides)
+
+
+@pytest.mark.parametrize("algo", ["ddpg", "gddpg"])
+def test_act_rejects_an_unbatched_observation(algo):
+    agent = make_agent(small_config(algo))
+    hyper = default_hyperparams(algo)
+    agent_state = agent.init(jax.random.key(0), OBS_DIM, ACTION_DIM, hyper)
+    with pytest.raises(ValueError, match=rf"invalid obs shape \({OBS_DIM},\).*obs\[None\]"):
+        agent.act(agent_state, jnp.zeros((OBS_DIM,)), jax.random.key(1), hyper)
 
 
 def test_actions_in_bounds(compiled_agent):

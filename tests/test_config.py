@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import yaml
 
-from rlli_jax.config import Config, apply_overrides, load_config, parse_override, save_config
+from rlli_jax.config import (
+    Config,
+    apply_overrides,
+    load_config,
+    parse_override,
+    read_yaml,
+    save_config,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Sweep and study configs have their own schema and their own tests.
@@ -79,6 +86,28 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path):
     config = load_config(path)
     assert config.hyper.actor_lr == pytest.approx(1e-4)
     assert config.train.total_env_steps == 1_000_000
+
+
+@pytest.mark.parametrize(
+    "text, key, line",
+    [
+        ("train:\n  num_envs: 8\n  seed: 1\n  num_envs: 16\n", "num_envs", 2),
+        ("train: {num_envs: 8, num_envs: 9}\n", "num_envs", 1),
+        ("train: {num_envs: 8}\nagent: {algo: ddpg}\ntrain: {seed: 3}\n", "train", 1),
+    ],
+)
+def test_repeated_yaml_key_is_rejected(tmp_path, text, key, line):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"twice\.yaml.*key '{key}' appears twice.*line {line}"):
+        load_config(path)
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &base {num_envs: 8, seed: 1}\ntrain:\n  <<: *base\n  seed: 2\n")
+    data = read_yaml(path)
+    assert data["train"] == {"num_envs": 8, "seed": 2}
 
 
 @pytest.mark.parametrize(

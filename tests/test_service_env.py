@@ -132,6 +132,31 @@ def test_nan_action_is_sanitised_and_counted():
     assert int(info["num_invalid_actions"]) == 4 * NUM_USERS - 1
 
 
+@pytest.mark.parametrize("shape", [(4 * NUM_USERS - 1,), (2, 4 * NUM_USERS), ()])
+def test_step_rejects_a_wrong_action_shape(shape):
+    env = default_env()
+    params = env.default_params
+    _, state = env.reset(jax.random.key(0), params)
+    message = rf"invalid action shape \({', '.join(map(str, shape))},?\).*\({4 * NUM_USERS},\)"
+    with pytest.raises(ValueError, match=message):
+        env.step(jax.random.key(1), state, jnp.zeros(shape), params)
+
+
+def test_step_accepts_integer_and_list_actions():
+    env = default_env()
+    params = env.default_params
+    _, state = env.reset(jax.random.key(0), params)
+    rewards = [
+        env.step(jax.random.key(1), state, action, params)[2]
+        for action in (
+            jnp.zeros(4 * NUM_USERS),
+            jnp.zeros(4 * NUM_USERS, jnp.int32),
+            [0.0] * (4 * NUM_USERS),
+        )
+    ]
+    assert float(rewards[0]) == float(rewards[1]) == float(rewards[2])
+
+
 def rollout(env, params, key, actions):
     """Python loop of single jitted steps; returns stacked rewards and observations."""
     key_reset, key_steps = jax.random.split(key)

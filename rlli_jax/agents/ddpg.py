@@ -21,6 +21,7 @@ import chex
 import distrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
@@ -123,14 +124,43 @@ DEFAULT_HYPERPARAMS: dict[str, dict[str, float]] = {
 }
 
 
+# The rule each hyperparameter must satisfy, as (description, predicate on a finite float).
+HYPERPARAM_RULES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "actor_lr": ("must be > 0", lambda x: x > 0),
+    "critic_lr": ("must be > 0", lambda x: x > 0),
+    "tau": ("must lie in (0, 1]", lambda x: 0 < x <= 1),
+    "gamma": ("must lie in [0, 1)", lambda x: 0 <= x < 1),
+    "exploration_std": ("must be >= 0", lambda x: x >= 0),
+}
+
+
+def check_hyperparam(name: str, value: Any, path: str | None = None) -> None:
+    """Raise ValueError unless `value` is a finite real number obeying `name`'s rule.
+
+    The message names the value by `path` (default: `name`).
+    """
+    rule, predicate = HYPERPARAM_RULES[name]
+    is_number = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool
+    )
+    if not (is_number and math.isfinite(value) and predicate(float(value))):
+        raise ValueError(f"invalid {path or name} = {value!r}: {rule} (a finite number)")
+
+
 def default_hyperparams(algo: str, **overrides: float) -> AgentHyperparams:
-    """Return the default traced hyperparameters of `algo`, with `overrides` applied."""
+    """Return the default traced hyperparameters of `algo`, with `overrides` applied.
+
+    Raises:
+        ValueError: an unknown algorithm or name, or a value that breaks its rule.
+    """
     if algo not in DEFAULT_HYPERPARAMS:
         raise ValueError(f"invalid algo = {algo!r}: expected one of {sorted(DEFAULT_HYPERPARAMS)}")
     values = dict(DEFAULT_HYPERPARAMS[algo])
     unknown = sorted(set(overrides) - set(values))
     if unknown:
         raise ValueError(f"unknown hyperparameters {unknown}: expected names from {sorted(values)}")
+    for name, value in overrides.items():
+        check_hyperparam(name, value)
     values.update(overrides)
     return AgentHyperparams.create(**values)
 
@@ -260,7 +290,11 @@ def make_agent(config: AgentConfig) -> Agent:
         hyper: AgentHyperparams,
         explore: bool = False,
     ) -> jax.Array:
-        chex.assert_shape(obs, (None, agent_state.obs_dim))
+        if jnp.ndim(obs) != 2 or jnp.shape(obs)[1] != agent_state.obs_dim:
+            raise ValueError(
+                f"invalid obs shape {jnp.shape(obs)}: act expects a batch of shape "
+                f"[B, {agent_state.obs_dim}]; for one observation pass obs[None]"
+            )
         key_policy, key_explore = jax.random.split(key)
         action = get_actor(agent_state.action_dim).apply(agent_state.actor_params, obs, key_policy)
         if explore:

@@ -236,8 +236,16 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
     def step_env(
         self, key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams
     ) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict[str, jax.Array]]:
+        action = jnp.asarray(action, jnp.float32)
+        if action.shape != (self.num_actions,):
+            raise ValueError(
+                f"invalid action shape {action.shape}: step expects one environment's "
+                f"action of shape ({self.num_actions},), 4 entries per user for "
+                f"{self.num_users} users; for a batch of environments, vmap step (see "
+                "rlli_jax.env.batched)"
+            )
         key_fading, key_prompts = jax.random.split(key)
-        action, num_invalid = physics.sanitize_action(jnp.asarray(action, jnp.float32))
+        action, num_invalid = physics.sanitize_action(action)
         allocation = physics.map_action(action, params)
         groups = state.groups
 
