@@ -180,6 +180,13 @@ class TrainConfig:
         check_seed(self.seed, "train.seed")
         for name in ("warmup_env_steps", "eval_episodes", "eval_every_chunks"):
             _require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), "must be >= 0")
+        for name in (*positive, "warmup_env_steps", "eval_episodes", "eval_every_chunks"):
+            _require(
+                getattr(self, name) <= INT32_MAX,
+                f"train.{name}",
+                getattr(self, name),
+                f"must be <= {INT32_MAX}: sizes and counters in the compiled program are int32",
+            )
         _require(
             not (self.eval_every_chunks and self.eval_episodes == 0),
             "train.eval_every_chunks",

@@ -82,7 +82,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         f"{DEFAULT_PROFILE_ENVS}, 0: no profile)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (>= 1)")
-    parser.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder")
+    parser.add_argument("--out", default="runs/benchmark", help="output folder")
     args = parser.parse_args(argv)
     args.suite = args.suite or list(SUITES)
     for flag in ("repeats", "numpy_envs", "num_steps", "sweep_envs"):
@@ -106,7 +106,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             f"--profile-envs = {args.profile_envs} needs the act suite: add --suite act, "
             "or leave --profile-envs out"
         )
-    check_output_folder(parser, args.out)
+    args.out = check_benchmark_folder(parser, args.out)
     return args
 
 
@@ -115,21 +115,20 @@ def option_name(flag: str) -> str:
     return "--" + flag.replace("_", "-")
 
 
-def check_output_folder(parser: argparse.ArgumentParser, out: Path) -> None:
-    """Reject an --out that cannot take the outputs, before anything is measured."""
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out = {out} is invalid: it exists and is not a folder")
+def check_benchmark_folder(parser: argparse.ArgumentParser, value: str) -> Path:
+    """Return --out as a Path; reject one that cannot take the outputs, before anything is
+    measured."""
+    from rlli_jax.outputs import check_output_folder  # the package imports jax: load it late
+
+    try:
+        out = check_output_folder(value)
+    except ValueError as error:
+        parser.error(str(error))
     for name in OUTPUT_FILES:
         path = out / name
         if path.exists() and not path.is_file():
             parser.error(f"--out = {out} is invalid: {path} exists and is not a file")
-    # The nearest folder that exists must take new files: out itself, or the parent that the
-    # missing folders will be created in.
-    existing = next(folder for folder in (out, *out.absolute().parents) if folder.exists())
-    if not existing.is_dir():
-        parser.error(f"--out = {out} is invalid: {existing} is not a folder")
-    if not os.access(existing, os.W_OK):
-        parser.error(f"--out = {out} is invalid: {existing} is not writable")
+    return out
 
 
 def write_outputs(out: Path, document: dict) -> None:

@@ -6,12 +6,12 @@ Example:
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import check_seed
+from rlli_jax.outputs import check_output_file
 from rlli_jax.runner import (
     CHECKPOINT_DIR,
     CONFIG_NAME,
@@ -35,9 +35,8 @@ def main(argv=None) -> int:
     try:
         if args.seed is not None:
             check_seed(args.seed, "--seed")
-        out = Path(args.out) if args.out else None
+        out = check_output_file(args.out) if args.out is not None else None
         if out is not None:
-            check_output_file(out)
             check_not_a_run_file(out, Path(args.run))
         overrides = []
         if args.episodes is not None:
@@ -94,20 +93,6 @@ def check_not_a_run_file(out: Path, run_dir: Path) -> None:
             f"--out = {str(out)!r} is invalid: it is a file of the run {str(run_dir)!r}; "
             "choose another path, such as eval.json in the run directory"
         )
-
-
-def check_output_file(out: Path) -> None:
-    """Raise ValueError if `out` cannot become a file: it is a folder, or its nearest existing
-    parent is a file or is not writable."""
-    if out.is_dir():
-        raise ValueError(f"--out = {str(out)!r} is invalid: it is a folder, expected a file path")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--out = {str(out)!r} is invalid: {parent} is not a folder")
-            if not os.access(parent, os.W_OK):
-                raise ValueError(f"--out = {str(out)!r} is invalid: {parent} is not writable")
-            break
 
 
 if __name__ == "__main__":

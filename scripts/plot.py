@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rlli_jax.metrics import JSONL_NAME, plot_learning_curves, read_metrics
+from rlli_jax.outputs import check_output_file
 
 
 def main(argv=None) -> int:
@@ -26,9 +27,10 @@ def main(argv=None) -> int:
     if missing:
         print(f"error: no {JSONL_NAME} in {missing}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    if out.suffix.lower() != ".png" or out.is_dir():
-        print(f"error: --out = {args.out!r} is invalid: expected a .png file path", file=sys.stderr)
+    try:
+        out = check_output_file(args.out, suffix=".png")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     known = set()
     for run in args.runs:

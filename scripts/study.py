@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rlli_jax.agents.baselines import BASELINE_NAMES  # noqa: E402
+from rlli_jax.outputs import check_output_folder  # noqa: E402
 from rlli_jax.study import (  # noqa: E402
     BUDGETS,
     REPORTED_METRICS,
@@ -88,7 +89,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.config == DEFAULT_CONFIG and not Path(DEFAULT_CONFIG).is_file():
         args.config = str(Path(__file__).resolve().parent.parent / DEFAULT_CONFIG)
-    out = Path(args.out)
+    try:
+        out = check_output_folder(args.out)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     entries_dir = out / "entries"
     unknown = [name for name in args.only or () if name not in STUDY_ENTRIES]
     if unknown:

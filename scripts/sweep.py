@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from rlli_jax.distributed import add_distributed_arguments, initialize_from_args
+from rlli_jax.outputs import check_output_folder
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,6 +56,8 @@ def main(argv=None) -> int:
 
     primary = jax.process_index() == 0
     try:
+        if args.out is not None:
+            check_output_folder(args.out)
         sweep = load_sweep_config(args.config)
         plan = plan_sweep(sweep)
         devices = jax.devices()
@@ -62,7 +65,7 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    out_dir = Path(args.out or f"runs/sweep-{Path(args.config).stem}")
+    out_dir = Path(args.out if args.out is not None else f"runs/sweep-{Path(args.config).stem}")
 
     if primary:
         _print_plan(plan, estimates, devices, setup)

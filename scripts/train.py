@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from rlli_jax.config import load_config
 from rlli_jax.distributed import add_distributed_arguments, initialize_from_args
+from rlli_jax.outputs import check_output_folder
 from rlli_jax.runner import CONFIG_NAME, NonFiniteError, load_run_config, run_training
 
 # Exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
@@ -72,12 +73,14 @@ def build_config(args: argparse.Namespace):
                 raise ValueError(f"{option} and --set {key}=... both set {key}: use one of them")
             overrides.append(f"{key}={value}")
     if args.resume:
-        if overrides or args.config or args.out:
+        if overrides or args.config or args.out is not None:
             raise ValueError(
                 "--resume continues a run with its saved config; do not combine it with "
                 "--config, --out, --set or other overrides"
             )
         return load_run_config(args.resume)
+    if args.out is not None:
+        check_output_folder(args.out)
     return load_config(args.config or DEFAULT_CONFIG, overrides)
 
 

@@ -266,7 +266,7 @@ def test_script_rejects_out_that_is_a_file(tmp_path, capsys):
     out.write_text("not a folder")
     with pytest.raises(SystemExit):
         benchmark_script.parse_args(["--out", str(out)])
-    assert "is not a folder" in capsys.readouterr().err
+    assert "it is a file, expected a folder" in capsys.readouterr().err
 
 
 def test_script_rejects_output_name_taken_by_folder(tmp_path, capsys):
@@ -341,4 +341,4 @@ def test_script_rejects_out_under_a_file(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit):
         benchmark_script.main(["--suite", "env", "--out", str(tmp_path / "file" / "bench")])
-    assert "is not a folder" in capsys.readouterr().err
+    assert "file is a file, not a folder" in capsys.readouterr().err

@@ -202,9 +202,29 @@ def test_out_that_is_a_file_fails_cleanly(tmp_path, capsys):
     path = tmp_path / "file"
     path.write_text("not a folder")
     code = train_script.main(tiny_args(64) + ["--out", str(path)])
-    assert code == 1
-    assert "is invalid: it is a file" in capsys.readouterr().err
+    assert code == 2
+    assert "is invalid: it is a file, expected a folder" in capsys.readouterr().err
     assert path.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("script", ["train", "sweep"])
+@pytest.mark.parametrize(
+    "out, message", [("", "it must name a path"), ("file/run", "not a folder")]
+)
+def test_bad_out_folder_fails_before_compiling(tmp_path, monkeypatch, capsys, script, out, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("x")
+    if script == "train":
+        code = train_script.main(tiny_args(64) + ["--out", out])
+    else:
+        import sweep as sweep_script  # scripts/sweep.py
+
+        config = str(Path(__file__).resolve().parent.parent / "configs" / "sweep_cpu.yaml")
+        code = sweep_script.main(["--config", config, "--out", out])
+    assert code == 2
+    assert f"--out = {out!r} is invalid: " in (err := capsys.readouterr().err)
+    assert message in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]  # nothing written
 
 
 def test_interrupt_prints_resume_hint(tmp_path, monkeypatch, capsys):

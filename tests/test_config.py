@@ -136,6 +136,8 @@ def test_yaml_merge_keys_may_be_overridden(tmp_path):
         ("train.seed=4294967296", r"invalid train\.seed = 4294967296: must be an integer in"),
         ("env.horizon=1000000000000", r"invalid env\.horizon = 1000000000000: must be in"),
         ("train.total_env_steps=1e18", r"invalid train\.total_env_steps = .*int32"),
+        ("train.buffer_size=2147483648", r"invalid train\.buffer_size = 2147483648: .*int32"),
+        ("train.eval_episodes=3e9", r"invalid train\.eval_episodes = 3000000000: .*int32"),
         ("agent.beta_max=.inf", r"invalid agent\.beta_min = 0\.1, beta_max = inf: both must"),
         ("agent.max_grad_norm=.inf", r"invalid agent\.max_grad_norm = inf"),
     ],

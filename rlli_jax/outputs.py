@@ -1,0 +1,70 @@
+"""Checks that an output path given on the command line can be written, before any work.
+
+Each check raises ValueError naming the option, the value and the rule, so that a script
+reports a bad `--out` in one line instead of failing after minutes of compiling or training.
+"""
+
+import os
+from pathlib import Path
+
+
+def _nearest_existing(path: Path) -> Path:
+    """Return `path` or its nearest ancestor that exists: at the latest the current folder, or
+    the root for an absolute path."""
+    return next(folder for folder in (path, *path.parents) if folder.exists())
+
+
+def _check_text(value: str | os.PathLike, option: str) -> Path:
+    text = os.fspath(value)
+    if not text.strip():
+        raise ValueError(f"{option} = {text!r} is invalid: it must name a path")
+    return Path(text)
+
+
+def _check_creatable(folder: Path, option: str, value: str) -> None:
+    """Raise unless `folder` is, or can be created as, a writable folder."""
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise ValueError(f"{option} = {value!r} is invalid: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} = {value!r} is invalid: {existing} is not writable")
+
+
+def check_output_folder(value: str | os.PathLike, option: str = "--out") -> Path:
+    """Return `value` as a Path if it is, or can become, a writable folder.
+
+    Raises:
+        ValueError: the value is empty, names a file, or lies under a file or a folder
+            that is not writable.
+    """
+    path = _check_text(value, option)
+    text = os.fspath(value)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} = {text!r} is invalid: it is a file, expected a folder")
+    _check_creatable(path, option, text)
+    return path
+
+
+def check_output_file(
+    value: str | os.PathLike, option: str = "--out", suffix: str | None = None
+) -> Path:
+    """Return `value` as a Path if it is, or can become, a writable file.
+
+    Args:
+        value: the path as given.
+        option: the option's name, for the message.
+        suffix: a required file name ending such as ".png" (compared without case).
+    Raises:
+        ValueError: the value is empty, names a folder, lacks `suffix`, or lies under a
+            file or a folder that is not writable.
+    """
+    path = _check_text(value, option)
+    text = os.fspath(value)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        raise ValueError(f"{option} = {text!r} is invalid: it is a folder, expected a file path")
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise ValueError(f"{option} = {text!r} is invalid: expected a {suffix} file path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{option} = {text!r} is invalid: the file is not writable")
+    _check_creatable(path.parent, option, text)
+    return path
