@@ -422,6 +422,14 @@ def test_prepare_checks_records_without_settings(tmp_path):
     other_model = {**collection_settings(0, OutcomeRanges(), PROMPTS, rater), "model": "m"}
     with pytest.raises(ValueError, match="line 1 has model = 'analytic-persona-v1'"):
         prepare_ratings_file(path, other_model)
+    other_seed = collection_settings(1, OutcomeRanges(), PROMPTS, rater)
+    with pytest.raises(ValueError, match=r"line 1 has request_id = 's0-0000000'.*seed = 1"):
+        prepare_ratings_file(path, other_seed)
+    smaller_bank = collection_settings(0, OutcomeRanges(), PROMPTS[:1], rater)
+    prompt_ids = [json.loads(line)["prompt_id"] for line in path.read_text().splitlines()]
+    assert max(prompt_ids) >= 1  # so one prompt cannot cover the file
+    with pytest.raises(ValueError, match=r"has prompt_id = \d+, but this run's prompt bank has 1"):
+        prepare_ratings_file(path, smaller_bank)
     assert not settings_path(path).exists()
 
     same = collection_settings(0, OutcomeRanges(), PROMPTS, rater)

@@ -269,11 +269,13 @@ def _compare_settings(out_path: Path, stored: Mapping, settings: Mapping) -> Non
 def _check_records_match(out_path: Path, settings: Mapping) -> None:
     """Check the valid records of a file that has no settings file against `settings`.
 
-    Records store the rater and template hash, which must match, and the rated quality and
-    latency, which must lie inside the current ranges.
+    Records store the rater and template hash, which must match, the seed as the prefix of
+    their request id, which must match, and the rated quality, latency and prompt index,
+    which must lie inside the current ranges and prompt bank.
     """
-    # NOTE: such a file does not store its seed or prompt bank, so they are not checked. Ranges
-    # wider than the file's pass too, because every stored value still lies inside them.
+    # NOTE: such a file does not store its prompt bank, so a bank of the same size or larger
+    # with other texts passes. Ranges wider than the file's pass too, because every stored
+    # value still lies inside them.
     checks = {
         "backend": lambda record: record["rater"]["backend"],
         "model": lambda record: record["rater"]["model"],
@@ -297,6 +299,21 @@ def _check_records_match(out_path: Path, settings: Mapping) -> None:
                         f"{read(record)!r}, but this run has {name} = {settings[name]!r}; "
                         "rerun with the file's settings to resume it, or write to another file"
                     )
+            seed_prefix = request_id(settings["seed"], 0).split("-")[0] + "-"
+            if not record["request_id"].startswith(seed_prefix):
+                raise ValueError(
+                    f"ratings file {out_path} line {line_number} has request_id = "
+                    f"{record['request_id']!r}, but this run's seed = {settings['seed']} gives "
+                    f"ids starting {seed_prefix!r}; rerun with the file's seed to resume it, or "
+                    "write to another file"
+                )
+            if not 0 <= record["prompt_id"] < settings["num_prompts"]:
+                raise ValueError(
+                    f"ratings file {out_path} line {line_number} has prompt_id = "
+                    f"{record['prompt_id']!r}, but this run's prompt bank has "
+                    f"{settings['num_prompts']} prompts; rerun with the file's prompt bank to "
+                    "resume it, or write to another file"
+                )
             for field, (low_name, high_name) in bounds.items():
                 low, high = settings[low_name], settings[high_name]
                 if not low <= record[field] <= high:
