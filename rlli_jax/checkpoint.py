@@ -39,6 +39,11 @@ class RestoredCheckpoint:
     skipped: tuple[tuple[int, str], ...] = ()
 
 
+def _drop_read_only_warning(record: logging.LogRecord) -> bool:
+    """Return False for orbax's "Given directory is read only" log record, True otherwise."""
+    return not str(record.msg).startswith("Given directory is read only")
+
+
 class Checkpointer:
     """Synchronous orbax checkpoint manager for one run directory.
 
@@ -66,9 +71,15 @@ class Checkpointer:
             "state": ocp.StandardCheckpointHandler(),
             "metadata": ocp.JsonCheckpointHandler(),
         }
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_handlers=handlers
-        )
+        # Orbax logs a warning for every read-only manager, although read-only is the request.
+        absl_logger = logging.getLogger("absl")
+        absl_logger.addFilter(_drop_read_only_warning)
+        try:
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options, item_handlers=handlers
+            )
+        finally:
+            absl_logger.removeFilter(_drop_read_only_warning)
 
     def all_steps(self) -> list[int]:
         """Return the steps of the finished checkpoints, oldest first."""

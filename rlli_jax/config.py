@@ -509,16 +509,27 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     Raises:
         ValueError: a missing file, an unknown key, a mistyped value or a value breaking a rule.
     """
-    data = read_yaml(path) if path is not None else {}
-    source = "config" if path is None else f"config file {str(path)!r}"
+    file_data = read_yaml(path) if path is not None else {}
+    file_source = "config" if path is None else f"config file {str(path)!r}"
     overrides = list(overrides)
-    if overrides:
-        try:
-            data = apply_overrides(data, overrides)
-        except ValueError as error:
-            raise ValueError(str(error) if path is None else f"{source}: {error}") from None
-        source = "config" if path is None else f"{source} with --set overrides"
-    return Config.from_dict(data, source)
+    if not overrides:
+        return Config.from_dict(file_data, file_source)
+    try:
+        data = apply_overrides(file_data, overrides)
+    except ValueError as error:
+        raise ValueError(str(error) if path is None else f"{file_source}: {error}") from None
+    source = "config" if path is None else f"{file_source} with --set overrides"
+    try:
+        return Config.from_dict(data, source)
+    except ValueError as error:
+        if path is not None:
+            # Name the file alone when the overrides play no part in the error.
+            try:
+                Config.from_dict(file_data, file_source)
+            except ValueError as file_error:
+                if str(file_error) == str(error).replace(source, file_source, 1):
+                    raise file_error from None
+        raise
 
 
 def save_config(config: Config, path: str | Path) -> None:

@@ -45,7 +45,7 @@ from rlli_jax.config import Config, read_yaml, save_config
 from rlli_jax.distributed import check_shared_directory
 from rlli_jax.evaluation import run_episodes, summarize
 from rlli_jax.metrics import MetricsWriter
-from rlli_jax.runner import eval_key, train_key
+from rlli_jax.runner import check_env_data, eval_key, save_env_data_digest, train_key
 from rlli_jax.sweep import (
     SweepGroup,
     SweepPlan,
@@ -57,6 +57,7 @@ from rlli_jax.train import (
     TrainProgram,
     TrainState,
     find_nonfinite,
+    make_env,
     make_train,
     state_from_checkpoint,
     state_to_checkpoint,
@@ -225,8 +226,11 @@ def _claim_directory(plan: SweepPlan, out_dir: Path, primary: bool) -> None:
     Every group's resolved config is therefore saved too, and a resume is rejected when one
     differs from the saved copy in a value that its members use. Saved copies are never
     overwritten; a missing one (a group of a directory written before these copies existed,
-    or an interrupted first call) is written.
+    or an interrupted first call) is written. The same holds for each group's digest of the
+    environment data files (`check_env_data`).
     """
+    # Loading the reward networks first lets a bad env.reward_net fail before any write.
+    envs = [make_env(group.config) for group in plan.groups]
     path = out_dir / SWEEP_CONFIG_NAME
     if path.exists():
         if read_yaml(path) != plan.sweep.to_dict():
@@ -239,15 +243,17 @@ def _claim_directory(plan: SweepPlan, out_dir: Path, primary: bool) -> None:
         save_sweep_config(plan.sweep, path)
 
     missing = []
-    for group in plan.groups:
+    for group, env in zip(plan.groups, envs, strict=True):
         config_path = out_dir / GROUPS_DIR / group.name / GROUP_CONFIG_NAME
         if config_path.exists():
             _check_group_config(plan, group, config_path)
+            check_env_data(config_path.parent, env, write_missing=primary)
         else:
-            missing.append((group, config_path))
+            missing.append((group, config_path, env))
     if primary:
-        for group, config_path in missing:
+        for group, config_path, env in missing:
             config_path.parent.mkdir(parents=True, exist_ok=True)
+            save_env_data_digest(config_path.parent, env)
             save_config(group.config, config_path)
 
 

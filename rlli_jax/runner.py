@@ -46,6 +46,7 @@ from rlli_jax import sharding
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import Config, load_config, save_config
 from rlli_jax.distributed import check_shared_directory
+from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import evaluate_baselines, summarize
 from rlli_jax.metrics import MetricsWriter, plot_learning_curves
 from rlli_jax.train import (
@@ -65,6 +66,8 @@ SUMMARY_NAME = "summary.json"
 CURVES_NAME = "curves.png"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_NAME = ".lock"
+# SHA-256 of the environment data read from files (reward network weights, prompt bank).
+ENV_DATA_DIGEST_NAME = "env_data.sha256"
 
 
 class NonFiniteError(RuntimeError):
@@ -90,6 +93,60 @@ def train_key(seed: int) -> jax.Array:
 def eval_key(seed: int) -> jax.Array:
     """Return the key of the final evaluation; the same for the policy and the baselines."""
     return jax.random.fold_in(jax.random.key(seed), 1)
+
+
+def env_data_digest(env: DiffusionServiceEnv) -> str:
+    """Return the SHA-256 of the environment data that the config names only by path.
+
+    That is the QoE model's parameters (the reward network's weights, from `env.reward_net`
+    or the packaged checkpoint) and the prompt bank's similarity matrix and topics.
+    """
+    params = env.default_params
+    data = {
+        "qoe_params": params.qoe_params,
+        "prompt_similarity": params.prompt_similarity,
+        "prompt_topics": params.prompt_topics,
+    }
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(data):
+        array = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)} {array.dtype} {array.shape}\n".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def save_env_data_digest(folder: Path, env: DiffusionServiceEnv) -> None:
+    """Write the digest of `env`'s data files to `folder` (replacing an older one)."""
+    path = folder / ENV_DATA_DIGEST_NAME
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(env_data_digest(env) + "\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+def check_env_data(folder: Path, env: DiffusionServiceEnv, write_missing: bool) -> None:
+    """Compare `env`'s data with the digest saved in `folder` when the run started.
+
+    A run reads its reward network and prompt bank from files at every start, so a file
+    replaced between the first start and a resume or evaluation would silently change the
+    rewards. A folder without a digest (written before digests were saved) passes, and gets
+    the current digest when `write_missing` is True.
+
+    Raises:
+        ValueError: the saved digest differs from the current data's.
+    """
+    path = folder / ENV_DATA_DIGEST_NAME
+    if not path.is_file():
+        if write_missing:
+            save_env_data_digest(folder, env)
+        return
+    saved = path.read_text(encoding="utf-8", errors="replace").strip()
+    if saved != env_data_digest(env):
+        raise ValueError(
+            f"the environment data differ from those {str(folder)!r} was started with: the "
+            "reward network (env.reward_net, or the packaged one) or the prompt bank changed "
+            f"since ({path} holds the digest of the originals); restore those files to "
+            "continue, or start a new run"
+        )
 
 
 def load_run_config(run_dir: str | Path) -> Config:
@@ -378,7 +435,10 @@ def _run_training(
         if created:
             run_dir.rmdir()  # still empty: leave nothing that would block the retry
         raise
-    if primary and not resume:
+    if resume:
+        check_env_data(run_dir, program.env, write_missing=primary)
+    elif primary:
+        save_env_data_digest(run_dir, program.env)
         save_config(config, run_dir / CONFIG_NAME)
 
     train_config = config.train

@@ -15,6 +15,8 @@ from rlli_jax.outputs import check_output_file
 from rlli_jax.runner import (
     CHECKPOINT_DIR,
     CONFIG_NAME,
+    ENV_DATA_DIGEST_NAME,
+    check_env_data,
     evaluate_run,
     load_run_config,
     restore_train_state,
@@ -49,6 +51,7 @@ def main(argv=None) -> int:
         if config.train.eval_episodes < 1:
             raise ValueError("eval_episodes is 0; pass --episodes N with N >= 1")
         program = make_train(config, check_memory=False)
+        check_env_data(Path(args.run), program.env, write_missing=False)
         checkpoint_dir = Path(args.run) / CHECKPOINT_DIR
         if not checkpoint_dir.is_dir():
             raise ValueError(f"no checkpoint found in {checkpoint_dir}")
@@ -84,7 +87,14 @@ def main(argv=None) -> int:
 
 def check_not_a_run_file(out: Path, run_dir: Path) -> None:
     """Raise ValueError if `out` would replace a file that the run itself reads or writes."""
-    run_files = [CONFIG_NAME, "metrics.jsonl", "metrics.csv", "summary.json", "curves.png"]
+    run_files = [
+        CONFIG_NAME,
+        ENV_DATA_DIGEST_NAME,
+        "metrics.jsonl",
+        "metrics.csv",
+        "summary.json",
+        "curves.png",
+    ]
     protected = [run_dir / name for name in run_files]
     target = out.resolve()
     inside_checkpoints = (run_dir / CHECKPOINT_DIR).resolve() in target.parents

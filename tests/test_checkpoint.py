@@ -196,3 +196,17 @@ def test_error_summary_truncates_long_messages():
     summary = _error_summary(RuntimeError("x" * 1000))
     assert len(summary) == MAX_ERROR_CHARS
     assert summary.endswith("...")
+
+
+def test_read_only_logs_no_orbax_warning(tmp_path, caplog):
+    import orbax.checkpoint as ocp
+
+    (tmp_path / "ckpt").mkdir()
+    with caplog.at_level("WARNING"):
+        Checkpointer(tmp_path / "ckpt", read_only=True)
+    assert not [r for r in caplog.records if "read only" in r.getMessage()]
+    # The filter is removed again: orbax's own warning still reaches the log.
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None)
+    with caplog.at_level("WARNING"):
+        ocp.CheckpointManager(tmp_path / "ckpt", options=options)
+    assert [r for r in caplog.records if "read only" in r.getMessage()]

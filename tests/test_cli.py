@@ -227,6 +227,30 @@ def test_bad_out_folder_fails_before_compiling(tmp_path, monkeypatch, capsys, sc
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]  # nothing written
 
 
+def test_replaced_reward_net_blocks_resume_and_evaluate(tmp_path, capsys):
+    import evaluate as evaluate_script  # scripts/evaluate.py
+
+    from rlli_jax.qoe.reward_net import RewardNetQoE, save_reward_net
+
+    model = RewardNetQoE(hidden_sizes=(8,))
+    net = tmp_path / "net"
+    save_reward_net(net, model, model.init_params(jax.random.key(0)))
+    run = tmp_path / "run"
+    argv = tiny_args(32) + [f"--set=env.reward_net={net}", "--out", str(run)]
+    assert train_script.main(argv) == 0
+    assert (run / "env_data.sha256").is_file()
+
+    save_reward_net(net, model, model.init_params(jax.random.key(1)), overwrite=True)
+    capsys.readouterr()
+    assert train_script.main(["--resume", str(run)]) == 1
+    assert "environment data differ" in capsys.readouterr().err
+    assert evaluate_script.main(["--run", str(run), "--episodes", "2"]) == 2
+    assert "environment data differ" in capsys.readouterr().err
+
+    save_reward_net(net, model, model.init_params(jax.random.key(0)), overwrite=True)
+    assert evaluate_script.main(["--run", str(run), "--episodes", "2"]) == 0
+
+
 def test_interrupt_prints_resume_hint(tmp_path, monkeypatch, capsys):
     def interrupt(config, run_dir, **kwargs):
         (Path(run_dir) / "config.yaml").parent.mkdir(parents=True, exist_ok=True)

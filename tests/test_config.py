@@ -271,3 +271,15 @@ def test_reward_net_checkpoint_swaps_qoe(tmp_path):
     np.testing.assert_allclose(loaded["input_std"], params["input_std"])
     default_env = make_env(load_config(None, ["env.num_users=2"]))
     assert default_env.qoe_model.hidden_sizes != (8,)
+
+
+def test_file_error_omits_innocent_overrides(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  num_envs: 0\n")
+    with pytest.raises(ValueError, match=r"^config file '.*bad\.yaml': invalid train\.num_envs"):
+        load_config(bad, ["train.seed=1"])
+    good = tmp_path / "good.yaml"
+    good.write_text("train:\n  num_envs: 8\n")
+    with pytest.raises(ValueError, match=r"good\.yaml' with --set overrides: invalid train\.num_"):
+        load_config(good, ["train.num_envs=0"])
+    assert load_config(bad, ["train.num_envs=3"]).train.num_envs == 3

@@ -533,6 +533,24 @@ def test_first_call_saves_every_group_config(finished_copy):
     assert yaml.safe_load(group_config.read_text())["hyper"]["gamma"] == 0.0
 
 
+def test_resume_rejects_changed_env_data(finished_copy):
+    out_dir, base_path = finished_copy
+    digest = out_dir / GROUPS_DIR / "group-000" / "env_data.sha256"
+    assert len(digest.read_text().strip()) == 64
+    digest.write_text("0" * 64 + "\n")  # as if the reward network file had been replaced
+    with pytest.raises(ValueError, match=r"environment data differ .*group-000"):
+        run_sweep(_plan_for(base_path), out_dir, mesh=make_mesh(devices=jax.devices()[:1]))
+
+
+def test_resume_writes_a_missing_env_data_digest(finished_copy):
+    out_dir, base_path = finished_copy
+    digest = out_dir / GROUPS_DIR / "group-000" / "env_data.sha256"
+    saved = digest.read_text()
+    digest.unlink()  # a directory written before the digests existed
+    run_sweep(_plan_for(base_path), out_dir, mesh=make_mesh(devices=jax.devices()[:1]))
+    assert digest.read_text() == saved
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [

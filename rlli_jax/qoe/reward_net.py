@@ -317,6 +317,28 @@ def load_reward_net(
     return model, params, metadata
 
 
-@functools.lru_cache(maxsize=16)
 def _load_cached(path: str, hidden_sizes: tuple[int, ...] | None):
+    """Load a checkpoint once per version of its files.
+
+    The cache key holds every file's size and modification time, so a checkpoint rewritten
+    in place (`save_reward_net(..., overwrite=True)`) is read again.
+    """
+    return _load_cached_version(path, hidden_sizes, _files_version(Path(path)))
+
+
+def _files_version(path: Path) -> tuple:
+    """Return (relative name, size, mtime in ns) of every file under `path`, sorted."""
+    if not path.is_dir():
+        return ()
+    entries = []
+    for file in sorted(path.rglob("*")):
+        if file.is_file():
+            stat = file.stat()
+            entries.append((str(file.relative_to(path)), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_cached_version(path: str, hidden_sizes: tuple[int, ...] | None, version: tuple):
+    del version  # part of the cache key only
     return load_reward_net(path, hidden_sizes)
