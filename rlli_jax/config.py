@@ -28,11 +28,11 @@ import numpy as np
 import yaml
 
 from rlli_jax.agents.ddpg import (
-    DEFAULT_HYPERPARAMS,
     HYPERPARAM_RULES,
     AgentConfig,
     AgentHyperparams,
     check_hyperparam,
+    resolve_hyperparams,
 )
 from rlli_jax.env.params import EnvParams
 
@@ -67,7 +67,8 @@ class EnvConfig:
     horizon: int = 16
     # Sorted (name, value) pairs; YAML and `--set env.params.NAME=VALUE` give a mapping.
     params: tuple[tuple[str, float], ...] = ()
-    # Persona reward network checkpoint directory for the QoE; None uses the packaged one.
+    # Persona reward network checkpoint directory for the QoE, made absolute (relative paths
+    # start at the working folder); None uses the packaged one.
     reward_net: str | None = None
 
     def __post_init__(self):
@@ -95,6 +96,10 @@ class EnvConfig:
                 "must be an existing reward network checkpoint directory "
                 "(scripts/distill_reward.py --out writes one)",
             )
+            # Stored absolute, so the saved run config names the same checkpoint from any
+            # working folder that resumes or evaluates the run.
+            absolute = str(Path(self.reward_net).expanduser().absolute())
+            object.__setattr__(self, "reward_net", absolute)
 
     @property
     def param_overrides(self) -> dict[str, float]:
@@ -132,10 +137,14 @@ class HyperConfig:
                 check_hyperparam(name, value, f"hyper.{name}")
 
     def resolve(self, algo: str) -> dict[str, float]:
-        """Return every hyperparameter as a float, filling None from `algo`'s defaults."""
-        values = dict(DEFAULT_HYPERPARAMS[algo])
-        values.update({k: v for k, v in dataclasses.asdict(self).items() if v is not None})
-        return values
+        """Return every hyperparameter as a float, filling None from `algo`'s defaults.
+
+        Raises:
+            ValueError: `algo` has no defaults (an actor added to `ACTOR_FACTORIES` only) and
+                a value is None.
+        """
+        given = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return resolve_hyperparams(algo, given, prefix="hyper.")
 
 
 def check_seed(seed: int, path: str) -> None:
@@ -259,6 +268,7 @@ class Config:
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
 
     def __post_init__(self):
+        self.hyper.resolve(self.agent.algo)  # every hyperparameter has a value
         _require(
             self.agent.batch_size <= self.train.buffer_size,
             "agent.batch_size",

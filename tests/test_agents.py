@@ -505,3 +505,53 @@ def test_make_replay_checks_before_allocating(monkeypatch):
     monkeypatch.setattr(replay_module, "example_transition", fail_init)
     with pytest.raises(ValueError, match="reduce buffer_size or num_envs"):
         make_replay(capacity=1000, batch_size=8, obs_dim=4, action_dim=2)
+
+
+def test_registered_actor_without_defaults_needs_every_hyperparameter(monkeypatch):
+    from rlli_jax.config import load_config
+
+    monkeypatch.setitem(
+        ACTOR_FACTORIES, "linear", lambda config, action_dim: make_mlp_actor(action_dim, (8,))
+    )
+    with pytest.raises(ValueError, match=r"algo = 'linear' has no default hyperparameters"):
+        default_hyperparams("linear")
+    with pytest.raises(ValueError, match=r"set \['hyper\.tau', 'hyper\.gamma'"):
+        load_config(None, ["agent.algo=linear", "hyper.actor_lr=1e-3", "hyper.critic_lr=1e-3",
+                           "hyper.exploration_std=0.1"])  # fmt: skip
+    values = dict(actor_lr=1e-3, critic_lr=1e-3, tau=0.01, gamma=0.5, exploration_std=0.1)
+    config = load_config(
+        None, ["agent.algo=linear"] + [f"hyper.{k}={v}" for k, v in values.items()]
+    )
+    np.testing.assert_allclose(config.hyperparams.gamma, 0.5)
+    hyper = default_hyperparams("linear", **values)
+    agent = make_agent(small_config("linear"))
+    agent_state = agent.init(jax.random.key(0), OBS_DIM, ACTION_DIM, hyper)
+    new_state, metrics = agent.update(
+        agent_state, random_batch(jax.random.key(1)), jax.random.key(2), hyper
+    )
+    assert int(new_state.step) == 1
+    assert np.isfinite(float(metrics["critic_loss"]))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_act_accepts_a_traced_explore_flag(algo):
+    agent = make_agent(small_config(algo))
+    hyper = default_hyperparams(algo, exploration_std=0.5)
+    agent_state = agent.init(jax.random.key(0), OBS_DIM, ACTION_DIM, hyper)
+    obs = jax.random.normal(jax.random.key(1), (16, OBS_DIM))
+    traced = jax.jit(agent.act)
+    for explore in (False, True):
+        expected = agent.act(agent_state, obs, jax.random.key(2), hyper, explore=explore)
+        got = traced(agent_state, obs, jax.random.key(2), hyper, jnp.asarray(explore))
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_update_rejects_mismatched_batch_fields():
+    agent = make_agent(small_config("ddpg"))
+    hyper = default_hyperparams("ddpg")
+    agent_state = agent.init(jax.random.key(0), OBS_DIM, ACTION_DIM, hyper)
+    batch = random_batch(jax.random.key(1))
+    for name, shape in (("reward", (1,)), ("terminated", (1,)), ("action", (4, ACTION_DIM))):
+        bad = batch.replace(**{name: jnp.zeros(shape)})
+        with pytest.raises(ValueError, match=rf"invalid batch\.{name} shape \({shape[0]},"):
+            agent.update(agent_state, bad, jax.random.key(2), hyper)

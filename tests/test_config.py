@@ -283,3 +283,16 @@ def test_file_error_omits_innocent_overrides(tmp_path):
     with pytest.raises(ValueError, match=r"good\.yaml' with --set overrides: invalid train\.num_"):
         load_config(good, ["train.num_envs=0"])
     assert load_config(bad, ["train.num_envs=3"]).train.num_envs == 3
+
+
+def test_relative_reward_net_is_saved_absolute(tmp_path, monkeypatch):
+    from rlli_jax.qoe.reward_net import RewardNetQoE, save_reward_net
+
+    model = RewardNetQoE(hidden_sizes=(8,))
+    save_reward_net(tmp_path / "net", model, model.init_params(jax.random.key(0)))
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, ["env.reward_net=net"])
+    assert config.env.reward_net == str(tmp_path / "net")
+    save_config(config, tmp_path / "saved.yaml")
+    monkeypatch.chdir(tmp_path.parent)  # another working folder reads the same checkpoint
+    assert load_config(tmp_path / "saved.yaml").env.reward_net == str(tmp_path / "net")

@@ -12,6 +12,7 @@ from rlli_jax.agents.ddpg import (
     default_hyperparams,
     make_agent,
     polyak_update,
+    resolve_hyperparams,
 )
 from rlli_jax.agents.diffusion import (
     DiffusionSchedule,
@@ -59,6 +60,7 @@ __all__ = [
     "check_replay_memory",
     "critic_target",
     "default_hyperparams",
+    "resolve_hyperparams",
     "estimate_replay_bytes",
     "example_transition",
     "make_agent",

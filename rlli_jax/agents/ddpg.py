@@ -17,7 +17,6 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import chex
 import distrax
 import jax
 import jax.numpy as jnp
@@ -147,27 +146,53 @@ def check_hyperparam(name: str, value: Any, path: str | None = None) -> None:
         raise ValueError(f"invalid {path or name} = {value!r}: {rule} (a finite number)")
 
 
-def default_hyperparams(algo: str, **overrides: float) -> AgentHyperparams:
-    """Return the default traced hyperparameters of `algo`, with `overrides` applied.
+def resolve_hyperparams(
+    algo: str, overrides: dict[str, float], prefix: str = ""
+) -> dict[str, float]:
+    """Return every hyperparameter of `algo` as a float: its defaults, then `overrides`.
+
+    An actor registered in `ACTOR_FACTORIES` without an entry in `DEFAULT_HYPERPARAMS` has no
+    defaults, so `overrides` must then set every hyperparameter. Messages name the values as
+    `prefix` + name (the config passes "hyper.").
 
     Raises:
-        ValueError: an unknown algorithm or name, or a value that breaks its rule.
+        ValueError: an unknown algorithm or name, a missing value, or a value that breaks its
+            rule.
     """
-    if algo not in DEFAULT_HYPERPARAMS:
-        raise ValueError(f"invalid algo = {algo!r}: expected one of {sorted(DEFAULT_HYPERPARAMS)}")
-    values = dict(DEFAULT_HYPERPARAMS[algo])
-    unknown = sorted(set(overrides) - set(values))
+    if algo not in DEFAULT_HYPERPARAMS and algo not in ACTOR_FACTORIES:
+        raise ValueError(f"invalid algo = {algo!r}: expected one of {sorted(ACTOR_FACTORIES)}")
+    unknown = sorted(set(overrides) - set(HYPERPARAM_RULES))
     if unknown:
-        raise ValueError(f"unknown hyperparameters {unknown}: expected names from {sorted(values)}")
+        raise ValueError(
+            f"unknown hyperparameters {[prefix + name for name in unknown]}: expected names "
+            f"from {sorted(HYPERPARAM_RULES)}"
+        )
     for name, value in overrides.items():
-        check_hyperparam(name, value)
+        check_hyperparam(name, value, prefix + name)
+    values = dict(DEFAULT_HYPERPARAMS.get(algo, {}))
     values.update(overrides)
-    return AgentHyperparams.create(**values)
+    missing = [prefix + name for name in HYPERPARAM_RULES if name not in values]
+    if missing:
+        raise ValueError(
+            f"algo = {algo!r} has no default hyperparameters (DEFAULT_HYPERPARAMS has entries "
+            f"for {sorted(DEFAULT_HYPERPARAMS)}): set {missing}, or add an entry "
+            f"DEFAULT_HYPERPARAMS[{algo!r}]"
+        )
+    return {name: float(values[name]) for name in HYPERPARAM_RULES}
+
+
+def default_hyperparams(algo: str, **overrides: float) -> AgentHyperparams:
+    """Return the traced hyperparameters of `algo`: its defaults with `overrides` applied.
+
+    Raises:
+        ValueError: as `resolve_hyperparams` describes.
+    """
+    return AgentHyperparams.create(**resolve_hyperparams(algo, overrides))
 
 
 @struct.dataclass
 class Transition:
-    """A batch of transitions; B is the leading batch shape (one or more axes).
+    """A batch of transitions; B is the leading batch shape (`update` takes exactly one axis).
 
     obs [B, obs_dim] float32, action [B, action_dim] float32 in [-1, 1], reward [B] float32,
     next_obs [B, obs_dim] float32, terminated [B] float32 (1.0 when the episode ended in a
@@ -247,8 +272,10 @@ def make_agent(config: AgentConfig) -> Agent:
 
     init(key, obs_dim, action_dim, hyper) -> AgentState.
     act(agent_state, obs [B, obs_dim], key, hyper, explore) -> action [B, action_dim] in
-        [-1, 1]; explore is a Python bool that adds N(0, exploration_std^2) noise before the
-        clip. The diffusion actor draws its chain noise from key either way.
+        [-1, 1]; explore adds N(0, exploration_std^2) noise before the clip. A Python bool
+        (static under jit) compiles only the branch it selects; a traced bool scalar is also
+        accepted and draws the noise either way. The diffusion actor draws its chain noise
+        from key either way.
     update(agent_state, batch, key, hyper) -> (agent_state, metrics): one critic step, one
         actor step and one Polyak step; metrics are float32 scalars.
     All three are pure and jittable; the caller chooses where to `jit`, `vmap` or `scan`.
@@ -297,12 +324,16 @@ def make_agent(config: AgentConfig) -> Agent:
             )
         key_policy, key_explore = jax.random.split(key)
         action = get_actor(agent_state.action_dim).apply(agent_state.actor_params, obs, key_policy)
-        if explore:
-            noise_distribution = distrax.Normal(
-                loc=jnp.zeros((), jnp.float32), scale=hyper.exploration_std
-            )
-            action = action + noise_distribution.sample(seed=key_explore, sample_shape=action.shape)
-        return jnp.clip(action, -1.0, 1.0)
+        if isinstance(explore, bool | np.bool_) and not explore:
+            return jnp.clip(action, -1.0, 1.0)
+        noise_distribution = distrax.Normal(
+            loc=jnp.zeros((), jnp.float32), scale=hyper.exploration_std
+        )
+        noise = noise_distribution.sample(seed=key_explore, sample_shape=action.shape)
+        if not isinstance(explore, bool | np.bool_):
+            # A traced flag (act jitted without static explore) selects the noise at run time.
+            noise = jnp.where(jnp.asarray(explore, bool), noise, 0.0)
+        return jnp.clip(action + noise, -1.0, 1.0)
 
     def update(
         agent_state: AgentState,
@@ -310,10 +341,7 @@ def make_agent(config: AgentConfig) -> Agent:
         key: jax.Array,
         hyper: AgentHyperparams,
     ) -> tuple[AgentState, dict[str, jax.Array]]:
-        chex.assert_shape(batch.obs, (None, agent_state.obs_dim))
-        chex.assert_shape(batch.next_obs, (None, agent_state.obs_dim))
-        chex.assert_shape(batch.action, (None, agent_state.action_dim))
-        chex.assert_rank([batch.reward, batch.terminated], 1)
+        _check_batch(batch, agent_state.obs_dim, agent_state.action_dim)
         actor = get_actor(agent_state.action_dim)
         key_target_action, key_actor_loss = jax.random.split(key)
 
@@ -387,6 +415,26 @@ def make_agent(config: AgentConfig) -> Agent:
         return new_state, metrics
 
     return Agent(config=config, init=init, act=act, update=update)
+
+
+def _check_batch(batch: Transition, obs_dim: int, action_dim: int) -> None:
+    """Raise ValueError unless every field of `batch` has the shape `update` expects."""
+    size = jnp.shape(batch.obs)[0] if jnp.ndim(batch.obs) else None
+    expected = {
+        "obs": (size, obs_dim),
+        "action": (size, action_dim),
+        "reward": (size,),
+        "next_obs": (size, obs_dim),
+        "terminated": (size,),
+    }
+    for name, shape in expected.items():
+        given = jnp.shape(getattr(batch, name))
+        if given != shape:
+            raise ValueError(
+                f"invalid batch.{name} shape {given}: update expects {shape}, with the batch "
+                f"size B = {size} taken from batch.obs {jnp.shape(batch.obs)}; every field "
+                "has one leading batch axis"
+            )
 
 
 def _make_optimizer(max_grad_norm: float | None) -> optax.GradientTransformation:
