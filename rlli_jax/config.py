@@ -516,6 +516,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
     """Load a config from YAML (defaults when `path` is None) with `section.key=value` overrides.
 
+    Keys missing from the file take the dataclass defaults of this module, which are not the
+    values of `configs/default.yaml` (that file sizes a 4096-environment CPU run); pass that
+    file as `path` to start from the run `scripts/train.py` makes without --config.
+
     Raises:
         ValueError: a missing file, an unknown key, a mistyped value or a value breaking a rule.
     """

@@ -270,6 +270,52 @@ def restore_train_state(
     return state_from_checkpoint(restored.state), metadata
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """A run directory's newest readable checkpoint, loaded for evaluation or deployment."""
+
+    config: Config
+    program: TrainProgram
+    state: TrainState
+    metadata: dict[str, Any]  # chunk, env_steps, timings and skipped_checkpoints
+
+    def act(self, obs: jax.Array, key: jax.Array, explore: bool = False) -> jax.Array:
+        """Return the trained policy's actions [B, action_dim] for observations [B, obs_dim]."""
+        hyper = self.program.default_hyperparams.agent
+        return self.program.agent.act(self.state.agent, obs, key, hyper, explore)
+
+
+def load_trained_run(
+    run_dir: str | Path,
+    config: Config | None = None,
+    env: DiffusionServiceEnv | None = None,
+) -> TrainedRun:
+    """Load the newest readable checkpoint of `run_dir` without changing the directory.
+
+    Args:
+        config: replaces the run's saved config, for example with other evaluation settings;
+            its network and replay shapes must match the checkpoint's.
+        env: the environment the run was trained with, when it was not built from the config
+            (see `run_training`).
+    Raises:
+        ValueError: `run_dir` is not a run directory, has no readable checkpoint, or its
+            environment data changed since the run started (see `check_env_data`).
+    """
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir) if config is None else config
+    program = make_train(config, check_memory=False, env=env)
+    check_env_data(run_dir, program.env, write_missing=False)
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    if not checkpoint_dir.is_dir():
+        raise ValueError(f"no checkpoint found in {checkpoint_dir}")
+    # Read-only: loading leaves the run as it was, unreadable checkpoints included.
+    restored = restore_train_state(program, Checkpointer(checkpoint_dir, read_only=True))
+    if restored is None:
+        raise ValueError(f"no checkpoint found in {checkpoint_dir}")
+    state, metadata = restored
+    return TrainedRun(config=config, program=program, state=state, metadata=metadata)
+
+
 def run_metadata_problem(step: int, metadata: Any, env_steps_per_chunk: int) -> str | None:
     """Say what is wrong with the JSON metadata of a run's checkpoint `step`, or return None.
 
@@ -323,12 +369,16 @@ def run_training(
     on_chunk: Callable[[ChunkProgress], None] | None = None,
     final_evaluation: bool = True,
     shard_envs: bool | None = None,
+    env: DiffusionServiceEnv | None = None,
 ) -> dict[str, Any]:
     """Train `config` in `run_dir`, or continue the run there when `resume` is True.
 
     Args:
         shard_envs: split the environments over every device (see `make_placement`); None
             decides with `should_shard_envs`.
+        env: an environment that replaces the one `config.env` describes, for example with
+            a custom QoE model (see `make_train`). A resume must pass an equal one: its data
+            are checked against the digest saved at the first start.
 
     Returns:
         The summary also written to `summary.json` (by process 0).
@@ -347,7 +397,7 @@ def run_training(
     lock = RunDirectoryLock(run_dir) if jax.process_count() == 1 else None
     try:
         return _run_training(
-            config, run_dir, resume, on_chunk, final_evaluation, shard_envs, lock is not None
+            config, run_dir, resume, on_chunk, final_evaluation, shard_envs, lock is not None, env
         )
     finally:
         if lock is not None:
@@ -406,6 +456,7 @@ def _run_training(
     final_evaluation: bool,
     shard_envs: bool | None,
     locked: bool,
+    env: DiffusionServiceEnv | None,
 ) -> dict[str, Any]:
     """Train as `run_training` describes. `locked` is True when this process holds the run
     directory's lock, so the directory exists already."""
@@ -418,7 +469,7 @@ def _run_training(
         )
     # Build (and so validate) the program and its placement before writing anything, so a
     # failed start leaves no run directory that would block the retry.
-    program = make_train(config)
+    program = make_train(config, env=env)
     if shard_envs is None:
         shard_envs = should_shard_envs(config.train.num_envs)
     placement = make_placement(program, shard_envs)

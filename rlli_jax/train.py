@@ -294,11 +294,18 @@ def make_train(
     (for example one with another QoE model); its shapes must match `config.env`.
 
     Raises:
-        ValueError: an invalid environment constant, or a replay buffer that does not fit in
-            free memory (when `check_memory`).
+        ValueError: an invalid environment constant, an `env` whose users or horizon differ
+            from `config.env`, or a replay buffer that does not fit in free memory (when
+            `check_memory`).
     """
     if env is None:
         env = make_env(config)
+    for name in ("num_users", "horizon"):
+        if getattr(env, name) != getattr(config.env, name):
+            raise ValueError(
+                f"invalid env: its {name} = {getattr(env, name)} differs from config env.{name}"
+                f" = {getattr(config.env, name)}; build the environment from the same values"
+            )
     hyper = make_hyperparams(config, env)
     agent = make_agent(config.agent)
     train_config = config.train

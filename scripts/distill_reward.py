@@ -10,6 +10,7 @@ checkpoint's metadata and into OUT/metrics.json.
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -91,18 +92,44 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# The command-line option of each DistillConfig field, for error messages.
+OPTIONS = {
+    "hidden_sizes": "--hidden-sizes",
+    "learning_rate": "--learning-rate",
+    "weight_decay": "--weight-decay",
+    "batch_size": "--batch-size",
+    "max_epochs": "--epochs",
+    "patience": "--patience",
+    "validation_fraction": "--validation-fraction",
+    "seed": "--seed",
+}
+
+
+def _finite_or_none(metrics: dict) -> dict:
+    """Return `metrics` with NaN and infinite floats as None, which JSON can hold."""
+    return {
+        name: None if isinstance(value, float) and not math.isfinite(value) else value
+        for name, value in metrics.items()
+    }
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    config = DistillConfig(
-        hidden_sizes=args.hidden_sizes,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        max_epochs=args.epochs,
-        patience=args.patience,
-        validation_fraction=args.validation_fraction,
-        seed=args.seed,
-    )
+    try:
+        config = DistillConfig(
+            hidden_sizes=args.hidden_sizes,
+            learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay,
+            batch_size=args.batch_size,
+            max_epochs=args.epochs,
+            patience=args.patience,
+            validation_fraction=args.validation_fraction,
+            seed=args.seed,
+        )
+    except ValueError as error:
+        field = str(error).split(" ", 1)[0]
+        option = OPTIONS.get(field)
+        raise ValueError(f"invalid {option}: {error}" if option else str(error)) from None
     check_out_path(args.out, args.ratings, args.overwrite)
 
     dataset = load_ratings(args.ratings, strict=args.strict)
@@ -138,12 +165,14 @@ def main(argv=None) -> int:
         "template_hashes": list(dataset.template_hashes),
         "best_epoch": result.best_epoch,
         "num_epochs": result.num_epochs,
-        "validation_metrics": result.metrics,
+        # A metric is NaN when it is undefined, such as a correlation over one rating.
+        "validation_metrics": _finite_or_none(result.metrics),
     }
     path = save_reward_net(
         args.out, result.model, result.params, metadata, overwrite=args.overwrite
     )
-    (path / "metrics.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(metadata, indent=2, allow_nan=False)
+    (path / "metrics.json").write_text(text + "\n", encoding="utf-8")
 
     print(f"best epoch {result.best_epoch} of {result.num_epochs}; validation{label}:")
     for name, value in result.metrics.items():

@@ -9,19 +9,16 @@ import json
 import sys
 from pathlib import Path
 
-from rlli_jax.checkpoint import Checkpointer
-from rlli_jax.config import check_seed
+from rlli_jax.config import Config, apply_overrides, check_seed
 from rlli_jax.outputs import check_output_file
 from rlli_jax.runner import (
     CHECKPOINT_DIR,
     CONFIG_NAME,
     ENV_DATA_DIGEST_NAME,
-    check_env_data,
     evaluate_run,
     load_run_config,
-    restore_train_state,
+    load_trained_run,
 )
-from rlli_jax.train import make_train
 
 
 def main(argv=None) -> int:
@@ -40,35 +37,24 @@ def main(argv=None) -> int:
         out = check_output_file(args.out) if args.out is not None else None
         if out is not None:
             check_not_a_run_file(out, Path(args.run))
-        overrides = []
-        if args.episodes is not None:
-            overrides.append(f"train.eval_episodes={args.episodes}")
+        if args.episodes is not None and args.episodes < 1:
+            raise ValueError(f"--episodes = {args.episodes} is invalid: it must be >= 1")
         config = load_run_config(args.run)
-        if overrides:
-            from rlli_jax.config import Config, apply_overrides
-
+        if args.episodes is not None:
+            overrides = [f"train.eval_episodes={args.episodes}"]
             config = Config.from_dict(apply_overrides(config.to_dict(), overrides))
         if config.train.eval_episodes < 1:
             raise ValueError("eval_episodes is 0; pass --episodes N with N >= 1")
-        program = make_train(config, check_memory=False)
-        check_env_data(Path(args.run), program.env, write_missing=False)
-        checkpoint_dir = Path(args.run) / CHECKPOINT_DIR
-        if not checkpoint_dir.is_dir():
-            raise ValueError(f"no checkpoint found in {checkpoint_dir}")
-        # Read-only: evaluating leaves the run as it was, unreadable checkpoints included.
-        checkpointer = Checkpointer(checkpoint_dir, read_only=True)
-        restored = restore_train_state(program, checkpointer)
-        if restored is None:
-            raise ValueError(f"no checkpoint found in {checkpoint_dir}")
+        run = load_trained_run(args.run, config)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    state, metadata = restored
+    state, metadata = run.state, run.metadata
     for step, message in metadata["skipped_checkpoints"]:
         print(f"warning: checkpoint {step} could not be restored: {message}", file=sys.stderr)
 
     seed = config.train.seed if args.seed is None else args.seed
-    result = evaluate_run(program, state.agent, seed)
+    result = evaluate_run(run.program, state.agent, seed)
     result["checkpoint_chunk"] = metadata["chunk"]
     result["env_steps"] = metadata["env_steps"]
     text = json.dumps(result, indent=2)

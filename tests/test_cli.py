@@ -246,9 +246,29 @@ def test_replaced_reward_net_blocks_resume_and_evaluate(tmp_path, capsys):
     assert "environment data differ" in capsys.readouterr().err
     assert evaluate_script.main(["--run", str(run), "--episodes", "2"]) == 2
     assert "environment data differ" in capsys.readouterr().err
+    assert evaluate_script.main(["--run", str(run), "--episodes", "-3"]) == 2
+    assert "--episodes = -3 is invalid: it must be >= 1" in capsys.readouterr().err
 
     save_reward_net(net, model, model.init_params(jax.random.key(0)), overwrite=True)
     assert evaluate_script.main(["--run", str(run), "--episodes", "2"]) == 0
+
+
+def test_trained_run_loads_and_acts(tmp_path):
+    from rlli_jax.runner import load_trained_run
+
+    run = tmp_path / "run"
+    assert train_script.main(tiny_args(32) + ["--out", str(run)]) == 0
+    before = sorted(path.name for path in run.rglob("*"))
+    trained = load_trained_run(run)
+    assert trained.metadata["env_steps"] == 32
+    env = trained.program.env
+    obs, _ = env.reset(jax.random.key(0), env.default_params)
+    actions = trained.act(obs[None], jax.random.key(1))
+    assert actions.shape == (1, env.num_actions)
+    assert bool(jax.numpy.all(jax.numpy.abs(actions) <= 1.0))
+    assert sorted(path.name for path in run.rglob("*")) == before  # nothing written
+    with pytest.raises(ValueError, match="is not a run directory"):
+        load_trained_run(tmp_path)
 
 
 def test_interrupt_prints_resume_hint(tmp_path, monkeypatch, capsys):

@@ -394,3 +394,30 @@ def test_distill_script_bad_hidden_sizes(tmp_path, capsys):
     assert "argument --hidden-sizes: invalid value '64,x'" in error
     assert "comma-separated positive integers" in error
     assert "lambda" not in error
+
+
+def test_distill_script_writes_strict_json_for_tiny_data(small_dataset, tmp_path):
+    distill_main = load_script("distill_reward").main
+    ratings = tmp_path / "ratings.jsonl"
+    lines = small_dataset.path.read_text(encoding="utf-8").splitlines()[:3]
+    ratings.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    options = ["--ratings", str(ratings), "--epochs", "2", "--hidden-sizes", "8"]
+    assert distill_main([*options, "--out", str(tmp_path / "net")]) == 0
+
+    def reject(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    text = (tmp_path / "net" / "metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=reject)["validation_metrics"]
+    assert metrics["mos_spearman"] is None  # one validation rating has no rank correlation
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("--epochs", "0", "invalid --epochs: max_epochs"), ("--patience", "-1", "invalid --patience")],
+)
+def test_distill_script_names_the_option(tmp_path, option, value, message):
+    distill_main = load_script("distill_reward").main
+    argv = ["--ratings", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "net"), option, value]
+    with pytest.raises(ValueError, match=message):
+        distill_main(argv)

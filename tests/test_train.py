@@ -183,3 +183,28 @@ def test_summarize_chunk_averages_by_kind():
     assert summary["reward"] == pytest.approx(2.5)
     assert summary["updates"] == 2.0
     assert summary["episodes"] == 3.0
+
+
+def test_make_train_rejects_env_of_other_shape():
+    from rlli_jax.env.service import DiffusionServiceEnv
+
+    config = load_config(overrides=TINY_OVERRIDES)
+    with pytest.raises(ValueError, match=r"invalid env: its num_users = 4 differs .* = 3"):
+        make_train(config, env=DiffusionServiceEnv(num_users=4, horizon=4))
+    with pytest.raises(ValueError, match=r"invalid env: its horizon = 5 differs .* = 4"):
+        make_train(config, env=DiffusionServiceEnv(num_users=3, horizon=5))
+
+
+def test_run_training_takes_a_custom_env(tmp_path):
+    from rlli_jax.env.service import DiffusionServiceEnv
+    from rlli_jax.qoe.model import SimulatorQoE
+    from rlli_jax.runner import ENV_DATA_DIGEST_NAME, run_training
+
+    config = load_config(overrides=TINY_OVERRIDES + ["logging.progress_bar=false"])
+    env = DiffusionServiceEnv(num_users=3, horizon=4, qoe_model=SimulatorQoE())
+    summary = run_training(config, tmp_path / "run", env=env, final_evaluation=False)
+    assert summary["env_steps"] == 64
+    assert (tmp_path / "run" / ENV_DATA_DIGEST_NAME).is_file()
+    # Resuming with the configured environment (the reward network) changes the QoE model.
+    with pytest.raises(ValueError, match="environment data differ"):
+        run_training(config, tmp_path / "run", resume=True, final_evaluation=False)
