@@ -45,7 +45,14 @@ from rlli_jax.config import Config, read_yaml, save_config
 from rlli_jax.distributed import check_shared_directory
 from rlli_jax.evaluation import run_episodes, summarize
 from rlli_jax.metrics import MetricsWriter
-from rlli_jax.runner import check_env_data, eval_key, save_env_data_digest, train_key
+from rlli_jax.runner import (
+    CONFIG_NAME,
+    SWEEP_CONFIG_NAME,
+    check_env_data,
+    eval_key,
+    save_env_data_digest,
+    train_key,
+)
 from rlli_jax.sweep import (
     SweepGroup,
     SweepPlan,
@@ -66,7 +73,6 @@ from rlli_jax.train import (
 
 logger = logging.getLogger(__name__)
 
-SWEEP_CONFIG_NAME = "sweep.yaml"
 GROUPS_DIR = "groups"
 MEMBERS_DIR = "members"
 GROUP_RESULTS_NAME = "results.json"
@@ -231,6 +237,11 @@ def _claim_directory(plan: SweepPlan, out_dir: Path, primary: bool) -> None:
     """
     # Loading the reward networks first lets a bad env.reward_net fail before any write.
     envs = [make_env(group.config) for group in plan.groups]
+    if (out_dir / CONFIG_NAME).exists():
+        raise ValueError(
+            f"{str(out_dir)!r} contains a training run ({CONFIG_NAME}), not a sweep; choose a "
+            "new output directory for the sweep"
+        )
     path = out_dir / SWEEP_CONFIG_NAME
     if path.exists():
         if read_yaml(path) != plan.sweep.to_dict():

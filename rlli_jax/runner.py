@@ -62,6 +62,8 @@ from rlli_jax.train import (
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.yaml"
+# The file that marks a sweep's output directory (see `rlli_jax.population`).
+SWEEP_CONFIG_NAME = "sweep.yaml"
 SUMMARY_NAME = "summary.json"
 CURVES_NAME = "curves.png"
 CHECKPOINT_DIR = "checkpoints"
@@ -409,8 +411,8 @@ class RunDirectoryLock:
 
     Creating it creates the directory (and its parents) if needed. The operating system drops
     the lock when the process ends, however it ends, so a killed run leaves no stale lock.
-    `release` removes the directory again when this lock created it and nothing but the lock
-    file was written there (a start that failed before writing its config).
+    When a start fails before writing its config, `release` removes what the lock added: the
+    lock file, if it created it, and the directory, if it created it and it is empty.
 
     Raises:
         ValueError: the path is a file or cannot be created or written, or another process
@@ -422,6 +424,7 @@ class RunDirectoryLock:
         if run_dir.exists() and not run_dir.is_dir():
             raise ValueError(f"run directory {str(run_dir)!r} is invalid: it is a file")
         self.created = not run_dir.exists()
+        self.created_file = not (run_dir / LOCK_NAME).exists()
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             self._file = open(run_dir / LOCK_NAME, "a")  # noqa: SIM115  (held until release)
@@ -441,10 +444,12 @@ class RunDirectoryLock:
             ) from None
 
     def release(self) -> None:
-        """Drop the lock, and remove a directory that this lock created and left empty."""
+        """Drop the lock, and remove what it added to a run that never started."""
+        if self.created_file and not (self.run_dir / CONFIG_NAME).exists():
+            # Removed while the lock is still held, so a later start creates a fresh file.
+            (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
         self._file.close()
-        if self.created and [path.name for path in self.run_dir.iterdir()] == [LOCK_NAME]:
-            (self.run_dir / LOCK_NAME).unlink()
+        if self.created and not any(self.run_dir.iterdir()):
             self.run_dir.rmdir()
 
 
@@ -466,6 +471,11 @@ def _run_training(
         raise ValueError(
             f"{str(run_dir)!r} already contains a run; pass --resume to continue it or choose "
             "a new output directory"
+        )
+    if (run_dir / SWEEP_CONFIG_NAME).exists():
+        raise ValueError(
+            f"{str(run_dir)!r} contains a sweep ({SWEEP_CONFIG_NAME}), not a training run; "
+            "choose a new output directory for the run"
         )
     # Build (and so validate) the program and its placement before writing anything, so a
     # failed start leaves no run directory that would block the retry.

@@ -271,6 +271,25 @@ def test_trained_run_loads_and_acts(tmp_path):
         load_trained_run(tmp_path)
 
 
+def test_train_and_sweep_keep_out_of_each_other(tmp_path, capsys):
+    import sweep as sweep_script  # scripts/sweep.py
+
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.yaml").write_text("base: x\n")
+    assert train_script.main(tiny_args(32) + ["--out", str(sweep_dir)]) == 1
+    assert "contains a sweep (sweep.yaml), not a training run" in capsys.readouterr().err
+    assert sorted(path.name for path in sweep_dir.iterdir()) == ["sweep.yaml"]
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("{}\n")
+    config = str(Path(__file__).resolve().parent.parent / "configs" / "sweep_cpu.yaml")
+    assert sweep_script.main(["--config", config, "--out", str(run_dir)]) == 1
+    assert "contains a training run (config.yaml), not a sweep" in capsys.readouterr().err
+    assert sorted(path.name for path in run_dir.iterdir()) == ["config.yaml"]
+
+
 def test_interrupt_prints_resume_hint(tmp_path, monkeypatch, capsys):
     def interrupt(config, run_dir, **kwargs):
         (Path(run_dir) / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
