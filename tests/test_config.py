@@ -128,6 +128,7 @@ def test_yaml_merge_keys_may_be_overridden(tmp_path):
         ("agent.actor_hidden_sizes=64", r"invalid agent\.actor_hidden_sizes = 64: expected a list"),
         ("agent.actor_hidden_sizes=[64, x]", r"invalid agent\.actor_hidden_sizes\[1\]"),
         ("env.params.energy_weight=-1", r"energy_weight = -1\.0 is invalid"),
+        ("env.params.logit_scale=100", r"logit_scale = 100\.0 is invalid: .*\(0, 30\]"),
         ("env.num_users=0", r"invalid env\.num_users = 0"),
         ("logging.tensorboard=1", r"invalid logging\.tensorboard = 1: expected true or false"),
         ("train.buffer_size=10", r"invalid train\.buffer_size = 10: must be >= train\.num_envs"),

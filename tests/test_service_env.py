@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import rlli_jax  # noqa: F401  (registers the gymnax ids)
 from rlli_jax.env import physics
+from rlli_jax.env.params import MAX_LOGIT_SCALE
 from rlli_jax.env.prompts import load_prompt_bank
 from rlli_jax.env.service import NUM_USER_FEATURES, DiffusionServiceEnv
 
@@ -292,11 +293,31 @@ def test_reward_uses_energy_weight():
         ({"no_such_field": 1.0}, r"unknown EnvParams field"),
         ({"bandwidth_hz": float("inf")}, r"bandwidth_hz = inf .*must be finite"),
         ({"energy_weight": float("inf")}, r"energy_weight = inf .*must be finite"),
+        ({"logit_scale": 30.5}, r"logit_scale = 30.5 .*must lie in \(0, 30\] .*underflows"),
+        ({"logit_scale": 100.0}, r"logit_scale = 100.0 .*must lie in \(0, 30\]"),
+        ({"logit_scale": 0.0}, r"logit_scale = 0.0 .*must lie in \(0, 30\]"),
     ],
 )
 def test_invalid_params_raise(overrides, match):
     with pytest.raises(ValueError, match=match):
         default_env().make_params(**overrides)
+
+
+@pytest.mark.parametrize("num_users", [2, 64])
+def test_max_logit_scale_keeps_step_finite(num_users):
+    env = DiffusionServiceEnv(num_users=num_users, horizon=2)
+    params = env.make_params(logit_scale=MAX_LOGIT_SCALE)
+    one_up = jnp.array([1.0] + [-1.0] * (num_users - 1))
+    longest_steps = jnp.ones(num_users)
+    _, state = env.reset(jax.random.key(0), params)
+    # One user at +1 and the rest at -1, and the reverse, which gives one user the smallest
+    # share, about exp(-2 * MAX_LOGIT_SCALE) / num_users, on both the bandwidth and GPU blocks.
+    for logits in (one_up, -one_up):
+        action = jnp.concatenate([logits, logits, longest_steps, -longest_steps])
+        _, _, reward, _, _, info = env.step(jax.random.key(1), state, action, params)
+        assert bool(jnp.isfinite(reward))
+        assert bool(jnp.isfinite(info["latency_s"]))
+        assert bool(jnp.isfinite(info["qoe"]))
 
 
 def test_invalid_similarity_in_params_raises():

@@ -77,12 +77,25 @@ class EnvParams:
         return self
 
 
+# Upper bound of logit_scale. The smallest bandwidth or GPU share, with one user's logit at -1
+# and the rest at +1, is about exp(-2 * logit_scale) / num_users. Above
+# (87.3 - ln num_users) / 2 it is below the smallest normal float32 (1.2e-38), XLA on CPU flushes
+# it to 0, and latency is inf: stepping such actions broke 2 users at 44 and 30 users at 42.
+# At 30 the share stays normal for num_users < 7e11, and the latency (about 1e26 s) is finite.
+MAX_LOGIT_SCALE = 30.0
+
 # (field, rule text, predicate on a float). Checked in this order; NaN fails every rule.
 _SCALAR_RULES: tuple[tuple[str, str, Any], ...] = (
     ("topic_zipf_exponent", "must be >= 0", lambda x: x >= 0),
     ("prompt_zipf_exponent", "must be >= 0", lambda x: x >= 0),
     ("group_threshold", "must lie in [-1, 1]", lambda x: -1 <= x <= 1),
-    ("logit_scale", "must be > 0", lambda x: x > 0),
+    (
+        "logit_scale",
+        f"must lie in (0, {MAX_LOGIT_SCALE:g}] because the smallest bandwidth or GPU share is "
+        "about exp(-2 * logit_scale) / num_users, and well above that bound it underflows "
+        "float32 and latency becomes inf",
+        lambda x: 0 < x <= MAX_LOGIT_SCALE,
+    ),
     ("min_total_steps", "must be >= 1", lambda x: x >= 1),
     ("max_total_steps", "must be >= 1", lambda x: x >= 1),
     ("max_share_ratio", "must lie in [0, 1]", lambda x: 0 <= x <= 1),
