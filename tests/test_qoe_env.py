@@ -121,3 +121,34 @@ def test_qoe_params_vmap_in_one_compile():
     _, _, single_reward, _, _, single_info = env.step(key_step, state, action, params)
     np.testing.assert_allclose(rewards[0], single_reward, rtol=1e-5)
     np.testing.assert_allclose(qoe[0], single_info["qoe"], rtol=1e-5)
+
+
+def test_make_params_rejects_other_hidden_sizes(env):
+    narrow = RewardNetQoE(hidden_sizes=(32,)).init_params(jax.random.key(0))
+    message = (
+        r"qoe_params\['network'\]\['Dense_0'\]\['bias'\] has shape \(32,\), "
+        r"but the QoE model 'reward_net' expects \(64,\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        env.make_params(qoe_params=narrow)
+
+
+def test_make_params_rejects_missing_qoe_params(env):
+    with pytest.raises(ValueError, match=r"qoe_params\['input_mean'\] is missing: .*\(7,\)"):
+        env.make_params(qoe_params={})
+
+
+def test_make_params_rejects_extra_qoe_params(env):
+    qoe_params = dict(env.qoe_model.default_params(), extra=jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"qoe_params\['extra'\] \(shape \(3,\)\) is not a"):
+        env.make_params(qoe_params=qoe_params)
+
+
+def test_make_params_accepts_stacked_qoe_params(env):
+    shipped = env.qoe_model.default_params()
+    stacked = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), shipped)
+    params = env.make_params(qoe_params=stacked)
+    assert params.qoe_params["input_mean"].shape == (2, 7)
+    ragged = dict(stacked, input_std=shipped["input_std"])
+    with pytest.raises(ValueError, match=r"qoe_params\['input_std'\] .*leading batch axes \(2,\)"):
+        env.make_params(qoe_params=ragged)

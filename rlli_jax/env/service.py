@@ -97,6 +97,49 @@ class ObservationLayout:
         return block.reshape(*obs.shape[:-1], self.num_users, NUM_USER_FEATURES)
 
 
+def _check_qoe_params(qoe_params: Any, expected: Any, model_name: str) -> None:
+    """Raise ValueError unless `qoe_params` has the paths and leaf shapes of `expected`.
+
+    A stack of parameter sets is allowed: every leaf may carry the same leading batch axes.
+    """
+    given_shapes = {
+        jax.tree_util.keystr(path): np.shape(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(qoe_params)
+    }
+    batch_shape = None
+    for path, leaf in jax.tree_util.tree_leaves_with_path(expected):
+        name = jax.tree_util.keystr(path)
+        expected_shape = np.shape(leaf)
+        if name not in given_shapes:
+            raise ValueError(
+                f"qoe_params{name} is missing: the QoE model {model_name!r} expects an array of "
+                f"shape {expected_shape} there; pass parameters of this model, such as those of "
+                "its default_params()"
+            )
+        given_shape = given_shapes[name]
+        num_batch_axes = len(given_shape) - len(expected_shape)
+        fits = num_batch_axes >= 0 and given_shape[num_batch_axes:] == expected_shape
+        if fits and batch_shape is None:
+            batch_shape = given_shape[:num_batch_axes]
+        if not fits or given_shape[:num_batch_axes] != batch_shape:
+            batch_note = f" with leading batch axes {batch_shape}" if batch_shape else ""
+            raise ValueError(
+                f"qoe_params{name} has shape {given_shape}, but the QoE model {model_name!r} "
+                f"expects {expected_shape}{batch_note}; pass parameters of the same architecture "
+                "(for a reward network, the same hidden sizes)"
+            )
+    expected_names = {
+        jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(expected)
+    }
+    for name, given_shape in given_shapes.items():
+        if name not in expected_names:
+            raise ValueError(
+                f"qoe_params{name} (shape {given_shape}) is not a parameter of the QoE model "
+                f"{model_name!r}; pass parameters of this model, such as those of its "
+                "default_params()"
+            )
+
+
 class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
     """Shared-denoising diffusion image service at one edge server (gymnax 1.0 API).
 
@@ -173,6 +216,8 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
             "prompt_topics": jnp.asarray(self.prompt_bank.topics),
             "qoe_params": self.qoe_model.default_params(),
         }
+        if "qoe_params" in overrides:
+            _check_qoe_params(overrides["qoe_params"], values["qoe_params"], self.qoe_model.name)
         values.update(overrides)
         return EnvParams(**values).validate()
 
