@@ -347,6 +347,19 @@ def test_new_actor_needs_no_update_change(monkeypatch):
         (dict(max_grad_norm=-1.0), "AgentConfig.max_grad_norm"),
         (dict(bound_loss_coef=-1.0), "AgentConfig.bound_loss_coef"),
         (dict(bound_loss_coef=float("inf")), "AgentConfig.bound_loss_coef"),
+        (dict(algo=["ddpg"]), r"AgentConfig\.algo = \['ddpg'\]"),
+        (dict(time_embedding_dim=16.0), r"time_embedding_dim = 16\.0: expected an integer"),
+        (dict(diffusion_steps=None), r"diffusion_steps = None: expected an integer"),
+        (dict(diffusion_steps=True), r"diffusion_steps = True: expected an integer"),
+        (dict(batch_size="8"), r"batch_size = '8': expected an integer"),
+        (dict(actor_hidden_sizes=(True,)), r"actor_hidden_sizes\[0\] = True: expected a positive"),
+        (dict(actor_hidden_sizes=(8, 8.0)), r"actor_hidden_sizes\[1\] = 8\.0: expected a"),
+        (dict(actor_hidden_sizes=8), r"actor_hidden_sizes = 8: expected a sequence"),
+        (dict(critic_hidden_sizes="64"), r"critic_hidden_sizes = '64': expected a sequence"),
+        (dict(beta_min="0.1"), r"beta_min = '0\.1': expected a real number"),
+        (dict(beta_max=None), r"beta_max = None: expected a real number"),
+        (dict(bound_loss_coef=False), r"bound_loss_coef = False: expected a real number"),
+        (dict(max_grad_norm="1"), r"max_grad_norm = '1': expected a real number"),
     ],
 )
 def test_config_rejects_invalid(overrides, match):
@@ -374,6 +387,43 @@ def test_config_lists_become_tuples():
     config = AgentConfig(algo="ddpg", actor_hidden_sizes=[64, 64])
     assert config.actor_hidden_sizes == (64, 64)
     hash(config)  # usable as a static jit argument
+
+
+def test_config_normalises_numpy_numbers():
+    config = AgentConfig(
+        algo="gddpg",
+        actor_hidden_sizes=[np.int64(8)],
+        encoder_hidden_sizes=np.array([8]),
+        diffusion_steps=np.int32(3),
+        beta_min=1,
+        beta_max=np.float32(5.0),
+        max_grad_norm=np.float64(1.0),
+    )
+    assert config.actor_hidden_sizes == (8,)
+    assert config.encoder_hidden_sizes == (8,)
+    assert all(type(size) is int for size in config.actor_hidden_sizes)
+    assert type(config.diffusion_steps) is int
+    assert type(config.beta_min) is float
+    assert type(config.beta_max) is float
+    assert type(config.max_grad_norm) is float
+    assert config == dataclasses.replace(config, actor_hidden_sizes=(8,))
+
+
+def test_init_accepts_numpy_integer_sizes():
+    agent = make_agent(small_config("ddpg"))
+    hyper = default_hyperparams("ddpg")
+    agent_state = agent.init(jax.random.key(0), np.int64(OBS_DIM), np.int32(ACTION_DIM), hyper)
+    assert type(agent_state.obs_dim) is int
+    assert type(agent_state.action_dim) is int
+    action = agent.act(agent_state, jnp.zeros((2, OBS_DIM)), jax.random.key(1), hyper)
+    assert action.shape == (2, ACTION_DIM)
+
+
+@pytest.mark.parametrize("obs_dim", [True, 6.0, "6", 0])
+def test_init_rejects_invalid_obs_dim(obs_dim):
+    agent = make_agent(small_config("ddpg"))
+    with pytest.raises(ValueError, match=rf"invalid obs_dim = {obs_dim!r}: must be a positive"):
+        agent.init(jax.random.key(0), obs_dim, ACTION_DIM, default_hyperparams("ddpg"))
 
 
 def test_default_hyperparams_per_algo():

@@ -158,6 +158,15 @@ def test_step_accepts_integer_and_list_actions():
     assert float(rewards[0]) == float(rewards[1]) == float(rewards[2])
 
 
+def test_step_rejects_a_complex_action():
+    env = default_env()
+    params = env.default_params
+    _, state = env.reset(jax.random.key(0), params)
+    action = jnp.zeros(4 * NUM_USERS, jnp.complex64) + 1j
+    with pytest.raises(ValueError, match=r"invalid action dtype complex64: .*imaginary part"):
+        env.step(jax.random.key(1), state, action, params)
+
+
 def rollout(env, params, key, actions):
     """Python loop of single jitted steps; returns stacked rewards and observations."""
     key_reset, key_steps = jax.random.split(key)
@@ -296,6 +305,11 @@ def test_reward_uses_energy_weight():
         ({"logit_scale": 30.5}, r"logit_scale = 30.5 .*must lie in \(0, 30\] .*underflows"),
         ({"logit_scale": 100.0}, r"logit_scale = 100.0 .*must lie in \(0, 30\]"),
         ({"logit_scale": 0.0}, r"logit_scale = 0.0 .*must lie in \(0, 30\]"),
+        ({"energy_weight": "0.5"}, r"energy_weight = '0.5' is invalid: .*must be a real number"),
+        ({"energy_weight": None}, r"energy_weight = None is invalid: .*must be a real number"),
+        ({"energy_weight": True}, r"energy_weight = True is invalid: .*must be a real number"),
+        ({"energy_weight": 0.5 + 0j}, r"energy_weight = \(0.5\+0j\) is invalid: .*real number"),
+        ({"energy_weight": jnp.array([0.0, 1.0]) > 0}, r"energy_weight = .*must be a real number"),
     ],
 )
 def test_invalid_params_raise(overrides, match):
@@ -320,6 +334,15 @@ def test_max_logit_scale_keeps_step_finite(num_users):
         assert bool(jnp.isfinite(info["qoe"]))
 
 
+@pytest.mark.parametrize(
+    "energy_weight",
+    [1, 0.5, np.int64(1), np.float32(0.5), jnp.asarray(0.5), jnp.array([0.0, 0.5]), [0.0, 0.5]],
+)
+def test_params_accept_real_numbers_and_arrays(energy_weight):
+    params = default_env().make_params(energy_weight=energy_weight)
+    np.testing.assert_array_equal(params.energy_weight, energy_weight)
+
+
 def test_invalid_similarity_in_params_raises():
     env = default_env()
     bad = np.asarray(env.default_params.prompt_similarity).copy()
@@ -335,6 +358,8 @@ def test_invalid_similarity_in_params_raises():
         ({"num_users": 0}, r"num_users = 0 is invalid"),
         ({"num_users": 2.5}, r"num_users = 2.5 is invalid"),
         ({"horizon": 0}, r"horizon = 0 is invalid"),
+        ({"num_users": True}, r"num_users = True is invalid: it must be an integer >= 1"),
+        ({"horizon": True}, r"horizon = True is invalid: it must be an integer >= 1"),
     ],
 )
 def test_invalid_env_shapes_raise(kwargs, match):

@@ -14,7 +14,7 @@ enters the optimiser state.
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import distrax
@@ -47,22 +47,26 @@ class AgentConfig:
     bound_loss_coef: float = 0.0
 
     def __post_init__(self):
-        if self.algo not in ACTOR_FACTORIES:
+        if not isinstance(self.algo, str) or self.algo not in ACTOR_FACTORIES:
             raise ValueError(
                 f"invalid AgentConfig.algo = {self.algo!r}: expected one of "
                 f"{sorted(ACTOR_FACTORIES)}"
             )
         for name in ("actor_hidden_sizes", "critic_hidden_sizes", "encoder_hidden_sizes"):
-            sizes = tuple(getattr(self, name))
             # An empty encoder is allowed: the state then enters the noise network's first
             # layer through one linear map, as if the raw state were concatenated to its input.
-            empty_invalid = name != "encoder_hidden_sizes"
-            if (empty_invalid and not sizes) or any(not isinstance(s, int) or s < 1 for s in sizes):
-                raise ValueError(
-                    f"invalid AgentConfig.{name} = {sizes!r}: expected a non-empty sequence "
-                    "of positive ints"
-                )
+            sizes = _hidden_sizes(
+                name, getattr(self, name), allow_empty=name == "encoder_hidden_sizes"
+            )
             object.__setattr__(self, name, sizes)  # lists from YAML become hashable tuples
+        for name in ("time_embedding_dim", "diffusion_steps", "batch_size"):
+            object.__setattr__(self, name, _integer(name, getattr(self, name)))
+        for name in ("beta_min", "beta_max", "bound_loss_coef"):
+            object.__setattr__(self, name, _real_number(name, getattr(self, name)))
+        if self.max_grad_norm is not None:
+            object.__setattr__(
+                self, "max_grad_norm", _real_number("max_grad_norm", self.max_grad_norm)
+            )
         if self.time_embedding_dim < 4 or self.time_embedding_dim % 2:
             raise ValueError(
                 f"invalid AgentConfig.time_embedding_dim = {self.time_embedding_dim}: "
@@ -96,6 +100,43 @@ class AgentConfig:
                 f"invalid AgentConfig.bound_loss_coef = {self.bound_loss_coef}: must be a "
                 "finite number >= 0"
             )
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _integer(name: str, value: Any) -> int:
+    """Return an `AgentConfig` integer field as a Python int; bools and floats are invalid."""
+    if not _is_integer(value):
+        raise ValueError(f"invalid AgentConfig.{name} = {value!r}: expected an integer")
+    return int(value)
+
+
+def _real_number(name: str, value: Any) -> float:
+    """Return an `AgentConfig` float field as a Python float; bools and strings are invalid."""
+    if not _is_integer(value) and not isinstance(value, float | np.floating):
+        raise ValueError(f"invalid AgentConfig.{name} = {value!r}: expected a real number")
+    return float(value)
+
+
+def _hidden_sizes(name: str, sizes: Any, allow_empty: bool) -> tuple[int, ...]:
+    """Return `AgentConfig` layer widths as a tuple of positive Python ints."""
+    if isinstance(sizes, str | bytes) or not isinstance(sizes, Sequence | np.ndarray):
+        raise ValueError(
+            f"invalid AgentConfig.{name} = {sizes!r}: expected a sequence of positive integers"
+        )
+    if not allow_empty and len(sizes) == 0:
+        raise ValueError(
+            f"invalid AgentConfig.{name} = {sizes!r}: expected a non-empty sequence of "
+            "positive integers"
+        )
+    for index, size in enumerate(sizes):
+        if not _is_integer(size) or size < 1:
+            raise ValueError(
+                f"invalid AgentConfig.{name}[{index}] = {size!r}: expected a positive integer"
+            )
+    return tuple(int(size) for size in sizes)
 
 
 @struct.dataclass
@@ -289,8 +330,9 @@ def make_agent(config: AgentConfig) -> Agent:
     def init(key: jax.Array, obs_dim: int, action_dim: int, hyper: AgentHyperparams) -> AgentState:
         del hyper  # the state does not depend on traced values; kept for a uniform signature
         for name, value in (("obs_dim", obs_dim), ("action_dim", action_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"invalid {name} = {value!r}: must be a positive int")
+            if not _is_integer(value) or value < 1:
+                raise ValueError(f"invalid {name} = {value!r}: must be a positive integer")
+        obs_dim, action_dim = int(obs_dim), int(action_dim)
         key_actor, key_critic = jax.random.split(key)
         actor_params = get_actor(action_dim).init(key_actor, obs_dim)
         critic_params = critic.init(

@@ -138,13 +138,34 @@ def _concrete_scalars(value: Any) -> np.ndarray | None:
         return None
 
 
+def _has_real_dtype(value: Any) -> bool:
+    """Return whether `value` (a number, array or jax tracer) contains integers or floats.
+
+    Bools, complex numbers, strings and None count as invalid, although NumPy converts some of
+    them to floats.
+    """
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        try:
+            dtype = np.asarray(value).dtype
+        except (TypeError, ValueError):  # a ragged or mixed nested sequence
+            return False
+    return bool(jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating))
+
+
 def validate_env_params(params: EnvParams) -> None:
     """Check every constant of `params` against its rule; see `EnvParams.validate`.
 
     A field may hold a batch of values (a sweep stacks them); each value is checked.
     """
     for name, rule, predicate in _SCALAR_RULES:
-        values = _concrete_scalars(getattr(params, name))
+        value = getattr(params, name)
+        if not _has_real_dtype(value):
+            raise ValueError(
+                f"EnvParams.{name} = {value!r} is invalid: {name} must be a real number (an int "
+                "or a float), or an array of them"
+            )
+        values = _concrete_scalars(value)
         if values is None:
             continue
         for value in np.atleast_1d(values).ravel():

@@ -155,10 +155,9 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
         qoe_model: QoEModel | None = None,
     ):
         super().__init__()
-        if not isinstance(num_users, int | np.integer) or num_users < 1:
-            raise ValueError(f"num_users = {num_users!r} is invalid: it must be an integer >= 1")
-        if not isinstance(horizon, int | np.integer) or horizon < 1:
-            raise ValueError(f"horizon = {horizon!r} is invalid: it must be an integer >= 1")
+        for name, value in (("num_users", num_users), ("horizon", horizon)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"{name} = {value!r} is invalid: it must be an integer >= 1")
         self.num_users = int(num_users)
         self.horizon = int(horizon)
         self.prompt_bank = prompt_bank if prompt_bank is not None else load_prompt_bank()
@@ -281,7 +280,13 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
     def step_env(
         self, key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams
     ) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict[str, jax.Array]]:
-        action = jnp.asarray(action, jnp.float32)
+        action = jnp.asarray(action)
+        if jnp.issubdtype(action.dtype, jnp.complexfloating):
+            raise ValueError(
+                f"invalid action dtype {action.dtype}: step expects real numbers in [-1, 1], "
+                "and casting would drop the imaginary part"
+            )
+        action = action.astype(jnp.float32)
         if action.shape != (self.num_actions,):
             raise ValueError(
                 f"invalid action shape {action.shape}: step expects one environment's "
