@@ -367,6 +367,21 @@ def test_invalid_env_shapes_raise(kwargs, match):
         DiffusionServiceEnv(**kwargs)
 
 
+def test_unhashable_qoe_model_raises():
+    @dataclasses.dataclass
+    class MutableQoE:
+        name: str = "mutable"
+
+        def __call__(self, qoe_params, traits, quality, latency_s):
+            return 1.0 + 4.0 * quality
+
+        def default_params(self):
+            return {}
+
+    with pytest.raises(ValueError, match=r"qoe_model = .*MutableQoE.* must be hashable.*frozen"):
+        DiffusionServiceEnv(qoe_model=MutableQoE())
+
+
 def test_prompt_bank_file_missing_raises(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         load_prompt_bank(tmp_path / "missing.json", tmp_path / "missing.npy")

@@ -164,6 +164,16 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
         self.num_prompts = self.prompt_bank.num_prompts
         self.num_topics = self.prompt_bank.num_topics
         self.qoe_model = qoe_model if qoe_model is not None else default_qoe_model()
+        # The environment is a static argument of jit and its hash includes the QoE model.
+        try:
+            hash(self.qoe_model)
+        except TypeError as error:
+            raise ValueError(
+                f"qoe_model = {self.qoe_model!r} is invalid: it must be hashable, because the "
+                "environment is a static argument of jit; write it as a "
+                "@dataclasses.dataclass(frozen=True) whose fields are hashable "
+                f"({error})"
+            ) from None
         self.layout = ObservationLayout(self.num_users)
         self._upper_rows, self._upper_cols = np.triu_indices(self.num_users, k=1)
 
