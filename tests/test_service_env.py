@@ -469,3 +469,18 @@ def test_env_has_no_while_loop(method):
     names = primitive_names(jaxpr.jaxpr)
     assert "while" not in names
     assert "scan" in names  # the walk reaches nested jaxprs, so it would see a while loop
+
+
+def test_make_params_rejects_a_bank_of_another_size():
+    env = default_env()
+    size = env.num_prompts
+    with pytest.raises(ValueError, match=rf"invalid prompt_similarity shape \(10, 10\).*{size}"):
+        env.make_params(prompt_similarity=jnp.eye(10))
+    with pytest.raises(ValueError, match=r"invalid prompt_topics shape \(10,\)"):
+        env.make_params(prompt_topics=jnp.zeros(10, jnp.int32))
+    bad_topics = np.full(size, env.num_topics, np.int32)
+    with pytest.raises(ValueError, match=rf"values must lie in \[0, {env.num_topics - 1}\]"):
+        env.make_params(prompt_topics=bad_topics)
+    # A stack of two banks of the right size keeps working (vmapped params).
+    stacked = jnp.stack([env.default_params.prompt_similarity] * 2)
+    assert env.make_params(prompt_similarity=stacked).prompt_similarity.shape == (2, size, size)

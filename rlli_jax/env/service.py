@@ -227,8 +227,38 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
         }
         if "qoe_params" in overrides:
             _check_qoe_params(overrides["qoe_params"], values["qoe_params"], self.qoe_model.name)
+        self._check_prompt_bank_overrides(overrides)
         values.update(overrides)
         return EnvParams(**values).validate()
+
+    def _check_prompt_bank_overrides(self, overrides: dict[str, Any]) -> None:
+        """Raise ValueError unless overridden prompt arrays fit this environment's bank.
+
+        The bank's size and topic count are static facts of the environment (they size the
+        compiled program), so a replacement similarity matrix or topic list must keep them.
+        Leading batch axes (a vmapped stack of banks) are allowed.
+        """
+        size = self.num_prompts
+        expected = {"prompt_similarity": (size, size), "prompt_topics": (size,)}
+        for name, shape in expected.items():
+            if name not in overrides:
+                continue
+            given = jnp.shape(overrides[name])
+            if given[len(given) - len(shape) :] != shape:
+                raise ValueError(
+                    f"invalid {name} shape {given}: this environment's prompt bank has "
+                    f"{size} prompts, so it must end in {shape}; build a DiffusionServiceEnv "
+                    "with prompt_bank= for a bank of another size"
+                )
+        topics = overrides.get("prompt_topics")
+        if topics is not None and not isinstance(topics, jax.core.Tracer):
+            topics = np.asarray(topics)
+            if topics.size and (topics.min() < 0 or topics.max() >= self.num_topics):
+                raise ValueError(
+                    f"invalid prompt_topics: values must lie in [0, {self.num_topics - 1}] "
+                    f"(this bank's {self.num_topics} topics), got {topics.min()} to "
+                    f"{topics.max()}"
+                )
 
     def action_space(self, params: EnvParams | None = None) -> spaces.Box:
         return spaces.Box(-1.0, 1.0, (self.num_actions,), jnp.float32)
