@@ -605,3 +605,14 @@ def test_update_rejects_mismatched_batch_fields():
         bad = batch.replace(**{name: jnp.zeros(shape)})
         with pytest.raises(ValueError, match=rf"invalid batch\.{name} shape \({shape[0]},"):
             agent.update(agent_state, bad, jax.random.key(2), hyper)
+
+
+def test_act_and_update_reject_a_dict_as_hyper():
+    agent = make_agent(small_config("ddpg"))
+    hyper = default_hyperparams("ddpg")
+    agent_state = agent.init(jax.random.key(0), OBS_DIM, ACTION_DIM, hyper)
+    as_dict = {"actor_lr": 1e-3}
+    with pytest.raises(TypeError, match=r"invalid hyper of type dict: expected AgentHyperparams"):
+        agent.act(agent_state, jnp.zeros((2, OBS_DIM)), jax.random.key(1), as_dict)
+    with pytest.raises(TypeError, match=r"invalid hyper of type dict"):
+        agent.update(agent_state, random_batch(jax.random.key(1)), jax.random.key(2), as_dict)

@@ -359,6 +359,7 @@ def make_agent(config: AgentConfig) -> Agent:
         hyper: AgentHyperparams,
         explore: bool = False,
     ) -> jax.Array:
+        _check_hyper(hyper)
         if jnp.ndim(obs) != 2 or jnp.shape(obs)[1] != agent_state.obs_dim:
             raise ValueError(
                 f"invalid obs shape {jnp.shape(obs)}: act expects a batch of shape "
@@ -383,6 +384,7 @@ def make_agent(config: AgentConfig) -> Agent:
         key: jax.Array,
         hyper: AgentHyperparams,
     ) -> tuple[AgentState, dict[str, jax.Array]]:
+        _check_hyper(hyper)
         _check_batch(batch, agent_state.obs_dim, agent_state.action_dim)
         actor = get_actor(agent_state.action_dim)
         key_target_action, key_actor_loss = jax.random.split(key)
@@ -457,6 +459,15 @@ def make_agent(config: AgentConfig) -> Agent:
         return new_state, metrics
 
     return Agent(config=config, init=init, act=act, update=update)
+
+
+def _check_hyper(hyper: Any) -> None:
+    """Raise TypeError unless `hyper` is an `AgentHyperparams`."""
+    if not isinstance(hyper, AgentHyperparams):
+        raise TypeError(
+            f"invalid hyper of type {type(hyper).__name__}: expected AgentHyperparams, for "
+            "example default_hyperparams(algo, actor_lr=...)"
+        )
 
 
 def _check_batch(batch: Transition, obs_dim: int, action_dim: int) -> None:
