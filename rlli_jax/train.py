@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,7 +149,9 @@ def collect_step(
     num_actions = static.env.num_actions
 
     def explore(_):
-        return static.agent.act(state.agent, state.obs, key_act, hyper.agent, explore=True)
+        action = static.agent.act(state.agent, state.obs, key_act, hyper.agent, explore=True)
+        chex.assert_shape(action, (static.num_envs, num_actions))  # `make_train` checked it
+        return action
 
     def warmup(_):
         return jax.random.uniform(key_act, (static.num_envs, num_actions), minval=-1.0, maxval=1.0)
@@ -376,7 +379,26 @@ def make_train(
 def _update_metric_names(
     agent: Agent, env: DiffusionServiceEnv, hyper: TrainHyperparams, batch_size: int
 ) -> tuple[str, ...]:
-    """Names of the metrics `agent.update` returns, found by abstract evaluation."""
+    """Names of the metrics `agent.update` returns, found by abstract evaluation.
+
+    Raises:
+        ValueError: the actor returns actions of another shape than the environment's.
+    """
+
+    def one_act(key):
+        agent_state = agent.init(key, env.obs_dim, env.num_actions, hyper.agent)
+        observations = jnp.zeros((batch_size, env.obs_dim), jnp.float32)
+        return agent.act(agent_state, observations, key, hyper.agent)
+
+    # A custom actor (an ACTOR_FACTORIES entry) that returns another shape would otherwise
+    # fail inside the critic with a message about parameter shapes.
+    action = jax.eval_shape(one_act, jax.random.key(0))
+    if action.shape != (batch_size, env.num_actions):
+        raise ValueError(
+            f"invalid actor of agent.algo = {agent.config.algo!r}: it returned actions of "
+            f"shape {action.shape} for {batch_size} observations, expected "
+            f"{(batch_size, env.num_actions)}; check its ACTOR_FACTORIES entry"
+        )
 
     def one_update(key):
         agent_state = agent.init(key, env.obs_dim, env.num_actions, hyper.agent)

@@ -208,3 +208,20 @@ def test_run_training_takes_a_custom_env(tmp_path):
     # Resuming with the configured environment (the reward network) changes the QoE model.
     with pytest.raises(ValueError, match="environment data differ"):
         run_training(config, tmp_path / "run", resume=True, final_evaluation=False)
+
+
+def test_actor_of_wrong_action_shape_is_named(monkeypatch):
+    from rlli_jax.agents import ACTOR_FACTORIES, make_mlp_actor
+
+    def short_actor(config, action_dim):
+        return make_mlp_actor(action_dim - 1, (8,))
+
+    monkeypatch.setitem(ACTOR_FACTORIES, "short", short_actor)
+    hyper = [f"hyper.{name}=0.1" for name in ("actor_lr", "critic_lr", "tau", "gamma")]
+    config = load_config(
+        overrides=TINY_OVERRIDES + ["agent.algo=short", "hyper.exploration_std=0.1", *hyper]
+    )
+    with pytest.raises(
+        ValueError, match=r"invalid actor of agent.algo = 'short': .*\(8, 11\).*\(8, 12\); check"
+    ):
+        make_train(config)
