@@ -3,7 +3,8 @@
 Each row is flat: `env_step`, `kind` ("train" or "eval") and scalar metrics. Training rows
 go to both files, evaluation rows to the JSONL only. The CSV header is the first row's
 keys; a later row with new keys adds them to the JSONL only. On resume, `truncate_after`
-drops rows written after the checkpoint being resumed from, so no step appears twice.
+drops rows written after the checkpoint being resumed from, so no step appears twice; the
+TensorBoard event files are then written anew from the kept rows.
 """
 
 import csv
@@ -19,6 +20,13 @@ logger = logging.getLogger(__name__)
 
 JSONL_NAME = "metrics.jsonl"
 CSV_NAME = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def _summary_writer(folder: Path):
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(folder))
 
 
 def _json_value(value: Any) -> Any:
@@ -38,10 +46,9 @@ class MetricsWriter:
         self.csv_path = self.run_dir / CSV_NAME
         self._csv_fields = _read_csv_header(self.csv_path)
         self._tensorboard = None
+        self.tensorboard_dir = self.run_dir / TENSORBOARD_DIR
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self._tensorboard = _summary_writer(self.tensorboard_dir)
 
     def write(self, row: Mapping[str, Any], step: int, prefix: str = "train") -> None:
         """Write one row of scalars, keyed by `step` (environment steps)."""
@@ -52,11 +59,17 @@ class MetricsWriter:
         if prefix == "train":
             self._write_csv(row)
         if self._tensorboard is not None:
-            for name, value in row.items():
-                # Warm-up chunks have no losses yet (NaN): TensorBoard gets no point for them.
-                if name != "env_step" and isinstance(value, int | float) and math.isfinite(value):
-                    self._tensorboard.add_scalar(f"{prefix}/{name}", value, int(step))
+            self._add_scalars(row)
             self._tensorboard.flush()
+
+    def _add_scalars(self, row: Mapping[str, Any]) -> None:
+        """Add a row's scalars to TensorBoard as `kind/name` at its `env_step`."""
+        for name, value in row.items():
+            # Warm-up chunks have no losses yet (NaN or null): TensorBoard gets no point.
+            is_number = isinstance(value, int | float) and not isinstance(value, bool)
+            if name != "env_step" and is_number and math.isfinite(value):
+                kind = row.get("kind", "train")
+                self._tensorboard.add_scalar(f"{kind}/{name}", value, row["env_step"])
 
     def _write_csv(self, row: Mapping[str, Any]) -> None:
         if self._csv_fields is None:
@@ -68,9 +81,13 @@ class MetricsWriter:
             writer.writerow(dict(row))
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows with `env_step` > `step` from both files (and a torn last JSONL line)."""
+        """Drop rows with `env_step` > `step` from both files (and a torn last JSONL line).
+
+        With TensorBoard on, the event files are written anew from the kept JSONL rows, since
+        an event file cannot be truncated and a resumed run would log those steps twice.
+        """
+        kept, records = [], []
         if self.jsonl_path.exists():
-            kept = []
             for line in self.jsonl_path.read_text().splitlines():
                 record = _parse_row(line)
                 if record is None:
@@ -79,7 +96,16 @@ class MetricsWriter:
                     )
                 elif record["env_step"] <= step:
                     kept.append(line)
+                    records.append(record)
             _write_atomically(self.jsonl_path, "".join(line + "\n" for line in kept))
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            for path in self.tensorboard_dir.glob("events.out.tfevents.*"):
+                path.unlink()
+            self._tensorboard = _summary_writer(self.tensorboard_dir)
+            for record in records:
+                self._add_scalars(record)
+            self._tensorboard.flush()
         if self.csv_path.exists() and self._csv_fields is not None:
             with self.csv_path.open(newline="") as stream:
                 rows = [

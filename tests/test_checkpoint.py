@@ -210,3 +210,37 @@ def test_read_only_logs_no_orbax_warning(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         ocp.CheckpointManager(tmp_path / "ckpt", options=options)
     assert [r for r in caplog.records if "read only" in r.getMessage()]
+
+
+def _tensorboard_points(folder) -> list[tuple[str, int, float]]:
+    """Read every scalar point of the TFRecord event files in `folder`."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    points = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4  # length, its CRC, the record and its CRC
+            for value in event.summary.value:
+                points.append((value.tag, event.step, round(value.simple_value, 4)))
+    return sorted(points)
+
+
+def test_truncate_rewrites_tensorboard_without_dropped_steps(tmp_path):
+    writer = MetricsWriter(tmp_path, tensorboard=True)
+    for step in (8, 16, 24):
+        writer.write({"qoe": step / 8, "loss": float("nan")}, step)
+    writer.write({"qoe": 9.0}, 24, prefix="eval")
+    writer.close()
+
+    resumed = MetricsWriter(tmp_path, tensorboard=True)
+    resumed.truncate_after(16)
+    resumed.write({"qoe": 5.0}, 24)
+    resumed.close()
+    points = _tensorboard_points(tmp_path / "tensorboard")
+    assert points == [("train/qoe", 8, 1.0), ("train/qoe", 16, 2.0), ("train/qoe", 24, 5.0)]
