@@ -2,9 +2,13 @@
 
 Each check raises ValueError naming the option, the value and the rule, so that a script
 reports a bad `--out` in one line instead of failing after minutes of compiling or training.
+A leading `~` is expanded, as the shell would do for a separate argument (it does not after
+`--out=`).
 """
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -18,7 +22,13 @@ def _check_text(value: str | os.PathLike, option: str) -> Path:
     text = os.fspath(value)
     if not text.strip():
         raise ValueError(f"{option} = {text!r} is invalid: it must name a path")
-    return Path(text)
+    path = Path(text).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise ValueError(
+            f"{option} = {text!r} is invalid: it is a symbolic link to {os.readlink(path)!r}, "
+            "which does not exist"
+        )
+    return path
 
 
 def _check_creatable(folder: Path, option: str, value: str) -> None:
@@ -30,12 +40,27 @@ def _check_creatable(folder: Path, option: str, value: str) -> None:
         raise ValueError(f"{option} = {value!r} is invalid: {existing} is not writable")
 
 
+def _os_errors_as_value_errors(check: Callable[..., Path]) -> Callable[..., Path]:
+    """Report an OSError of a check (a name too long, a loop of links) as a ValueError."""
+
+    @functools.wraps(check)
+    def checked(value: str | os.PathLike, option: str = "--out", *args, **kwargs) -> Path:
+        try:
+            return check(value, option, *args, **kwargs)
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise ValueError(f"{option} = {os.fspath(value)!r} is invalid: {reason}") from None
+
+    return checked
+
+
+@_os_errors_as_value_errors
 def check_output_folder(value: str | os.PathLike, option: str = "--out") -> Path:
-    """Return `value` as a Path if it is, or can become, a writable folder.
+    """Return `value` as a Path (with `~` expanded) if it is, or can become, a writable folder.
 
     Raises:
-        ValueError: the value is empty, names a file, or lies under a file or a folder
-            that is not writable.
+        ValueError: the value is empty, names a file or a broken link, lies under a file or
+            a folder that is not writable, or the system rejects the path (a name too long).
     """
     path = _check_text(value, option)
     text = os.fspath(value)
@@ -45,18 +70,19 @@ def check_output_folder(value: str | os.PathLike, option: str = "--out") -> Path
     return path
 
 
+@_os_errors_as_value_errors
 def check_output_file(
     value: str | os.PathLike, option: str = "--out", suffix: str | None = None
 ) -> Path:
-    """Return `value` as a Path if it is, or can become, a writable file.
+    """Return `value` as a Path (with `~` expanded) if it is, or can become, a writable file.
 
     Args:
         value: the path as given.
         option: the option's name, for the message.
         suffix: a required file name ending such as ".png" (compared without case).
     Raises:
-        ValueError: the value is empty, names a folder, lacks `suffix`, or lies under a
-            file or a folder that is not writable.
+        ValueError: the value is empty, names a folder or a broken link, lacks `suffix`, lies
+            under a file or a folder that is not writable, or the system rejects the path.
     """
     path = _check_text(value, option)
     text = os.fspath(value)

@@ -48,7 +48,9 @@ from rlli_jax.metrics import MetricsWriter
 from rlli_jax.runner import (
     CONFIG_NAME,
     SWEEP_CONFIG_NAME,
+    SWEEP_GROUPS_DIR,
     check_env_data,
+    check_outside_checkpoints,
     eval_key,
     save_env_data_digest,
     train_key,
@@ -73,7 +75,7 @@ from rlli_jax.train import (
 
 logger = logging.getLogger(__name__)
 
-GROUPS_DIR = "groups"
+GROUPS_DIR = SWEEP_GROUPS_DIR
 MEMBERS_DIR = "members"
 GROUP_RESULTS_NAME = "results.json"
 GROUP_CONFIG_NAME = "config.yaml"
@@ -237,6 +239,7 @@ def _claim_directory(plan: SweepPlan, out_dir: Path, primary: bool) -> None:
     """
     # Loading the reward networks first lets a bad env.reward_net fail before any write.
     envs = [make_env(group.config) for group in plan.groups]
+    check_outside_checkpoints(out_dir, "sweep directory")
     if (out_dir / CONFIG_NAME).exists():
         raise ValueError(
             f"{str(out_dir)!r} contains a training run ({CONFIG_NAME}), not a sweep; choose a "
@@ -283,6 +286,12 @@ def _check_group_config(plan: SweepPlan, group: SweepGroup, path: Path) -> None:
             continue
         before = saved.get(key, "unset")
         now = current.get(key, "unset")
+        if before != now and key == "env.reward_net":
+            raise ValueError(
+                f"invalid resume: env.reward_net of {group.name} resolves to {now!r} now, but "
+                f"{path} saved {before!r}; a relative path starts at the working folder, so "
+                "run the sweep from the folder it started in, or give the saved absolute path"
+            )
         if before != now:
             raise ValueError(
                 f"invalid resume: the resolved config of {group.name} differs from the one saved "

@@ -62,8 +62,10 @@ from rlli_jax.train import (
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.yaml"
-# The file that marks a sweep's output directory (see `rlli_jax.population`).
+# The file that marks a sweep's output directory, and the folder of its groups (see
+# `rlli_jax.population`).
 SWEEP_CONFIG_NAME = "sweep.yaml"
+SWEEP_GROUPS_DIR = "groups"
 SUMMARY_NAME = "summary.json"
 CURVES_NAME = "curves.png"
 CHECKPOINT_DIR = "checkpoints"
@@ -120,9 +122,14 @@ def env_data_digest(env: DiffusionServiceEnv) -> str:
 def save_env_data_digest(folder: Path, env: DiffusionServiceEnv) -> None:
     """Write the digest of `env`'s data files to `folder` (replacing an older one)."""
     path = folder / ENV_DATA_DIGEST_NAME
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; remove it so the run can write its digest")
     temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(env_data_digest(env) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    try:
+        temporary.write_text(env_data_digest(env) + "\n", encoding="utf-8")
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def check_env_data(folder: Path, env: DiffusionServiceEnv, write_missing: bool) -> None:
@@ -134,14 +141,22 @@ def check_env_data(folder: Path, env: DiffusionServiceEnv, write_missing: bool) 
     the current digest when `write_missing` is True.
 
     Raises:
-        ValueError: the saved digest differs from the current data's.
+        ValueError: the saved digest is damaged, or differs from the current data's.
     """
     path = folder / ENV_DATA_DIGEST_NAME
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         if write_missing:
             save_env_data_digest(folder, env)
         return
+    damaged = (
+        f"{path} is damaged ({{}}); delete it to accept the current reward network and prompt "
+        "bank, or restore it from a copy"
+    )
+    if not path.is_file():
+        raise ValueError(damaged.format("it is not a readable file"))
     saved = path.read_text(encoding="utf-8", errors="replace").strip()
+    if len(saved) != 64 or any(character not in "0123456789abcdef" for character in saved):
+        raise ValueError(damaged.format(f"expected 64 hexadecimal digits, got {saved[:80]!r}"))
     if saved != env_data_digest(env):
         raise ValueError(
             f"the environment data differ from those {str(folder)!r} was started with: the "
@@ -149,6 +164,37 @@ def check_env_data(folder: Path, env: DiffusionServiceEnv, write_missing: bool) 
             f"since ({path} holds the digest of the originals); restore those files to "
             "continue, or start a new run"
         )
+
+
+def check_outside_checkpoints(path: Path, what: str) -> None:
+    """Raise ValueError if `path` lies inside the checkpoint folder of a training run, where
+    orbax would read a numbered folder as a checkpoint step. `what` names the path."""
+    for folder in path.absolute().parents:
+        if folder.name == CHECKPOINT_DIR and (folder.parent / CONFIG_NAME).is_file():
+            raise ValueError(
+                f"{what} {str(path)!r} is invalid: it lies inside the checkpoints of the run "
+                f"{str(folder.parent)!r}; choose a folder outside that run"
+            )
+
+
+def check_run_location(run_dir: Path) -> None:
+    """Raise ValueError unless `run_dir` may hold a training run: it must not be a sweep's
+    folder or one of its group folders, nor lie inside another run's checkpoints."""
+    if (run_dir / SWEEP_CONFIG_NAME).exists():
+        raise ValueError(
+            f"{str(run_dir)!r} contains a sweep ({SWEEP_CONFIG_NAME}), not a training run; "
+            "choose a new output directory for the run"
+        )
+    sweep_dir = run_dir.absolute().parent.parent
+    if (
+        run_dir.absolute().parent.name == SWEEP_GROUPS_DIR
+        and (sweep_dir / SWEEP_CONFIG_NAME).exists()
+    ):
+        raise ValueError(
+            f"{str(run_dir)!r} is a group of the sweep in {str(sweep_dir)!r}, not a training "
+            "run; run scripts/sweep.py on the sweep's folder to resume it"
+        )
+    check_outside_checkpoints(run_dir, "run directory")
 
 
 def load_run_config(run_dir: str | Path) -> Config:
@@ -304,6 +350,7 @@ def load_trained_run(
             environment data changed since the run started (see `check_env_data`).
     """
     run_dir = Path(run_dir)
+    check_run_location(run_dir)
     config = load_run_config(run_dir) if config is None else config
     program = make_train(config, check_memory=False, env=env)
     check_env_data(run_dir, program.env, write_missing=False)
@@ -394,6 +441,7 @@ def run_training(
             checkpoint is the last good state.
     """
     run_dir = Path(run_dir)
+    check_run_location(run_dir)
     # One process owns the run directory while it trains, so a second run started on the same
     # --out is rejected instead of mixing its metrics and checkpoints into the first one's.
     lock = RunDirectoryLock(run_dir) if jax.process_count() == 1 else None
@@ -412,7 +460,7 @@ class RunDirectoryLock:
     Creating it creates the directory (and its parents) if needed. The operating system drops
     the lock when the process ends, however it ends, so a killed run leaves no stale lock.
     When a start fails before writing its config, `release` removes what the lock added: the
-    lock file, if it created it, and the directory, if it created it and it is empty.
+    lock file, if it created it, and the folders it created, while they are empty.
 
     Raises:
         ValueError: the path is a file or cannot be created or written, or another process
@@ -423,7 +471,10 @@ class RunDirectoryLock:
         self.run_dir = run_dir
         if run_dir.exists() and not run_dir.is_dir():
             raise ValueError(f"run directory {str(run_dir)!r} is invalid: it is a file")
-        self.created = not run_dir.exists()
+        # The folders this lock creates, deepest first, so a failed start can remove them.
+        self.created_dirs = [
+            folder for folder in (run_dir, *run_dir.absolute().parents) if not folder.exists()
+        ]
         self.created_file = not (run_dir / LOCK_NAME).exists()
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -449,8 +500,10 @@ class RunDirectoryLock:
             # Removed while the lock is still held, so a later start creates a fresh file.
             (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
         self._file.close()
-        if self.created and not any(self.run_dir.iterdir()):
-            self.run_dir.rmdir()
+        for folder in self.created_dirs:
+            if not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
 
 
 def _run_training(
@@ -471,11 +524,6 @@ def _run_training(
         raise ValueError(
             f"{str(run_dir)!r} already contains a run; pass --resume to continue it or choose "
             "a new output directory"
-        )
-    if (run_dir / SWEEP_CONFIG_NAME).exists():
-        raise ValueError(
-            f"{str(run_dir)!r} contains a sweep ({SWEEP_CONFIG_NAME}), not a training run; "
-            "choose a new output directory for the run"
         )
     # Build (and so validate) the program and its placement before writing anything, so a
     # failed start leaves no run directory that would block the retry.

@@ -15,6 +15,7 @@ from rlli_jax.runner import (
     CHECKPOINT_DIR,
     CONFIG_NAME,
     ENV_DATA_DIGEST_NAME,
+    LOCK_NAME,
     evaluate_run,
     load_run_config,
     load_trained_run,
@@ -76,6 +77,7 @@ def check_not_a_run_file(out: Path, run_dir: Path) -> None:
     run_files = [
         CONFIG_NAME,
         ENV_DATA_DIGEST_NAME,
+        LOCK_NAME,
         "metrics.jsonl",
         "metrics.csv",
         "summary.json",

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     primary = jax.process_index() == 0
     try:
         if args.out is not None:
-            check_output_folder(args.out)
+            args.out = str(check_output_folder(args.out))
         sweep = load_sweep_config(args.config)
         plan = plan_sweep(sweep)
         devices = jax.devices()
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
 
     try:
         result = run_sweep(plan, out_dir, on_event=on_event)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if not primary:

@@ -80,7 +80,7 @@ def build_config(args: argparse.Namespace):
             )
         return load_run_config(args.resume)
     if args.out is not None:
-        check_output_folder(args.out)
+        args.out = str(check_output_folder(args.out))
     return load_config(args.config or DEFAULT_CONFIG, overrides)
 
 

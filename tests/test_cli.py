@@ -290,6 +290,53 @@ def test_train_and_sweep_keep_out_of_each_other(tmp_path, capsys):
     assert sorted(path.name for path in run_dir.iterdir()) == ["config.yaml"]
 
 
+def test_run_location_rules(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    group = sweep_dir / "groups" / "group-000"
+    group.mkdir(parents=True)
+    (sweep_dir / "sweep.yaml").write_text("base: x\n")
+    (group / "config.yaml").write_text("{}\n")
+    assert train_script.main(["--resume", str(group)]) in (1, 2)
+    assert "is a group of the sweep" in capsys.readouterr().err
+    assert sorted(path.name for path in group.iterdir()) == ["config.yaml"]  # no .lock
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("{}\n")
+    nested = run_dir / "checkpoints" / "7"
+    assert train_script.main(tiny_args(32) + ["--out", str(nested)]) == 1
+    assert "lies inside the checkpoints of the run" in capsys.readouterr().err
+    assert not nested.exists()
+
+    # A start that fails after taking the lock leaves none of the folders it created.
+    lock = RunDirectoryLock(tmp_path / "a" / "b" / "c")
+    assert (tmp_path / "a" / "b" / "c" / ".lock").is_file()
+    lock.release()
+    assert not (tmp_path / "a").exists()
+
+
+def test_damaged_env_data_digest_is_named(tmp_path, capsys):
+    import evaluate as evaluate_script  # scripts/evaluate.py
+
+    run = tmp_path / "run"
+    assert train_script.main(tiny_args(32) + ["--out", str(run)]) == 0
+    digest = run / "env_data.sha256"
+    for content in ("garbage\n", "", "A" * 64):
+        digest.write_text(content)
+        capsys.readouterr()
+        assert evaluate_script.main(["--run", str(run), "--episodes", "2"]) == 2
+        assert "env_data.sha256 is damaged (expected 64 hexadecimal digits" in (
+            capsys.readouterr().err
+        )
+    digest.unlink()
+    digest.mkdir()
+    assert train_script.main(["--resume", str(run)]) == 1
+    assert "env_data.sha256 is damaged (it is not a readable file)" in capsys.readouterr().err
+    assert not (run / "env_data.sha256.tmp").exists()
+    with pytest.raises(ValueError, match="it is a file of the run"):
+        evaluate_script.check_not_a_run_file(run / ".lock", run)
+
+
 def test_interrupt_prints_resume_hint(tmp_path, monkeypatch, capsys):
     def interrupt(config, run_dir, **kwargs):
         (Path(run_dir) / "config.yaml").parent.mkdir(parents=True, exist_ok=True)

@@ -76,3 +76,22 @@ def test_unwritable_folder_is_rejected(scratch):
             check_output_file("locked/x.json")
     finally:
         locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("check", [check_output_folder, check_output_file])
+def test_too_long_name_is_one_error(scratch, check):
+    with pytest.raises(ValueError, match=r"^--out = 'xxx.* is invalid: File name too long"):
+        check("x" * 300)
+
+
+def test_tilde_is_expanded(scratch, monkeypatch):
+    monkeypatch.setenv("HOME", str(scratch / "adir"))
+    assert check_output_folder("~/runs") == scratch / "adir" / "runs"
+    assert check_output_file("~/c.png", suffix=".png") == scratch / "adir" / "c.png"
+
+
+@pytest.mark.parametrize("check", [check_output_folder, check_output_file])
+def test_broken_symlink_is_rejected(scratch, check):
+    (scratch / "dangling").symlink_to(scratch / "missing")
+    with pytest.raises(ValueError, match=r"'dangling' is invalid: it is a symbolic link to"):
+        check("dangling")

@@ -591,3 +591,16 @@ def test_results_table_and_ranking(sweep_runs):
     assert points[1]["finished"] == 0
     expected = np.mean([rows[0]["eval_qoe"], rows[1]["eval_qoe"]])
     assert points[0]["mean"] == pytest.approx(expected)
+
+
+def test_resume_names_a_moved_reward_net(finished_copy, tmp_path, monkeypatch):
+    from rlli_jax.qoe.reward_net import RewardNetQoE, save_reward_net
+
+    out_dir, base_path = finished_copy
+    model = RewardNetQoE(hidden_sizes=(8,))
+    save_reward_net(tmp_path / "net", model, model.init_params(jax.random.key(0)))
+    monkeypatch.chdir(tmp_path)
+    changed = dict(TINY_BASE, env=dict(TINY_BASE.get("env", {}), reward_net="net"))
+    base_path.write_text(yaml.safe_dump(changed))
+    with pytest.raises(ValueError, match=r"env\.reward_net of group-000 resolves to '/.*net' now"):
+        run_sweep(_plan_for(base_path), out_dir, mesh=make_mesh(devices=jax.devices()[:1]))
