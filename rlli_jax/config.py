@@ -20,7 +20,7 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -441,19 +441,39 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+def apply_overrides(
+    data: Mapping[str, Any], overrides: Iterable[str], *, last_wins: bool = False
+) -> dict[str, Any]:
     """Return a copy of nested config data with each `section.key=value` override set.
 
+    Two overrides may not set the same key: a repeated key path, or one path inside another
+    (`env.params` and `env.params.energy_weight`), raises ValueError unless `last_wins` is
+    True. With `last_wins`, overrides apply in order and a repeated key keeps its last value.
+    That suits callers that stack layers of overrides, such as a study with its budget, entry
+    and --set overrides.
+
     Raises:
-        ValueError: a section of `data` is not a mapping, or an override is malformed.
+        ValueError: a section of `data` is not a mapping, an override is malformed, or two
+            overrides set the same key and `last_wins` is False.
     """
     result = {}
     for name, section in (data or {}).items():
         if section is not None and not isinstance(section, Mapping):
             raise ValueError(f"section {name} must be a mapping, got {section!r}")
         result[name] = dict(section or {})
-    for text in overrides:
-        keys, value = parse_override(text)
+    texts = list(overrides)
+    parsed = [parse_override(text) for text in texts]
+    if not last_wins:
+        overlap = find_overlapping_keys([keys for keys, _ in parsed])
+        if overlap is not None:
+            first, second = overlap
+            raise ValueError(
+                f"invalid override {texts[second]!r}: "
+                + describe_overlap(
+                    parsed[first][0], parsed[second][0], f"override {texts[first]!r}"
+                )
+            )
+    for keys, value in parsed:
         node = result.setdefault(keys[0], {})
         for key in keys[1:-1]:
             child = node.get(key)
@@ -461,6 +481,33 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
             node = node[key]
         node[keys[-1]] = value
     return result
+
+
+def find_overlapping_keys(paths: Sequence[Sequence[str]]) -> tuple[int, int] | None:
+    """Return the indices (first, second) of the first pair of key paths that set the same key.
+
+    Two paths overlap when they are equal or one starts with the other, because the later
+    override then replaces or edits the value the earlier one set. Returns None when no pair
+    overlaps.
+    """
+    for second, path in enumerate(paths):
+        for first in range(second):
+            common = min(len(path), len(paths[first]))
+            if list(path[:common]) == list(paths[first][:common]):
+                return first, second
+    return None
+
+
+def describe_overlap(first: Sequence[str], second: Sequence[str], first_source: str) -> str:
+    """Describe two overlapping key paths for an error message; `first_source` names where the
+    first one was given."""
+    first_key, second_key = ".".join(first), ".".join(second)
+    if first_key == second_key:
+        return f"{second_key} is already set by {first_source}; give each key once"
+    return (
+        f"{second_key} overlaps {first_key}, set by {first_source}; give each key once, "
+        "either as a whole mapping or key by key"
+    )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -472,8 +519,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node, deep=False):
         seen = {}
+        merge_line = None
         for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`; its keys may be reset
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                # One `<<: *base` (or `<<: [*a, *b]`) per mapping. The mapping's own keys may
+                # replace merged ones, but a second `<<` would silently replace the first's.
+                if merge_line is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"merge key '<<' appears twice in one mapping (first on line "
+                        f"{merge_line}); merge several mappings with one key: <<: [*a, *b]",
+                        key_node.start_mark,
+                    )
+                merge_line = key_node.start_mark.line + 1
                 continue
             key = self.construct_object(key_node, deep=True)
             try:
@@ -513,15 +572,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return dict(data or {})
 
 
-def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: Iterable[str] = (), *, last_wins: bool = False
+) -> Config:
     """Load a config from YAML (defaults when `path` is None) with `section.key=value` overrides.
 
     Keys missing from the file take the dataclass defaults of this module, which are not the
     values of `configs/default.yaml` (that file sizes a 4096-environment CPU run); pass that
     file as `path` to start from the run `scripts/train.py` makes without --config.
+    `last_wins` lets a later override replace an earlier one of the same key, as in
+    `apply_overrides`.
 
     Raises:
-        ValueError: a missing file, an unknown key, a mistyped value or a value breaking a rule.
+        ValueError: a missing file, an unknown key, a mistyped value, a value breaking a rule,
+            or two overrides of the same key without `last_wins`.
     """
     file_data = read_yaml(path) if path is not None else {}
     file_source = "config" if path is None else f"config file {str(path)!r}"
@@ -529,7 +593,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     if not overrides:
         return Config.from_dict(file_data, file_source)
     try:
-        data = apply_overrides(file_data, overrides)
+        data = apply_overrides(file_data, overrides, last_wins=last_wins)
     except ValueError as error:
         raise ValueError(str(error) if path is None else f"{file_source}: {error}") from None
     source = "config" if path is None else f"{file_source} with --set overrides"

@@ -45,7 +45,7 @@ from scipy import stats
 
 import rlli_jax.train as train_module
 from rlli_jax.agents.baselines import BASELINE_NAMES, make_baseline_policy
-from rlli_jax.config import SEED_MAX, load_config
+from rlli_jax.config import SEED_MAX, Config, load_config
 from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import make_agent_policy, run_episodes
 from rlli_jax.qoe.model import QoEModel
@@ -238,6 +238,14 @@ def study_overrides(entry: StudyEntry, budget: str, extra: Sequence[str] = ()) -
     return [*BUDGETS[budget], *entry.overrides, *extra]
 
 
+def _load_entry_config(
+    config_path: str | Path, entry: StudyEntry, budget: str, extra: Sequence[str] = ()
+) -> Config:
+    # The entry's overrides replace the budget's, and `extra` replaces both, so a key may
+    # repeat across the layers.
+    return load_config(config_path, study_overrides(entry, budget, extra), last_wins=True)
+
+
 def default_entries(
     config_path: str | Path, budget: str, extra_overrides: Sequence[str] = ()
 ) -> list[str]:
@@ -252,8 +260,8 @@ def default_entries(
     for name, entry in STUDY_ENTRIES.items():
         if entry.skip_if_unchanged:
             main = STUDY_ENTRIES[entry.algo]
-            resolved = load_config(config_path, study_overrides(entry, budget, extra_overrides))
-            main_resolved = load_config(config_path, study_overrides(main, budget, extra_overrides))
+            resolved = _load_entry_config(config_path, entry, budget, extra_overrides)
+            main_resolved = _load_entry_config(config_path, main, budget, extra_overrides)
             if resolved == main_resolved and entry.persona_blind == main.persona_blind:
                 continue
         names.append(name)
@@ -297,7 +305,7 @@ def settings_digest(
     config file is read and checked, so a bad value raises ValueError here, before anything
     compiles. A reward network file named by the config enters by its path, not its contents.
     """
-    config = load_config(config_path, study_overrides(entry, budget, extra_overrides))
+    config = _load_entry_config(config_path, entry, budget, extra_overrides)
     text = f"{config!r};seeds={list(seeds)};persona_blind={entry.persona_blind}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -322,7 +330,7 @@ def run_entry(
     (`curves[metric]`, lists [num_seeds][num_chunks]) against `curve_env_steps`.
     """
     overrides = study_overrides(entry, budget, extra_overrides)
-    config = load_config(config_path, overrides)
+    config = load_config(config_path, overrides, last_wins=True)
     eval_env = train_module.make_env(config)
     train_env = eval_env
     if entry.persona_blind:

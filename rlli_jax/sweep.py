@@ -46,6 +46,8 @@ from rlli_jax.config import (
     Config,
     TrainConfig,
     apply_overrides,
+    describe_overlap,
+    find_overlapping_keys,
     parse_override,
     read_yaml,
 )
@@ -536,16 +538,26 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_overrides(overrides: list[str], swept: set[str]) -> None:
-    """Reject a `set` entry that does not parse, sets the seed, or sets a swept key.
+    """Reject a `set` entry that does not parse, sets the seed, sets a swept key, or sets a key
+    that an earlier entry sets.
 
     Members take their seed and their swept values from the sweep, so such an entry would
-    have no effect.
+    have no effect. Of two entries with one key, the second would silently replace the first.
     """
+    paths = []
     for index, text in enumerate(overrides):
         try:
             keys, _ = parse_override(text)
         except ValueError as error:
             raise ValueError(f"invalid set[{index}]: {error}") from None
+        paths.append(keys)
+        overlap = find_overlapping_keys(paths)
+        if overlap is not None:
+            first, _ = overlap
+            raise ValueError(
+                f"invalid set[{index}] = {text!r}: "
+                + describe_overlap(paths[first], keys, f"set[{first}]")
+            )
         key = ".".join(keys)
         if key == "train.seed":
             raise ValueError(

@@ -110,6 +110,63 @@ def test_yaml_merge_keys_may_be_overridden(tmp_path):
     assert data["train"] == {"num_envs": 8, "seed": 2}
 
 
+def test_second_yaml_merge_key_is_rejected(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("a: &a {seed: 1}\nb: &b {seed: 2}\ntrain:\n  <<: *a\n  <<: *b\n")
+    with pytest.raises(ValueError, match=r"merge key '<<' appears twice .*\(first on line 4\)"):
+        read_yaml(path)
+
+
+def test_yaml_merge_list_is_accepted(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text(
+        "a: &a {seed: 1, num_envs: 8}\nb: &b {buffer_size: 64}\n"
+        "train:\n  <<: [*a, *b]\n  num_envs: 4\n"
+    )
+    assert read_yaml(path)["train"] == {"seed": 1, "num_envs": 4, "buffer_size": 64}
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (
+            ["train.num_envs=8", "train.seed=1", "train.num_envs=16"],
+            r"invalid override 'train\.num_envs=16': train\.num_envs is already set by override "
+            r"'train\.num_envs=8'; give each key once",
+        ),
+        (
+            ["env.params.energy_weight=0.5", "env.params.energy_weight=1"],
+            r"invalid override 'env\.params\.energy_weight=1': env\.params\.energy_weight is "
+            r"already set",
+        ),
+        (
+            ["env.params.energy_weight=0.5", "env.params={logit_scale: 2}"],
+            r"env\.params overlaps env\.params\.energy_weight, set by override 'env\.params\.en",
+        ),
+        (
+            ["env.params={energy_weight: 1}", "env.params.energy_weight=0.5"],
+            r"env\.params\.energy_weight overlaps env\.params, set by override 'env\.params=",
+        ),
+    ],
+)
+def test_repeated_override_key_is_rejected(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        load_config(None, overrides)
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  num_envs: 4\n")
+    with pytest.raises(ValueError, match=match):
+        load_config(path, overrides)
+    with pytest.raises(ValueError, match=match):
+        apply_overrides({}, overrides)
+
+
+def test_repeated_override_key_with_last_wins():
+    overrides = ["train.num_envs=8", "env.params.energy_weight=0.5", "train.num_envs=16"]
+    config = load_config(None, overrides, last_wins=True)
+    assert config.train.num_envs == 16
+    assert config.env.param_overrides == {"energy_weight": 0.5}
+
+
 @pytest.mark.parametrize(
     "override, match",
     [

@@ -94,7 +94,9 @@ def test_every_entry_config_loads():
     from rlli_jax.config import load_config
 
     for entry in STUDY_ENTRIES.values():
-        config = load_config(REPO / "configs" / "paper.yaml", study_overrides(entry, "tiny"))
+        config = load_config(
+            REPO / "configs" / "paper.yaml", study_overrides(entry, "tiny"), last_wins=True
+        )
         assert config.agent.algo == entry.algo
 
 
@@ -109,8 +111,8 @@ def test_paper_config_entries_take_default_values():
     assert len(group) == 6
     changed_fields = set()
     for entry in group:
-        main = load_config(paper, study_overrides(STUDY_ENTRIES[entry.algo], "cpu"))
-        changed = load_config(paper, study_overrides(entry, "cpu"))
+        main = load_config(paper, study_overrides(STUDY_ENTRIES[entry.algo], "cpu"), last_wins=True)
+        changed = load_config(paper, study_overrides(entry, "cpu"), last_wins=True)
         differences = [
             (section, field)
             for section in ("agent", "hyper", "train", "env")

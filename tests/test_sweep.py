@@ -107,6 +107,14 @@ def sweep_from(base_path: Path, **fields) -> SweepConfig:
         ),
         ({"grid": {"hyper.tau": [0.1]}, "set": ["train"]}, r"invalid set\[0\]: invalid override"),
         (
+            {"grid": {"hyper.tau": [0.1]}, "set": ["train.num_envs=4", "train.num_envs=8"]},
+            r"invalid set\[1\] = 'train\.num_envs=8': train\.num_envs is already set by set\[0\]",
+        ),
+        (
+            {"set": ["env.params.energy_weight=0.5", "env.params={energy_weight: 1}"]},
+            r"invalid set\[1\] = .*: env\.params overlaps env\.params\.energy_weight, set by set",
+        ),
+        (
             {"grid": {"env.reward_net": ["a", "b"]}},
             r"invalid grid\.env\.reward_net: env\.reward_net cannot be swept: the reward network",
         ),

@@ -218,9 +218,8 @@ def test_actor_of_wrong_action_shape_is_named(monkeypatch):
 
     monkeypatch.setitem(ACTOR_FACTORIES, "short", short_actor)
     hyper = [f"hyper.{name}=0.1" for name in ("actor_lr", "critic_lr", "tau", "gamma")]
-    config = load_config(
-        overrides=TINY_OVERRIDES + ["agent.algo=short", "hyper.exploration_std=0.1", *hyper]
-    )
+    tiny = [text for text in TINY_OVERRIDES if not text.startswith("agent.algo=")]
+    config = load_config(overrides=tiny + ["agent.algo=short", "hyper.exploration_std=0.1", *hyper])
     with pytest.raises(
         ValueError, match=r"invalid actor of agent.algo = 'short': .*\(8, 11\).*\(8, 12\); check"
     ):
