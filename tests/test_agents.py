@@ -164,13 +164,40 @@ def test_update_moves_targets_by_tau(compiled_agent):
         ({"tau": 0.0}, r"invalid tau = 0\.0: must lie in \(0, 1\]"),
         ({"gamma": 1.0}, r"invalid gamma = 1\.0: must lie in \[0, 1\)"),
         ({"actor_lr": float("nan")}, r"invalid actor_lr = nan: must be > 0"),
-        ({"exploration_std": "0.1"}, r"invalid exploration_std = '0\.1'"),
-        ({"critic_lr": True}, r"invalid critic_lr = True"),
+        (
+            {"exploration_std": "0.1"},
+            r"invalid exploration_std = '0\.1': expected a real number, got str",
+        ),
+        ({"critic_lr": True}, r"invalid critic_lr = True: expected a real number, got bool"),
+        ({"actor_lr": 10**400}, r"invalid actor_lr = 1000.*: must be > 0 \(a finite number\)"),
+        ({"actor_lr": jnp.array(-1e-3)}, r"invalid actor_lr = Array\(-0\.001.*: must be > 0"),
+        (
+            {"actor_lr": jnp.array([1e-3, 1e-3])},
+            r"expected a real number, got an array of shape \(2,\) and dtype float32",
+        ),
+        (
+            {"gamma": np.array(True)},
+            r"invalid gamma = array\(True\): expected a real number, got an array of shape \(\)",
+        ),
     ],
 )
 def test_default_hyperparams_rejects_bad_values(overrides, message):
     with pytest.raises(ValueError, match=message):
         default_hyperparams("gddpg", **overrides)
+
+
+def test_default_hyperparams_accepts_0d_arrays():
+    hyper = default_hyperparams(
+        "gddpg", actor_lr=jnp.array(1e-3), critic_lr=np.array(2e-3), tau=np.float32(0.25)
+    )
+    np.testing.assert_allclose(hyper.actor_lr, 1e-3)
+    np.testing.assert_allclose(hyper.critic_lr, 2e-3)
+    np.testing.assert_allclose(hyper.tau, 0.25)
+
+
+def test_default_hyperparams_rejects_traced_value():
+    with pytest.raises(ValueError, match=r"invalid actor_lr = .*: expected a concrete real number"):
+        jax.jit(lambda lr: default_hyperparams("gddpg", actor_lr=lr).actor_lr)(1e-3)
 
 
 @pytest.mark.parametrize("algo", ["ddpg", "gddpg"])

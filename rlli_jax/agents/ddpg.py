@@ -177,14 +177,42 @@ HYPERPARAM_RULES: dict[str, tuple[str, Callable[[float], bool]]] = {
 def check_hyperparam(name: str, value: Any, path: str | None = None) -> None:
     """Raise ValueError unless `value` is a finite real number obeying `name`'s rule.
 
-    The message names the value by `path` (default: `name`).
+    A real number is a Python or NumPy int or float (not a bool), or a 0-d integer or floating
+    NumPy or JAX array with a concrete value. The message names the value by `path` (default:
+    `name`).
     """
     rule, predicate = HYPERPARAM_RULES[name]
-    is_number = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+    label = path or name
+    if isinstance(value, jax.core.Tracer):
+        raise ValueError(
+            f"invalid {label} = {value!r}: expected a concrete real number, got a traced "
+            "value; check hyperparameters outside jit"
+        )
+    is_scalar = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
         value, bool
     )
-    if not (is_number and math.isfinite(value) and predicate(float(value))):
-        raise ValueError(f"invalid {path or name} = {value!r}: {rule} (a finite number)")
+    is_scalar_array = (
+        isinstance(value, np.ndarray | jax.Array)
+        and value.ndim == 0
+        and (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating))
+    )
+    if not (is_scalar or is_scalar_array):
+        raise ValueError(
+            f"invalid {label} = {value!r}: expected a real number, got {_describe_type(value)}"
+        )
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range
+        number = math.inf
+    if not (math.isfinite(number) and predicate(number)):
+        raise ValueError(f"invalid {label} = {value!r}: {rule} (a finite number)")
+
+
+def _describe_type(value: Any) -> str:
+    """Name the type of `value` for a message, with the shape and dtype of an array."""
+    if isinstance(value, np.ndarray | jax.Array):
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return type(value).__name__
 
 
 def resolve_hyperparams(
