@@ -623,6 +623,43 @@ def test_act_accepts_a_traced_explore_flag(algo):
         np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "explore, match",
+    [
+        ("no", r"invalid explore of type str: expected a bool, or a 0-d bool or integer"),
+        ("", r"invalid explore of type str"),
+        (None, r"invalid explore of type NoneType"),
+        (1, r"invalid explore of type int"),
+        (np.int64(1), r"invalid explore of type int64"),
+        (jnp.array([True, False]), r"invalid explore, an array of shape \(2,\) and dtype bool"),
+        (np.array(1.0), r"invalid explore, an array of shape \(\) and dtype float64"),
+    ],
+)
+def test_act_rejects_bad_explore(explore, match):
+    agent = make_agent(small_config("ddpg"))
+    hyper = default_hyperparams("ddpg")
+    agent_state = agent.init(jax.random.key(0), OBS_DIM, ACTION_DIM, hyper)
+    obs = jnp.zeros((2, OBS_DIM))
+    with pytest.raises(TypeError, match=match):
+        agent.act(agent_state, obs, jax.random.key(1), hyper, explore)
+
+
+def test_act_takes_integer_explore_flag():
+    agent = make_agent(small_config("ddpg"))
+    hyper = default_hyperparams("ddpg", exploration_std=0.5)
+    agent_state = agent.init(jax.random.key(0), OBS_DIM, ACTION_DIM, hyper)
+    obs = jax.random.normal(jax.random.key(1), (4, OBS_DIM))
+    traced = jax.jit(agent.act)
+    for flag in (0, 1):
+        expected = agent.act(agent_state, obs, jax.random.key(2), hyper, bool(flag))
+        concrete = agent.act(agent_state, obs, jax.random.key(2), hyper, np.array(flag))
+        got = traced(agent_state, obs, jax.random.key(2), hyper, jnp.asarray(flag, jnp.int32))
+        np.testing.assert_allclose(concrete, expected, atol=1e-6)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    with pytest.raises(ValueError, match=r"invalid explore = 2: expected a bool"):
+        agent.act(agent_state, obs, jax.random.key(2), hyper, jnp.array(2))
+
+
 def test_update_rejects_mismatched_batch_fields():
     agent = make_agent(small_config("ddpg"))
     hyper = default_hyperparams("ddpg")

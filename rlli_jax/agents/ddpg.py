@@ -342,9 +342,10 @@ def make_agent(config: AgentConfig) -> Agent:
     init(key, obs_dim, action_dim, hyper) -> AgentState.
     act(agent_state, obs [B, obs_dim], key, hyper, explore) -> action [B, action_dim] in
         [-1, 1]; explore adds N(0, exploration_std^2) noise before the clip. A Python bool
-        (static under jit) compiles only the branch it selects; a traced bool scalar is also
-        accepted and draws the noise either way. The diffusion actor draws its chain noise
-        from key either way.
+        (static under jit) compiles only the branch it selects; a 0-d bool or integer (0 or 1)
+        array, traced or not, is also accepted and draws the noise either way. Other types
+        raise TypeError, and a concrete integer other than 0 or 1 raises ValueError. The
+        diffusion actor draws its chain noise from key either way.
     update(agent_state, batch, key, hyper) -> (agent_state, metrics): one critic step, one
         actor step and one Polyak step; metrics are float32 scalars.
     All three are pure and jittable; the caller chooses where to `jit`, `vmap` or `scan`.
@@ -393,6 +394,7 @@ def make_agent(config: AgentConfig) -> Agent:
                 f"invalid obs shape {jnp.shape(obs)}: act expects a batch of shape "
                 f"[B, {agent_state.obs_dim}]; for one observation pass obs[None]"
             )
+        _check_explore(explore)
         key_policy, key_explore = jax.random.split(key)
         action = get_actor(agent_state.action_dim).apply(agent_state.actor_params, obs, key_policy)
         if isinstance(explore, bool | np.bool_) and not explore:
@@ -402,8 +404,9 @@ def make_agent(config: AgentConfig) -> Agent:
         )
         noise = noise_distribution.sample(seed=key_explore, sample_shape=action.shape)
         if not isinstance(explore, bool | np.bool_):
-            # A traced flag (act jitted without static explore) selects the noise at run time.
-            noise = jnp.where(jnp.asarray(explore, bool), noise, 0.0)
+            # A 0-d array flag (traced when act is jitted without a static explore) selects the
+            # noise at run time, and a nonzero integer counts as True.
+            noise = jnp.where(jnp.asarray(explore) != 0, noise, 0.0)
         return jnp.clip(action + noise, -1.0, 1.0)
 
     def update(
@@ -487,6 +490,24 @@ def make_agent(config: AgentConfig) -> Agent:
         return new_state, metrics
 
     return Agent(config=config, init=init, act=act, update=update)
+
+
+def _check_explore(explore: Any) -> None:
+    """Raise TypeError unless `explore` is a bool or a 0-d bool or integer (0 or 1) array.
+
+    A traced integer flag has no value to check, so any nonzero value counts as True there.
+    """
+    if isinstance(explore, bool | np.bool_):
+        return
+    rule = "expected a bool, or a 0-d bool or integer (0 or 1) array such as a traced flag"
+    if not isinstance(explore, np.ndarray | jax.Array):
+        raise TypeError(f"invalid explore of type {type(explore).__name__}: {rule}")
+    dtype = explore.dtype
+    if explore.ndim != 0 or not (dtype == np.bool_ or np.issubdtype(dtype, np.integer)):
+        raise TypeError(f"invalid explore, {_describe_type(explore)}: {rule}")
+    if np.issubdtype(dtype, np.integer) and not isinstance(explore, jax.core.Tracer):
+        if int(explore) not in (0, 1):
+            raise ValueError(f"invalid explore = {int(explore)}: {rule}")
 
 
 def _check_hyper(hyper: Any) -> None:
