@@ -144,6 +144,20 @@ def test_make_params_rejects_extra_qoe_params(env):
         env.make_params(qoe_params=qoe_params)
 
 
+def test_make_params_rejects_integer_qoe_params(env):
+    qoe_params = jax.tree.map(lambda leaf: leaf.astype(jnp.int32), env.qoe_model.default_params())
+    with pytest.raises(ValueError, match=r"qoe_params\['input_mean'\] has dtype int32, but the"):
+        env.make_params(qoe_params=qoe_params)
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf, -np.inf])
+def test_make_params_rejects_nonfinite_qoe_params(env, bad_value):
+    qoe_params = dict(env.qoe_model.default_params())
+    qoe_params["input_std"] = qoe_params["input_std"].at[2].set(bad_value)
+    with pytest.raises(ValueError, match=r"qoe_params\['input_std'\] contains 1 non-finite value"):
+        env.make_params(qoe_params=qoe_params)
+
+
 def test_make_params_accepts_stacked_qoe_params(env):
     shipped = env.qoe_model.default_params()
     stacked = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), shipped)

@@ -167,6 +167,17 @@ def test_step_rejects_a_complex_action():
         env.step(jax.random.key(1), state, action, params)
 
 
+def test_step_rejects_a_bool_action():
+    env = default_env()
+    params = env.default_params
+    _, state = env.reset(jax.random.key(0), params)
+    action = jnp.ones(4 * NUM_USERS, bool)
+    with pytest.raises(ValueError, match=r"invalid action dtype bool: .*True into 1\.0"):
+        env.step(jax.random.key(1), state, action, params)
+    with pytest.raises(ValueError, match=r"invalid action dtype bool"):
+        jax.jit(env.step)(jax.random.key(1), state, action, params)
+
+
 def rollout(env, params, key, actions):
     """Python loop of single jitted steps; returns stacked rewards and observations."""
     key_reset, key_steps = jax.random.split(key)
@@ -484,3 +495,24 @@ def test_make_params_rejects_a_bank_of_another_size():
     # A stack of two banks of the right size keeps working (vmapped params).
     stacked = jnp.stack([env.default_params.prompt_similarity] * 2)
     assert env.make_params(prompt_similarity=stacked).prompt_similarity.shape == (2, size, size)
+
+
+def test_make_params_rejects_prompt_bank_dtypes():
+    env = default_env()
+    size = env.num_prompts
+    float_topics = np.full(size, 1.5)
+    with pytest.raises(ValueError, match=r"invalid prompt_topics dtype float64: expected an int"):
+        env.make_params(prompt_topics=float_topics)
+    with pytest.raises(ValueError, match=r"invalid prompt_topics dtype bool"):
+        env.make_params(prompt_topics=np.zeros(size, bool))
+    int_similarity = np.eye(size, dtype=np.int64)
+    with pytest.raises(ValueError, match=r"invalid prompt_similarity dtype int64: expected a fl"):
+        env.make_params(prompt_similarity=int_similarity)
+    with pytest.raises(ValueError, match=r"invalid prompt_similarity dtype bool"):
+        env.make_params(prompt_similarity=np.eye(size, dtype=bool))
+    # The bank's own dtypes, and NumPy's default float64 and int64, stay accepted.
+    params = env.make_params(
+        prompt_similarity=np.asarray(env.default_params.prompt_similarity, np.float64),
+        prompt_topics=np.asarray(env.default_params.prompt_topics, np.int64),
+    )
+    assert params.prompt_topics.shape == (size,)

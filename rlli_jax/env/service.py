@@ -98,7 +98,8 @@ class ObservationLayout:
 
 
 def _check_qoe_params(qoe_params: Any, expected: Any, model_name: str) -> None:
-    """Raise ValueError unless `qoe_params` has the paths and leaf shapes of `expected`.
+    """Raise ValueError unless `qoe_params` has the paths and leaf shapes of `expected`, with
+    floating-point leaves that are finite where their values are concrete (not traced).
 
     A stack of parameter sets is allowed: every leaf may carry the same leading batch axes.
     """
@@ -138,6 +139,33 @@ def _check_qoe_params(qoe_params: Any, expected: Any, model_name: str) -> None:
                 f"{model_name!r}; pass parameters of this model, such as those of its "
                 "default_params()"
             )
+    for path, leaf in jax.tree_util.tree_leaves_with_path(qoe_params):
+        name = jax.tree_util.keystr(path)
+        dtype = _dtype_of(leaf)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"qoe_params{name} has dtype {dtype or 'unknown (not an array)'}, but the QoE "
+                f"model {model_name!r} expects floating-point parameters; convert them, for "
+                "example with .astype(jnp.float32)"
+            )
+        if not isinstance(leaf, jax.core.Tracer):
+            num_nonfinite = int(np.size(leaf) - np.count_nonzero(np.isfinite(np.asarray(leaf))))
+            if num_nonfinite:
+                raise ValueError(
+                    f"qoe_params{name} contains {num_nonfinite} non-finite values (NaN or inf), "
+                    f"but the QoE model {model_name!r} needs finite parameters"
+                )
+
+
+def _dtype_of(value: Any) -> np.dtype | None:
+    """Return the dtype of an array, tracer, number or nested list, or None for a ragged list."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:
+        return np.dtype(dtype)
+    try:
+        return np.asarray(value).dtype
+    except (TypeError, ValueError):  # a ragged or mixed nested sequence
+        return None
 
 
 class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
@@ -232,7 +260,8 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
         return EnvParams(**values).validate()
 
     def _check_prompt_bank_overrides(self, overrides: dict[str, Any]) -> None:
-        """Raise ValueError unless overridden prompt arrays fit this environment's bank.
+        """Raise ValueError unless overridden prompt arrays fit this environment's bank, with
+        float similarities and integer topics.
 
         The bank's size and topic count are static facts of the environment (they size the
         compiled program), so a replacement similarity matrix or topic list must keep them.
@@ -240,9 +269,20 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
         """
         size = self.num_prompts
         expected = {"prompt_similarity": (size, size), "prompt_topics": (size,)}
+        # Similarities are weights in [0, 1], so they must be floats, and topics are indices,
+        # so they must be integers. A bool array is neither.
+        dtype_rules = {
+            "prompt_similarity": (jnp.floating, "a floating-point array, such as float32"),
+            "prompt_topics": (jnp.integer, "an integer array of topic ids, such as int32"),
+        }
         for name, shape in expected.items():
             if name not in overrides:
                 continue
+            dtype = _dtype_of(overrides[name])
+            kind, description = dtype_rules[name]
+            if dtype is None or not jnp.issubdtype(dtype, kind):
+                dtype_text = dtype or "unknown (not an array)"
+                raise ValueError(f"invalid {name} dtype {dtype_text}: expected {description}")
             given = jnp.shape(overrides[name])
             if given[len(given) - len(shape) :] != shape:
                 raise ValueError(
@@ -325,6 +365,11 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
             raise ValueError(
                 f"invalid action dtype {action.dtype}: step expects real numbers in [-1, 1], "
                 "and casting would drop the imaginary part"
+            )
+        if action.dtype == jnp.bool_:
+            raise ValueError(
+                "invalid action dtype bool: step expects real numbers in [-1, 1], and casting "
+                "would turn True into 1.0 and False into 0.0"
             )
         action = action.astype(jnp.float32)
         if action.shape != (self.num_actions,):
