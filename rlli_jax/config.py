@@ -520,7 +520,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = {}
         merge_line = None
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 # One `<<: *base` (or `<<: [*a, *b]`) per mapping. The mapping's own keys may
                 # replace merged ones, but a second `<<` would silently replace the first's.
@@ -533,6 +533,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                         key_node.start_mark,
                     )
                 merge_line = key_node.start_mark.line + 1
+                self._check_merged_keys_differ(value_node)
                 continue
             key = self.construct_object(key_node, deep=True)
             try:
@@ -550,6 +551,33 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     key_node.start_mark,
                 )
         return super().construct_mapping(node, deep=deep)
+
+    def _check_merged_keys_differ(self, value_node) -> None:
+        """Reject `<<: [*a, *b]` where `a` and `b` share a key: one value would be dropped."""
+        if not isinstance(value_node, yaml.SequenceNode):
+            return
+        owner = {}  # key -> (index, line) of the first merged mapping that gives it
+        for index, merged in enumerate(value_node.value):
+            if not isinstance(merged, yaml.MappingNode):
+                continue  # the base class reports a merge of something else
+            line = merged.start_mark.line + 1
+            for key_node, _ in merged.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first_index, first_line = owner.setdefault(key, (index, line))
+                except TypeError:  # an unhashable key; the base class reports it
+                    continue
+                if first_index != index:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} is in two of the mappings merged by '<<' (lines "
+                        f"{first_line} and {line}), so one value would be dropped; give it in "
+                        "one of them, or in the mapping itself",
+                        value_node.start_mark,
+                    )
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

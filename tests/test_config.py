@@ -354,3 +354,16 @@ def test_relative_reward_net_is_saved_absolute(tmp_path, monkeypatch):
     save_config(config, tmp_path / "saved.yaml")
     monkeypatch.chdir(tmp_path.parent)  # another working folder reads the same checkpoint
     assert load_config(tmp_path / "saved.yaml").env.reward_net == str(tmp_path / "net")
+
+
+@pytest.mark.parametrize(
+    "anchors",
+    ["a: &a {seed: 1}\nb: &b {seed: 2}\n", "x: [&a {seed: 1}, &b {seed: 2}]\n"],
+)
+def test_merge_list_with_a_shared_key_is_rejected(tmp_path, anchors):
+    path = tmp_path / "merge.yaml"
+    path.write_text(anchors + "train:\n  <<: [*a, *b]\n")
+    with pytest.raises(ValueError, match=r"key 'seed' is in two of the mappings merged by '<<'"):
+        read_yaml(path)
+    path.write_text(anchors + "train:\n  <<: [*a]\n  seed: 3\n")
+    assert read_yaml(path)["train"] == {"seed": 3}
