@@ -173,11 +173,13 @@ class Checkpointer:
         for path in sorted(set(saved) | set(expected)):
             if saved.get(path) != expected.get(path):
                 name = "/".join(path)
+                cause = "was the run's config.yaml edited after the checkpoint was written?"
+                if _differ_in_width_only(saved.get(path), expected.get(path)):
+                    cause = "is jax_enable_x64 (JAX_ENABLE_X64) set differently than in the run?"
                 return (
                     f"the checkpoint does not match the config: array {name} is "
                     f"{_describe(saved.get(path))} in the checkpoint and "
-                    f"{_describe(expected.get(path))} for this config (was the run's "
-                    "config.yaml edited after the checkpoint was written?)"
+                    f"{_describe(expected.get(path))} for this config ({cause})"
                 )
         return None
 
@@ -229,6 +231,13 @@ def _key_name(key: Any) -> str:
         if hasattr(key, attribute):
             return str(getattr(key, attribute))
     return str(key)
+
+
+def _differ_in_width_only(first: Any, second: Any) -> bool:
+    """Return True when two (shape, dtype) entries differ only as 32-bit and 64-bit types."""
+    if first is None or second is None or first[0] != second[0]:
+        return False
+    return {first[1], second[1]} in ({"float32", "float64"}, {"int32", "int64"})
 
 
 def _describe(entry: tuple[tuple[int, ...], str] | None) -> str:

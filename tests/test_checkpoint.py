@@ -244,3 +244,14 @@ def test_truncate_rewrites_tensorboard_without_dropped_steps(tmp_path):
     resumed.close()
     points = _tensorboard_points(tmp_path / "tensorboard")
     assert points == [("train/qoe", 8, 1.0), ("train/qoe", 16, 2.0), ("train/qoe", 24, 5.0)]
+
+
+def test_width_only_mismatch_names_x64(tmp_path):
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    checkpointer.save(1, {"w": np.zeros((2, 3), np.float32)}, {"chunk": 1})
+    target = {"w": np.zeros((2, 3), np.float64)}
+    with pytest.raises(ValueError, match=r"float64 for this config \(is jax_enable_x64"):
+        checkpointer.restore_latest(target)
+    other_shape = {"w": np.zeros((4, 3), np.float64)}
+    with pytest.raises(ValueError, match=r"was the run's config.yaml edited"):
+        checkpointer.restore_latest(other_shape)
