@@ -3,8 +3,8 @@
 Each row is flat: `env_step`, `kind` ("train" or "eval") and scalar metrics. Training rows
 go to both files, evaluation rows to the JSONL only. The CSV header is the first row's
 keys; a later row with new keys adds them to the JSONL only. On resume, `truncate_after`
-drops rows written after the checkpoint being resumed from, so no step appears twice; the
-TensorBoard event files are then written anew from the kept rows.
+drops rows written after the checkpoint being resumed from, so no step appears twice. The
+TensorBoard event files are then written anew from the rows that remain.
 """
 
 import csv

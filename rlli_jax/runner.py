@@ -161,18 +161,18 @@ def check_env_data(folder: Path, env: DiffusionServiceEnv, write_missing: bool) 
         raise ValueError(
             f"the environment data differ from those {str(folder)!r} was started with: the "
             "reward network (env.reward_net, or the packaged one) or the prompt bank changed "
-            f"since ({path} holds the digest of the originals); restore those files to "
+            f"since ({path} contains the digest of the originals); restore those files to "
             "continue, or start a new run"
         )
 
 
-def check_outside_checkpoints(path: Path, what: str) -> None:
+def check_outside_checkpoints(path: Path, label: str) -> None:
     """Raise ValueError if `path` lies inside the checkpoint folder of a training run, where
-    orbax would read a numbered folder as a checkpoint step. `what` names the path."""
+    orbax would read a numbered folder as a checkpoint step. `label` names the path."""
     for folder in path.absolute().parents:
         if folder.name == CHECKPOINT_DIR and (folder.parent / CONFIG_NAME).is_file():
             raise ValueError(
-                f"{what} {str(path)!r} is invalid: it lies inside the checkpoints of the run "
+                f"{label} {str(path)!r} is invalid: it lies inside the checkpoints of the run "
                 f"{str(folder.parent)!r}; choose a folder outside that run"
             )
 
@@ -498,6 +498,8 @@ class RunDirectoryLock:
         """Drop the lock, and remove what it added to a run that never started."""
         if self.created_file and not (self.run_dir / CONFIG_NAME).exists():
             # Removed while the lock is still held, so a later start creates a fresh file.
+            # NOTE: a process that opened the file just before this unlink can still lock the
+            # old file while a third one locks the new file; the window is this one call.
             (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
         self._file.close()
         for folder in self.created_dirs:

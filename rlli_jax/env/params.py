@@ -138,18 +138,26 @@ def _concrete_scalars(value: Any) -> np.ndarray | None:
         return None
 
 
+def dtype_of(value: Any) -> np.dtype | None:
+    """Return the dtype of an array, tracer, number or nested list, or None for a ragged list."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None:
+        return np.dtype(dtype)
+    try:
+        return np.asarray(value).dtype
+    except (TypeError, ValueError):  # a ragged or mixed nested sequence
+        return None
+
+
 def _has_real_dtype(value: Any) -> bool:
     """Return whether `value` (a number, array or jax tracer) contains integers or floats.
 
     Bools, complex numbers, strings and None count as invalid, although NumPy converts some of
     them to floats.
     """
-    dtype = getattr(value, "dtype", None)
+    dtype = dtype_of(value)
     if dtype is None:
-        try:
-            dtype = np.asarray(value).dtype
-        except (TypeError, ValueError):  # a ragged or mixed nested sequence
-            return False
+        return False
     return bool(jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating))
 
 

@@ -38,7 +38,7 @@ from flax import struct
 from gymnax.environments import environment, spaces
 
 from rlli_jax.env import physics
-from rlli_jax.env.params import EnvParams
+from rlli_jax.env.params import EnvParams, dtype_of
 from rlli_jax.env.prompts import PromptBank, load_prompt_bank
 from rlli_jax.qoe.model import QoEModel, default_qoe_model
 from rlli_jax.qoe.personas import NUM_TRAITS, sample_traits
@@ -141,7 +141,7 @@ def _check_qoe_params(qoe_params: Any, expected: Any, model_name: str) -> None:
             )
     for path, leaf in jax.tree_util.tree_leaves_with_path(qoe_params):
         name = jax.tree_util.keystr(path)
-        dtype = _dtype_of(leaf)
+        dtype = dtype_of(leaf)
         if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(
                 f"qoe_params{name} has dtype {dtype or 'unknown (not an array)'}, but the QoE "
@@ -155,17 +155,6 @@ def _check_qoe_params(qoe_params: Any, expected: Any, model_name: str) -> None:
                     f"qoe_params{name} contains {num_nonfinite} non-finite values (NaN or inf), "
                     f"but the QoE model {model_name!r} needs finite parameters"
                 )
-
-
-def _dtype_of(value: Any) -> np.dtype | None:
-    """Return the dtype of an array, tracer, number or nested list, or None for a ragged list."""
-    dtype = getattr(value, "dtype", None)
-    if dtype is not None:
-        return np.dtype(dtype)
-    try:
-        return np.asarray(value).dtype
-    except (TypeError, ValueError):  # a ragged or mixed nested sequence
-        return None
 
 
 class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
@@ -278,7 +267,7 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
         for name, shape in expected.items():
             if name not in overrides:
                 continue
-            dtype = _dtype_of(overrides[name])
+            dtype = dtype_of(overrides[name])
             kind, description = dtype_rules[name]
             if dtype is None or not jnp.issubdtype(dtype, kind):
                 dtype_text = dtype or "unknown (not an array)"

@@ -320,7 +320,7 @@ def load_reward_net(
 def _load_cached(path: str, hidden_sizes: tuple[int, ...] | None):
     """Load a checkpoint once per version of its files.
 
-    The cache key holds every file's size and modification time, so a checkpoint rewritten
+    The cache key contains every file's size and modification time, so a checkpoint rewritten
     in place (`save_reward_net(..., overwrite=True)`) is read again.
     """
     return _load_cached_version(path, hidden_sizes, _files_version(Path(path)))
