@@ -80,7 +80,8 @@ class EnvParams:
 # Upper bound of logit_scale. The smallest bandwidth or GPU share, with one user's logit at -1
 # and the rest at +1, is about exp(-2 * logit_scale) / num_users. Above
 # (87.3 - ln num_users) / 2 it is below the smallest normal float32 (1.2e-38), XLA on CPU flushes
-# it to 0, and latency is inf: stepping such actions broke 2 users at 44 and 30 users at 42.
+# it to 0, and latency is inf: in one check with a script not kept here, such actions broke
+# 2 users at 44 and 30 users at 42.
 # At 30 the share stays normal for num_users < 7e11, and the latency (about 1e26 s) is finite.
 MAX_LOGIT_SCALE = 30.0
 
