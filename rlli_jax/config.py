@@ -35,6 +35,7 @@ from rlli_jax.agents.ddpg import (
     resolve_hyperparams,
 )
 from rlli_jax.env.params import EnvParams
+from rlli_jax.outputs import write_text_atomic
 
 # EnvParams fields that hold arrays or pytrees built by the environment, not scalar constants.
 _NON_SCALAR_ENV_FIELDS = ("prompt_similarity", "prompt_topics", "qoe_params")
@@ -645,7 +646,4 @@ def save_config(config: Config, path: str | Path) -> None:
     for key, value in config.derived.items():
         header.append(f"#   {key}: {value}")
     text = "\n".join(header) + "\n" + yaml.safe_dump(config.to_dict(), sort_keys=False)
-    path = Path(path)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
+    write_text_atomic(path, text)

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rlli_jax.outputs import save_figure_atomic, write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 JSONL_NAME = "metrics.jsonl"
@@ -97,7 +99,7 @@ class MetricsWriter:
                 elif record["env_step"] <= step:
                     kept.append(line)
                     records.append(record)
-            _write_atomically(self.jsonl_path, "".join(line + "\n" for line in kept))
+            write_text_atomic(self.jsonl_path, "".join(line + "\n" for line in kept))
         if self._tensorboard is not None:
             self._tensorboard.close()
             for path in self.tensorboard_dir.glob("events.out.tfevents.*"):
@@ -117,7 +119,7 @@ class MetricsWriter:
             writer = csv.DictWriter(text, self._csv_fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-            _write_atomically(self.csv_path, text.getvalue())
+            write_text_atomic(self.csv_path, text.getvalue())
 
     def close(self) -> None:
         if self._tensorboard is not None:
@@ -163,13 +165,6 @@ def _parse_row(line: str) -> dict[str, Any] | None:
     return record
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace `path` by `text` through a temporary file, so a kill leaves the old or the new."""
-    temporary = path.with_name(f".partial.{path.name}")
-    temporary.write_text(text)
-    temporary.replace(path)
-
-
 def plot_learning_curves(
     run_dirs: list[str | Path],
     path: str | Path,
@@ -203,5 +198,5 @@ def plot_learning_curves(
             axis.set_xlabel("environment steps")
     axes[0].legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure_atomic(figure, path, dpi=100)
     plt.close(figure)

@@ -1,15 +1,25 @@
-"""Checks that an output path given on the command line can be written, before any work.
+"""Output files: checks that a path given on the command line can be written, before any work,
+and atomic writes.
 
 Each check raises ValueError naming the option, the value and the rule, so that a script
 reports a bad `--out` in one line instead of failing after minutes of compiling or training.
 A leading `~` is expanded, as the shell would do for a separate argument (it does not after
 `--out=`).
+
+The files that runs, sweeps and studies write whole (configs, summaries, digests, tables,
+figures) go through `write_bytes_atomic`. It writes the bytes to a hidden temporary file in the
+same folder and flushes them to disk. One rename then replaces the file, so a kill or a full
+disk leaves either the old file or the new one, never a torn one.
 """
 
 import functools
+import io
+import json
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -94,3 +104,57 @@ def check_output_file(
         raise ValueError(f"{option} = {text!r} is invalid: the file is not writable")
     _check_creatable(path.parent, option, text)
     return path
+
+
+# Prefix of the temporary files of `write_bytes_atomic`: hidden, and named after the target.
+PARTIAL_PREFIX = ".partial."
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Replace the file `path` by `data` in one rename, so readers see the old or the new file.
+
+    The temporary file is `.partial.<name>.<random>` in the same folder, flushed to disk
+    before the rename and removed if anything fails. The folder must exist.
+    """
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{PARTIAL_PREFIX}{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 text through `write_bytes_atomic`."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _json_scalar(value: Any) -> Any:
+    """Convert a 0-d NumPy or JAX value to its Python number, and reject anything else."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_json_atomic(path: str | os.PathLike, document: Any, **dumps_options: Any) -> None:
+    """Write `document` as JSON with a final newline through `write_text_atomic`.
+
+    `dumps_options` go to `json.dumps`; by default `indent=2`, and 0-d NumPy or JAX values
+    are written as numbers.
+    """
+    dumps_options.setdefault("indent", 2)
+    dumps_options.setdefault("default", _json_scalar)
+    write_text_atomic(path, json.dumps(document, **dumps_options) + "\n")
+
+
+def save_figure_atomic(figure, path: str | os.PathLike, **savefig_options: Any) -> None:
+    """Save a matplotlib figure through `write_bytes_atomic`; the format follows the suffix."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip(".").lower() or None, **savefig_options)
+    write_bytes_atomic(path, buffer.getvalue())

@@ -45,6 +45,7 @@ from rlli_jax.config import Config, read_yaml, save_config
 from rlli_jax.distributed import check_shared_directory
 from rlli_jax.evaluation import run_episodes, summarize
 from rlli_jax.metrics import MetricsWriter
+from rlli_jax.outputs import write_json_atomic
 from rlli_jax.runner import (
     CONFIG_NAME,
     SWEEP_CONFIG_NAME,
@@ -602,15 +603,7 @@ def _read_group_results(path: Path, group: SweepGroup) -> dict[str, Any] | None:
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    temporary.replace(path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+    write_json_atomic(path, data)
 
 
 def results_table(result: SweepResult, plan: SweepPlan) -> list[dict[str, Any]]:

@@ -49,6 +49,7 @@ from rlli_jax.distributed import check_shared_directory
 from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import evaluate_baselines, summarize
 from rlli_jax.metrics import MetricsWriter, plot_learning_curves
+from rlli_jax.outputs import write_json_atomic, write_text_atomic
 from rlli_jax.train import (
     TrainProgram,
     TrainState,
@@ -124,12 +125,7 @@ def save_env_data_digest(folder: Path, env: DiffusionServiceEnv) -> None:
     path = folder / ENV_DATA_DIGEST_NAME
     if path.is_dir():
         raise ValueError(f"{path} is a folder; remove it so the run can write its digest")
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    try:
-        temporary.write_text(env_data_digest(env) + "\n", encoding="utf-8")
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_text_atomic(path, env_data_digest(env) + "\n")
 
 
 def check_env_data(folder: Path, env: DiffusionServiceEnv, write_missing: bool) -> None:
@@ -630,7 +626,7 @@ def _run_training(
             summary["evaluation"] = evaluate_run(program, state.agent, train_config.seed)
             summary["evaluation_s"] = time.perf_counter() - evaluation_start
         if primary:
-            _write_json(run_dir / SUMMARY_NAME, summary)
+            write_json_atomic(run_dir / SUMMARY_NAME, summary)
             plot_learning_curves([run_dir], run_dir / CURVES_NAME)
         summary["final_state"] = state
         return summary
@@ -699,15 +695,3 @@ def _initial_state(
                        checkpointer.directory)  # fmt: skip
     writer.truncate_after(0)
     return placement.init(placement.key_data, placement.hyper), 0, None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    temporary.replace(path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")

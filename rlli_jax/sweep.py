@@ -52,6 +52,7 @@ from rlli_jax.config import (
     read_yaml,
 )
 from rlli_jax.evaluation import EPISODE_METRICS
+from rlli_jax.outputs import write_text_atomic
 from rlli_jax.train import TrainHyperparams, make_train
 
 TRACED_KEYS = tuple(f"hyper.{name}" for name in HYPERPARAM_NAMES) + tuple(
@@ -257,10 +258,7 @@ def load_sweep_config(path: str | Path) -> SweepConfig:
 
 
 def save_sweep_config(sweep: SweepConfig, path: str | Path) -> None:
-    path = Path(path)
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(yaml.safe_dump(sweep.to_dict(), sort_keys=False))
-    temporary.replace(path)
+    write_text_atomic(path, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,6 @@ checkpoint's metadata and into OUT/metrics.json.
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import rlli_jax
+from rlli_jax.outputs import write_json_atomic
 from rlli_jax.qoe.dataset import load_ratings
 from rlli_jax.qoe.distill import DistillConfig, distill
 from rlli_jax.qoe.reward_net import check_checkpoint_destination, save_reward_net
@@ -171,8 +171,7 @@ def main(argv=None) -> int:
     path = save_reward_net(
         args.out, result.model, result.params, metadata, overwrite=args.overwrite
     )
-    text = json.dumps(metadata, indent=2, allow_nan=False)
-    (path / "metrics.json").write_text(text + "\n", encoding="utf-8")
+    write_json_atomic(path / "metrics.json", metadata, allow_nan=False)
 
     print(f"best epoch {result.best_epoch} of {result.num_epochs}; validation{label}:")
     for name, value in result.metrics.items():

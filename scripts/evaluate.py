@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from rlli_jax.config import Config, apply_overrides, check_seed
-from rlli_jax.outputs import check_output_file
+from rlli_jax.outputs import check_output_file, write_text_atomic
 from rlli_jax.runner import (
     CHECKPOINT_DIR,
     CONFIG_NAME,
@@ -63,9 +63,7 @@ def main(argv=None) -> int:
     if out is not None:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            temporary = out.with_name(f".partial.{out.name}")
-            temporary.write_text(text + "\n")
-            temporary.replace(out)
+            write_text_atomic(out, text + "\n")
         except OSError as error:
             print(f"error: could not write --out {out}: {error}", file=sys.stderr)
             return 1

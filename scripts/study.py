@@ -18,6 +18,7 @@ OUT/bars_qoe.png and OUT/energy_qoe.png from every entry file present.
 
 import argparse
 import csv
+import io
 import json
 import sys
 import time
@@ -30,7 +31,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rlli_jax.agents.baselines import BASELINE_NAMES  # noqa: E402
-from rlli_jax.outputs import check_output_folder  # noqa: E402
+from rlli_jax.outputs import (  # noqa: E402
+    check_output_folder,
+    save_figure_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from rlli_jax.study import (  # noqa: E402
     BUDGETS,
     REPORTED_METRICS,
@@ -351,9 +357,7 @@ def _is_list_of(value, predicate) -> bool:
 
 
 def _write_json(path: Path, data) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(data, indent=1))
-    temporary.replace(path)
+    write_json_atomic(path, data, indent=1)
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -363,37 +367,39 @@ def write_report(results: dict, out: Path) -> None:
     _write_csv(results, summary, out / "summary.csv")
     gains = _gains(results)
     _write_json(out / "gain.json", gains)
-    (out / "tables.md").write_text(_markdown_tables(results, summary, gains))
+    write_text_atomic(out / "tables.md", _markdown_tables(results, summary, gains))
     _plot_curves(results, out)
     _plot_bars(results, summary, out / "bars_qoe.png")
     _plot_energy_qoe(results, summary, out / "energy_qoe.png")
 
 
 def _write_csv(results: dict, summary: dict, path: Path) -> None:
-    with path.open("w", newline="") as file:
-        writer = csv.writer(file)
-        header = ["entry", "group", "method", "num_seeds", "total_env_steps", "train_s"]
-        for metric in REPORTED_METRICS:
-            header += [metric, f"{metric}_low", f"{metric}_high"]
-        writer.writerow(header)
-        for name, result in results.items():
-            for method, metrics in summary[name].items():
-                row = [
-                    name,
-                    result["entry"]["group"],
-                    method,
-                    len(result["seeds"]),
-                    result["total_env_steps"],
-                    round(result["train_s"], 1),
+    stream = io.StringIO(newline="")
+    writer = csv.writer(stream)
+    header = ["entry", "group", "method", "num_seeds", "total_env_steps", "train_s"]
+    for metric in REPORTED_METRICS:
+        header += [metric, f"{metric}_low", f"{metric}_high"]
+    writer.writerow(header)
+    for name, result in results.items():
+        for method, metrics in summary[name].items():
+            row = [
+                name,
+                result["entry"]["group"],
+                method,
+                len(result["seeds"]),
+                result["total_env_steps"],
+                round(result["train_s"], 1),
+            ]
+            for metric in REPORTED_METRICS:
+                values = metrics[metric]
+                row += [
+                    f"{values['mean']:.4f}",
+                    f"{values['low']:.4f}",
+                    f"{values['high']:.4f}",
                 ]
-                for metric in REPORTED_METRICS:
-                    values = metrics[metric]
-                    row += [
-                        f"{values['mean']:.4f}",
-                        f"{values['low']:.4f}",
-                        f"{values['high']:.4f}",
-                    ]
-                writer.writerow(row)
+            writer.writerow(row)
+
+    write_text_atomic(path, stream.getvalue())
 
 
 def _gains(results: dict) -> dict:
@@ -498,7 +504,7 @@ def _plot_curves(results: dict, out: Path) -> None:
         axis.set_title(f"learning curves: {group}")
         axis.legend(fontsize=8)
         figure.tight_layout()
-        figure.savefig(out / f"curves_{group}.png", dpi=120)
+        save_figure_atomic(figure, out / f"curves_{group}.png", dpi=120)
         plt.close(figure)
 
 
@@ -526,7 +532,7 @@ def _plot_bars(results: dict, summary: dict, path: Path) -> None:
     lowest = min(means) - max(errors + [0.0]) - 0.1
     axis.set_ylim(max(1.0, lowest), None)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure_atomic(figure, path, dpi=120)
     plt.close(figure)
 
 
@@ -560,7 +566,7 @@ def _plot_energy_qoe(results: dict, summary: dict, path: Path) -> None:
     axis.set_ylabel("evaluation QoE (MOS)")
     axis.set_title("energy-QoE trade-off (mean and 95% CI over seeds)")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure_atomic(figure, path, dpi=120)
     plt.close(figure)
 
 

@@ -13,13 +13,19 @@ per-member learning curves under members/. In a multi-host run only process 0 wr
 
 import argparse
 import csv
+import io
 import json
 import math
 import sys
 from pathlib import Path
 
 from rlli_jax.distributed import add_distributed_arguments, initialize_from_args
-from rlli_jax.outputs import check_output_folder
+from rlli_jax.outputs import (
+    check_output_folder,
+    save_figure_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,7 +107,7 @@ def main(argv=None) -> int:
         "goal": sweep.goal,
         "ranking": points,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_json_atomic(out_dir / "summary.json", summary, default=str)
     _plot(out_dir / "sweep.png", rows, sweep)
     _print_ranking(points, sweep, args.top)
     print(
@@ -156,13 +162,12 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     fields = []
     for row in rows:
         fields.extend(name for name in row if name not in fields)
-    temporary = path.with_suffix(".csv.tmp")
-    with temporary.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fields)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: _cell(value) for key, value in row.items()})
-    temporary.replace(path)
+    stream = io.StringIO(newline="")
+    writer = csv.DictWriter(stream, fields)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _cell(value) for key, value in row.items()})
+    write_text_atomic(path, stream.getvalue())
 
 
 def _cell(value):
@@ -248,7 +253,7 @@ def _plot(path: Path, rows: list[dict], sweep) -> None:
         axis.grid(alpha=0.3)
     figure.suptitle("dots: members; bars: mean and std over seeds")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    save_figure_atomic(figure, path, dpi=120)
     plt.close(figure)
 
 

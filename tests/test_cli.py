@@ -332,7 +332,7 @@ def test_damaged_env_data_digest_is_named(tmp_path, capsys):
     digest.mkdir()
     assert train_script.main(["--resume", str(run)]) == 1
     assert "env_data.sha256 is damaged (it is not a readable file)" in capsys.readouterr().err
-    assert not (run / "env_data.sha256.tmp").exists()
+    assert not list(run.glob(".partial.*"))
     with pytest.raises(ValueError, match="it is a file of the run"):
         evaluate_script.check_not_a_run_file(run / ".lock", run)
 

@@ -1,10 +1,23 @@
-"""Output path checks shared by the scripts: bad --out values fail before any work."""
+"""Output paths shared by the scripts: bad --out values fail before any work, and files are
+replaced whole."""
 
+import json
 import os
 
+import matplotlib
+import numpy as np
 import pytest
 
-from rlli_jax.outputs import check_output_file, check_output_folder
+from rlli_jax.outputs import (
+    check_output_file,
+    check_output_folder,
+    save_figure_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+matplotlib.use("Agg")
 
 
 @pytest.fixture
@@ -95,3 +108,44 @@ def test_broken_symlink_is_rejected(scratch, check):
     (scratch / "dangling").symlink_to(scratch / "missing")
     with pytest.raises(ValueError, match=r"'dangling' is invalid: it is a symbolic link to"):
         check("dangling")
+
+
+def test_atomic_write_replaces_the_file_and_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "summary.json"
+    path.write_text("old")
+    write_text_atomic(path, "new\n")
+    assert path.read_text() == "new\n"
+    write_json_atomic(path, {"mean": np.float32(0.5), "count": np.int64(3)})
+    assert json.loads(path.read_text()) == {"mean": 0.5, "count": 3}
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "summary.json"
+    path.write_text("old")
+    with pytest.raises(TypeError, match="cannot write object to JSON"):
+        write_json_atomic(path, {"value": object()})
+    with pytest.raises(TypeError):
+        write_bytes_atomic(path, "text, not bytes")
+    assert path.read_text() == "old"
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_atomic_write_into_a_folder_path_fails_without_partial_files(tmp_path):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(OSError):
+        write_text_atomic(tmp_path / "taken", "x")
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["taken"]
+
+
+def test_saved_figure_follows_the_suffix(tmp_path):
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots()
+    axis.plot([0, 1], [1, 0])
+    save_figure_atomic(figure, tmp_path / "curves.png", dpi=20)
+    save_figure_atomic(figure, tmp_path / "curves.pdf")
+    plt.close(figure)
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "curves.pdf").read_bytes().startswith(b"%PDF")
+    assert len(list(tmp_path.iterdir())) == 2

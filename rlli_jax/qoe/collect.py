@@ -13,8 +13,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlli_jax.outputs import write_json_atomic
 from rlli_jax.qoe.dataset import make_record, validate_record
 from rlli_jax.qoe.personas import sample_traits
 from rlli_jax.qoe.raters import Rater, RatingResult, ResultCallback
@@ -325,20 +324,6 @@ def _check_records_match(out_path: Path, settings: Mapping) -> None:
                     )
 
 
-def _write_json_atomic(path: Path, document: Mapping) -> None:
-    """Write JSON to a temporary file in the same directory, then rename it over `path`."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def prepare_ratings_file(out_path: str | Path, settings: Mapping[str, Any]) -> dict[str, str]:
     """Check that a run may append to `out_path`, store its settings, and return the statuses.
 
@@ -371,7 +356,7 @@ def prepare_ratings_file(out_path: str | Path, settings: Mapping[str, Any]) -> d
         else:
             if has_records:
                 _check_records_match(out_path, settings)
-            _write_json_atomic(stored_path, settings)
+            write_json_atomic(stored_path, settings, sort_keys=True)
         return read_request_statuses(out_path)
     except OSError as error:
         reason = error.strerror or str(error)
