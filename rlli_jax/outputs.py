@@ -16,7 +16,7 @@ import functools
 import io
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,11 +113,18 @@ PARTIAL_PREFIX = ".partial."
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Replace the file `path` by `data` in one rename, so readers see the old or the new file.
 
-    The temporary file is `.partial.<name>.<random>` in the same folder, flushed to disk
-    before the rename and removed if anything fails. The folder must exist.
+    The temporary file is `.partial.<name>.<random>` in the same folder, created with the
+    permissions a new file gets under the umask, flushed to disk before the rename and removed
+    if anything fails. The folder must exist.
     """
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{PARTIAL_PREFIX}{path.name}.")
+    while True:
+        temporary = path.with_name(f"{PARTIAL_PREFIX}{path.name}.{secrets.token_hex(4)}")
+        try:
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -125,7 +132,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 

@@ -10,16 +10,22 @@ already in --out and sends only the rest. The settings that define the requests 
 are stored in OUT.settings.json, and a re-run with other settings is rejected before sending
 anything. Failed requests are skipped too unless --retry-failed is given.
 
+A Ctrl-C stops sending: the requests in flight finish their current attempt and are stored,
+and a second Ctrl-C drops them (the next run sends them again). Only one run at a time may
+append to --out.
+
 Exit status: 0 on success, 1 when requests were sent and none of them got a rating, 2 on
-invalid arguments.
+invalid arguments, 130 when interrupted.
 """
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from rlli_jax.config import check_seed
 from rlli_jax.env.prompts import load_prompt_bank
@@ -27,6 +33,7 @@ from rlli_jax.qoe.collect import (
     OutcomeRanges,
     collect_ratings,
     collection_settings,
+    lock_ratings_file,
     prepare_ratings_file,
     request_id,
     sample_requests,
@@ -34,9 +41,22 @@ from rlli_jax.qoe.collect import (
 from rlli_jax.qoe.openai_rater import RESPONSE_FORMATS
 from rlli_jax.qoe.raters import BACKENDS, make_rater
 
-# Requests sampled and handed to the rater at a time. A Ctrl-C loses at most the unfinished
-# requests of one chunk, and the next run sends them again.
+# Requests sampled and handed to the rater at a time.
 CHUNK_SIZE = 256
+# Command-line options of the fields named in the rater's and the ranges' error messages.
+OPTION_OF_FIELD = {
+    "base_url": "--base-url",
+    "model": "--model",
+    "timeout_s": "--timeout",
+    "max_retries": "--max-retries",
+    "concurrency": "--concurrency",
+    "temperature": "--temperature",
+    "max_tokens": "--max-tokens",
+    "min_quality": "--min-quality",
+    "max_quality": "--max-quality",
+    "min_latency_s": "--min-latency",
+    "max_latency_s": "--max-latency",
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -105,6 +125,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def with_option_names(error: ValueError) -> ValueError:
+    """Return `error` with the field names of OPTION_OF_FIELD replaced by their options."""
+    pattern = r"\b(" + "|".join(OPTION_OF_FIELD) + r")\b"
+    return ValueError(re.sub(pattern, lambda match: OPTION_OF_FIELD[match[1]], str(error)))
+
+
 def build_rater(args: argparse.Namespace):
     if args.backend == "simulator":
         return make_rater("simulator", seed=args.seed)
@@ -146,16 +172,25 @@ def main(argv=None) -> int:
     if args.num < 1:
         raise ValueError(f"--num must be >= 1, got {args.num}")
     check_seed(args.seed, "--seed")
-    ranges = OutcomeRanges(
-        min_quality=args.min_quality,
-        max_quality=args.max_quality,
-        min_latency_s=args.min_latency,
-        max_latency_s=args.max_latency,
-    )
-    rater = build_rater(args)
+    try:
+        ranges = OutcomeRanges(
+            min_quality=args.min_quality,
+            max_quality=args.max_quality,
+            min_latency_s=args.min_latency,
+            max_latency_s=args.max_latency,
+        )
+        rater = build_rater(args)
+    except ValueError as error:
+        raise with_option_names(error) from None
     prompt_texts = load_prompt_bank().texts
 
     settings = collection_settings(args.seed, ranges, prompt_texts, rater, rater_options(args))
+    with lock_ratings_file(args.out):
+        return collect(args, ranges, rater, prompt_texts, settings)
+
+
+def collect(args, ranges, rater, prompt_texts, settings) -> int:
+    """Send the requests of the run that --out does not hold yet, and print the counts."""
     statuses = prepare_ratings_file(args.out, settings)
     run_statuses = [statuses.get(request_id(args.seed, index)) for index in range(args.num)]
     skipped_statuses = ("ok",) if args.retry_failed else ("ok", "failed")
@@ -169,12 +204,23 @@ def main(argv=None) -> int:
         progress.update(1)
         progress.set_postfix(failed=counts["failed"], refresh=False)
 
-    with tqdm(total=args.num, initial=num_done, unit="rating", desc=args.backend) as progress:
-        for start in range(0, len(pending), CHUNK_SIZE):
-            requests = sample_requests(
-                args.seed, pending[start : start + CHUNK_SIZE], prompt_texts, ranges
-            )
-            collect_ratings(rater, requests, args.out, on_result=count_result)
+    progress = tqdm(total=args.num, initial=num_done, unit="rating", desc=args.backend)
+    try:
+        with progress, logging_redirect_tqdm():
+            for start in range(0, len(pending), CHUNK_SIZE):
+                requests = sample_requests(
+                    args.seed, pending[start : start + CHUNK_SIZE], prompt_texts, ranges
+                )
+                collect_ratings(rater, requests, args.out, on_result=count_result)
+    except KeyboardInterrupt:
+        num_left = len(pending) - counts["ok"] - counts["failed"]
+        print(
+            f"interrupted: {counts['ok']} new ratings and {counts['failed']} new failures "
+            f"were stored in {args.out}; run the same command again to send the other "
+            f"{num_left} requests",
+            file=sys.stderr,
+        )
+        return 130
 
     stored_failures = ""
     if num_stored_failures:

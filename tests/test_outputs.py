@@ -149,3 +149,12 @@ def test_saved_figure_follows_the_suffix(tmp_path):
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "curves.pdf").read_bytes().startswith(b"%PDF")
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_atomic_write_gives_the_permissions_of_a_new_file(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "config.yaml", "a: 1\n")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o644

@@ -16,6 +16,7 @@ from rlli_jax.qoe.collect import (
     OutcomeRanges,
     collect_ratings,
     collection_settings,
+    lock_ratings_file,
     prepare_ratings_file,
     read_request_ids,
     read_request_statuses,
@@ -310,7 +311,8 @@ def test_collect_repairs_cut_off_last_line(tmp_path):
 
 
 def test_collect_rejects_gzip_output(tmp_path):
-    with pytest.raises(ValueError, match="plain JSONL"):
+    message = r"\.gz path, but ratings are appended to a plain JSONL file"
+    with pytest.raises(ValueError, match=message):
         collect_ratings(SimulatorRater(), [], tmp_path / "ratings.jsonl.gz")
 
 
@@ -439,6 +441,7 @@ def test_prepare_checks_records_without_settings(tmp_path):
 
 def test_prepare_rejects_garbled_settings_file(tmp_path):
     path = tmp_path / "ratings.jsonl"
+    collect_ratings(SimulatorRater(), sample_requests(0, range(2), PROMPTS), path)
     settings_path(path).write_text("{oops", encoding="utf-8")
     settings = collection_settings(0, OutcomeRanges(), PROMPTS, SimulatorRater())
     with pytest.raises(ValueError, match="is not valid JSON") as error:
@@ -558,3 +561,98 @@ def test_summary_of_simulated_ratings(tmp_path):
     assert summary["spearman_quality"] > 0.2
     assert summary["spearman_log_latency"] < -0.4
     assert summary["spearman_simulator"] > 0.8
+
+
+def test_rate_script_resends_line_with_invalid_utf8(tmp_path, capsys):
+    rate_main = load_script("rate").main
+    path = tmp_path / "ratings.jsonl"
+    options = ["--backend", "simulator", "--num", "3", "--out", str(path)]
+    assert rate_main(options) == 0
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"timestamp": "', b'"timestamp": "\xff')
+    path.write_bytes(b"".join(lines))
+    assert request_id(0, 1) not in read_request_statuses(path)
+    capsys.readouterr()
+
+    assert rate_main(options) == 0
+    assert "1 new ratings" in capsys.readouterr().out
+    dataset = load_ratings(path)
+    assert sorted(dataset.request_ids) == [request_id(0, i) for i in range(3)]
+    assert [bad.reason for bad in dataset.bad_lines] == ["not valid UTF-8"]
+
+
+@dataclasses.dataclass(frozen=True)
+class InterruptedRater:
+    """A simulator-named rater that rates one request and is then interrupted (Ctrl-C)."""
+
+    seed: int = 0
+    backend: str = "simulator"
+    model: str = SimulatorRater.model
+    simulated: bool = True
+
+    def rate(self, requests, on_result=None):
+        SimulatorRater(seed=self.seed).rate(requests[:1], on_result=on_result)
+        raise KeyboardInterrupt
+
+
+def test_rate_script_interrupt_prints_counts(tmp_path, capsys, monkeypatch):
+    rate_script = load_script("rate")
+    path = tmp_path / "ratings.jsonl"
+    options = ["--backend", "simulator", "--num", "3", "--out", str(path)]
+    real_build_rater = rate_script.build_rater
+    monkeypatch.setattr(rate_script, "build_rater", lambda args: InterruptedRater(args.seed))
+    assert rate_script.main(options) == 130
+    error = capsys.readouterr().err
+    assert "interrupted: 1 new ratings and 0 new failures were stored" in error
+    assert "send the other 2 requests" in error
+
+    monkeypatch.setattr(rate_script, "build_rater", real_build_rater)
+    assert rate_script.main(options) == 0
+    assert "2 new ratings" in capsys.readouterr().out
+    assert sorted(load_ratings(path).request_ids) == [request_id(0, i) for i in range(3)]
+
+
+def test_rate_script_rejects_file_in_use(tmp_path):
+    rate_main = load_script("rate").main
+    path = tmp_path / "ratings.jsonl"
+    with lock_ratings_file(path):
+        with pytest.raises(ValueError, match="ratings.jsonl is in use by another run"):
+            rate_main(["--backend", "simulator", "--num", "2", "--out", str(path)])
+    assert path.read_text(encoding="utf-8") == ""
+    assert rate_main(["--backend", "simulator", "--num", "2", "--out", str(path)]) == 0
+
+
+def test_settings_of_deleted_ratings_file_are_replaced(tmp_path, capsys):
+    rate_main = load_script("rate").main
+    path = tmp_path / "ratings.jsonl"
+    assert rate_main(["--backend", "simulator", "--num", "2", "--out", str(path)]) == 0
+    path.unlink()
+    options = ["--backend", "simulator", "--num", "2", "--out", str(path), "--seed", "1"]
+    assert rate_main(options) == 0
+    assert json.loads(settings_path(path).read_text(encoding="utf-8"))["seed"] == 1
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")
+def test_rate_script_rejects_device_out():
+    rate_main = load_script("rate").main
+    with pytest.raises(ValueError, match="/dev/null exists and is not a regular file"):
+        rate_main(["--backend", "simulator", "--num", "2", "--out", "/dev/null"])
+    assert not Path("/dev/null.settings.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--min-quality", "2"], r"0 <= --min-quality < --max-quality <= 1, got \[2\.0, 1\.0\]"),
+        (["--max-latency", "0.1"], r"0 < --min-latency < --max-latency"),
+        (["--temperature", "nan"], r"--temperature must be a finite number >= 0, got nan"),
+        (["--timeout", "inf"], r"--timeout must be a finite number > 0, got inf"),
+        (["--concurrency", "0"], r"--concurrency must be >= 1, got 0"),
+    ],
+)
+def test_rate_script_errors_name_options(tmp_path, options, message):
+    rate_main = load_script("rate").main
+    openai = ["--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--model", "m"]
+    with pytest.raises(ValueError, match=message):
+        rate_main([*openai, "--num", "2", "--out", str(tmp_path / "a.jsonl"), *options])
+    assert list(tmp_path.iterdir()) == []

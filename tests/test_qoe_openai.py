@@ -127,6 +127,10 @@ class FakeChatServer:
             if call == 1:
                 return 429, b'{"error": "rate limited"}', {**json_type, "Retry-After": "0.4"}
             return 200, completion('{"rating": 4}'), json_type
+        if mode == "retryafternan":
+            if call == 1:
+                return 429, b'{"error": "rate limited"}', {**json_type, "Retry-After": "nan"}
+            return 200, completion('{"rating": 4}'), json_type
         if mode == "500":
             return 500, b"internal boom", {"Content-Type": "text/plain"}
         if mode == "400":
@@ -251,6 +255,50 @@ def test_retry_after_header_honoured(server):
     assert second - first >= 0.4
 
 
+def test_retry_after_nan_falls_back_to_backoff(server):
+    (result,) = make_test_rater(server).rate([make_request("retryafternan")])
+    assert result.ok
+    assert result.attempts == 2
+
+
+def test_interrupt_stores_requests_in_flight(server):
+    """A Ctrl-C stops new requests and retries, and the requests in flight are delivered."""
+    rater = make_test_rater(server, concurrency=3, backoff_base_s=0.5)
+    modes = [("ok", 0), ("slow", 0), ("500", 0)] + [("slow", index) for index in range(1, 6)]
+    delivered = []
+
+    def interrupt_once(result):
+        delivered.append(result.request.request_id)
+        if len(delivered) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rater.rate([make_request(mode, index) for mode, index in modes], on_result=interrupt_once)
+    assert delivered[0] == "t-ok-0"
+    assert "t-slow-0" in delivered
+    # The failed attempt of the 500 request is neither retried nor stored as a failure.
+    assert server.calls["500/0"] == 1
+    assert "t-500-0" not in delivered
+    # A worker that finished before the interruption may have started one more request, and
+    # it is delivered too. The others were never sent.
+    for index in range(6):
+        assert server.calls[f"slow/{index}"] == int(f"t-slow-{index}" in delivered)
+    assert sum(server.calls[f"slow/{index}"] for index in range(2, 6)) == 0
+
+
+def test_failing_callback_drops_requests_in_flight(server):
+    rater = make_test_rater(server, concurrency=2)
+    delivered = []
+
+    def fail(result):
+        delivered.append(result.request.request_id)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        rater.rate([make_request("ok"), make_request("slow")], on_result=fail)
+    assert delivered == ["t-ok-0"]
+
+
 def test_500_retried_then_failure(server, caplog):
     caplog.set_level(logging.INFO, logger="rlli_jax.qoe.openai_rater")
     (result,) = make_test_rater(server, max_retries=2).rate([make_request("500")])
@@ -356,7 +404,10 @@ def test_failures_stored_with_raw_text(server, tmp_path):
     [
         ("base_url", "127.0.0.1:8080", "base_url must start with http"),
         ("model", "", "model must be a non-empty string"),
-        ("timeout_s", 0.0, "timeout_s must be > 0"),
+        ("timeout_s", 0.0, "timeout_s must be a finite number > 0, got 0.0"),
+        ("timeout_s", float("inf"), "timeout_s must be a finite number > 0, got inf"),
+        ("temperature", float("nan"), "temperature must be a finite number >= 0, got nan"),
+        ("temperature", -1.0, "temperature must be a finite number >= 0, got -1.0"),
         ("max_retries", -1, "max_retries must be >= 0"),
         ("concurrency", 0, "concurrency must be >= 1"),
         ("max_tokens", 0, "max_tokens must be >= 1"),

@@ -9,11 +9,12 @@ the output file in `settings_path(out_path)`, and `prepare_ratings_file` rejects
 other settings, so one file never mixes them.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows has no flock, so ratings files there are not locked
+    fcntl = None
+
 from rlli_jax.outputs import write_json_atomic
-from rlli_jax.qoe.dataset import make_record, validate_record
+from rlli_jax.qoe.dataset import make_record, open_text, parse_record_line
 from rlli_jax.qoe.personas import sample_traits
 from rlli_jax.qoe.raters import Rater, RatingResult, ResultCallback
 from rlli_jax.qoe.template import TEMPLATE_VERSION, RatingRequest, template_hash
@@ -159,19 +165,19 @@ def read_request_statuses(path: str | Path) -> dict[str, str]:
     """Return the status ("ok" or "failed") of each request stored in a ratings file.
 
     A request retried after a failure has several records, and any "ok" one wins. Lines that
-    `validate_record` rejects are ignored, so their requests count as not done and are sent
-    again; `load_ratings` reports those lines with their numbers. A missing file gives {}.
+    `parse_record_line` rejects (invalid UTF-8 or JSON, invalid records) are ignored, so their
+    requests count as not done and are sent again. `load_ratings` skips the same lines and
+    reports them with their numbers. A missing file gives {}.
     """
     path = Path(path)
     if not path.is_file():
         return {}
     statuses: dict[str, str] = {}
-    with open(path, encoding="utf-8", errors="replace") as stream:
+    with open_text(path) as stream:
         for line in stream:
             try:
-                record = json.loads(line)
-                validate_record(record)
-            except ValueError:  # json.JSONDecodeError is a ValueError too
+                record = parse_record_line(line)
+            except ValueError:
                 continue
             if statuses.get(record["request_id"]) != "ok":
                 statuses[record["request_id"]] = record["status"]
@@ -193,11 +199,14 @@ def _check_jsonl_name(out_path: Path) -> None:
     """Raise ValueError unless `out_path` names a plain JSONL file: not gzip, and not the
     settings file of another ratings file."""
     if out_path.suffix == ".gz":
-        raise ValueError(f"out_path must be a plain JSONL file, got a .gz path: {out_path}")
+        raise ValueError(
+            f"ratings file {out_path} is a .gz path, but ratings are appended to a plain JSONL "
+            "file; pass a .jsonl path and compress the file when the collection is complete"
+        )
     if out_path.name.endswith(SETTINGS_SUFFIX):
         raise ValueError(
-            f"out_path {out_path} ends in {SETTINGS_SUFFIX}, the name of another ratings "
-            "file's settings. Pass a .jsonl file path."
+            f"ratings file {out_path} ends in {SETTINGS_SUFFIX}, the name of another ratings "
+            "file's settings; pass a .jsonl file path"
         )
 
 
@@ -284,11 +293,10 @@ def _check_records_match(out_path: Path, settings: Mapping) -> None:
         "quality": ("min_quality", "max_quality"),
         "latency_s": ("min_latency_s", "max_latency_s"),
     }
-    with open(out_path, encoding="utf-8", errors="replace") as stream:
+    with open_text(out_path) as stream:
         for line_number, line in enumerate(stream, start=1):
             try:
-                record = json.loads(line)
-                validate_record(record)
+                record = parse_record_line(line)
             except ValueError:
                 continue
             for name, read in checks.items():
@@ -332,26 +340,21 @@ def prepare_ratings_file(out_path: str | Path, settings: Mapping[str, Any]) -> d
     without a settings file (one written before they existed) is checked against its records.
     Then it writes the settings file if there is none, and returns `read_request_statuses`.
 
+    A settings file whose ratings file is missing or empty is replaced, because no record
+    depends on it.
+
     Raises:
         ValueError: `out_path` is a directory, a .gz path or cannot be written, the settings file
             is unreadable, or the stored settings differ (naming each setting and both values).
     """
-    out_path = Path(out_path)
-    _check_jsonl_name(out_path)
-    if out_path.is_dir():
-        raise ValueError(f"ratings file {out_path} is a directory; pass a .jsonl file path")
-    for parent in out_path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(
-                f"cannot write ratings file {out_path}: {parent} is a file, not a directory"
-            )
+    out_path = _check_ratings_path(out_path)
     stored_path = settings_path(out_path)
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with open(out_path, "a", encoding="utf-8"):
             pass
         has_records = out_path.stat().st_size > 0
-        if stored_path.exists():
+        if stored_path.exists() and has_records:
             _compare_settings(out_path, _read_settings(stored_path), settings)
         else:
             if has_records:
@@ -359,11 +362,66 @@ def prepare_ratings_file(out_path: str | Path, settings: Mapping[str, Any]) -> d
             write_json_atomic(stored_path, settings, sort_keys=True)
         return read_request_statuses(out_path)
     except OSError as error:
-        reason = error.strerror or str(error)
+        raise _unwritable(out_path, error) from None
+
+
+def _check_ratings_path(out_path: str | Path) -> Path:
+    """Return `out_path` as a Path if it can name a ratings file, and raise ValueError if not."""
+    out_path = Path(out_path)
+    _check_jsonl_name(out_path)
+    if out_path.is_dir():
+        raise ValueError(f"ratings file {out_path} is a directory; pass a .jsonl file path")
+    if out_path.exists() and not out_path.is_file():
         raise ValueError(
-            f"cannot write ratings file {out_path} or its settings file: {reason} "
-            f"({error.filename or out_path}); choose a writable --out path"
-        ) from None
+            f"ratings file {out_path} exists and is not a regular file (a device or a pipe); "
+            "pass a .jsonl file path"
+        )
+    for parent in out_path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(
+                f"cannot write ratings file {out_path}: {parent} is a file, not a directory"
+            )
+    return out_path
+
+
+def _unwritable(out_path: Path, error: OSError) -> ValueError:
+    reason = error.strerror or str(error)
+    return ValueError(
+        f"cannot write ratings file {out_path} or its settings file: {reason} "
+        f"({error.filename or out_path}); choose a writable --out path"
+    )
+
+
+@contextlib.contextmanager
+def lock_ratings_file(out_path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the ratings file `out_path` (created if missing) for a run.
+
+    Two runs appending to one file would both send the requests that neither has stored yet,
+    so a second run is rejected while the first holds the lock. The lock is released when the
+    process ends, however it ends. Without `fcntl` (Windows) nothing is locked.
+
+    Raises:
+        ValueError: `out_path` cannot name a ratings file, cannot be written, or another
+            process holds the lock.
+    """
+    out_path = _check_ratings_path(out_path)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        stream = open(out_path, "a", encoding="utf-8")  # noqa: SIM115 (held until the end)
+    except OSError as error:
+        raise _unwritable(out_path, error) from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ValueError(
+                    f"ratings file {out_path} is in use by another run; wait for it to end, "
+                    "or write to another file"
+                ) from None
+        yield
+    finally:
+        stream.close()
 
 
 def _end_with_newline(path: Path) -> None:

@@ -211,6 +211,25 @@ def validate_record(record) -> None:
         raise ValueError(f"field 'rating' must be null when status is 'failed', got {rating!r}")
 
 
+def parse_record_line(line: str) -> dict:
+    """Parse one line of a ratings file read through `open_text`, and validate the record.
+
+    Raises:
+        ValueError: the line is not valid UTF-8, not JSON, or not a valid record; the message
+            is the reason.
+    """
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid UTF-8") from None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"invalid JSON: {error}") from None
+    validate_record(record)
+    return record
+
+
 def load_ratings(path: str | Path, strict: bool = False) -> RatingsDataset:
     """Load and validate a ratings file (plain or .gz JSONL).
 
@@ -243,17 +262,7 @@ def load_ratings(path: str | Path, strict: bool = False) -> RatingsDataset:
                 if not line.strip():
                     continue
                 try:
-                    line.encode("utf-8")
-                except UnicodeEncodeError:
-                    bad_lines.append(BadLine(line_number, "not valid UTF-8"))
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    bad_lines.append(BadLine(line_number, f"invalid JSON: {error}"))
-                    continue
-                try:
-                    validate_record(record)
+                    record = parse_record_line(line)
                 except ValueError as error:
                     bad_lines.append(BadLine(line_number, str(error)))
                     continue

@@ -12,11 +12,12 @@ in the Authorization header: it is not stored in results, records or log message
 import dataclasses
 import json
 import logging
+import math
 import os
+import queue
 import random
-import time
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import httpx
 
@@ -71,6 +72,8 @@ def _parse_retry_after(value: str | None) -> float | None:
         seconds = float(value)
     except ValueError:
         return None  # an HTTP date; plain exponential backoff applies instead
+    if not math.isfinite(seconds):
+        return None
     return max(seconds, 0.0)
 
 
@@ -123,8 +126,11 @@ class OpenAIRater:
         if not self.model:
             raise ValueError("model must be a non-empty string")
         for name in ("timeout_s", "backoff_base_s", "backoff_max_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.concurrency < 1:
@@ -202,12 +208,17 @@ class OpenAIRater:
             raise _PermanentError(f"HTTP {response.status_code}", response.text)
         return _message_content(response.text)
 
-    def _rate_one(self, client: httpx.Client, request: RatingRequest) -> RatingResult:
+    def _rate_one(
+        self, client: httpx.Client, request: RatingRequest, stop: threading.Event
+    ) -> RatingResult | None:
+        """Send `request` with retries; return None if `stop` is set before a final outcome."""
         rng = random.Random(request.request_id)
         for attempt in range(self.max_retries + 1):
             try:
                 content = self._post_once(client, request)
             except _RetryableError as error:
+                if stop.is_set():
+                    return None
                 if attempt == self.max_retries:
                     logger.warning(
                         "request %s failed after %d attempts: %s",
@@ -231,7 +242,8 @@ class OpenAIRater:
                     self.max_retries,
                     delay_s,
                 )
-                time.sleep(delay_s)
+                if stop.wait(delay_s):
+                    return None
                 continue
             except _PermanentError as error:
                 logger.warning("request %s failed: %s", request.request_id, error)
@@ -262,29 +274,91 @@ class OpenAIRater:
     def rate(
         self, requests: Sequence[RatingRequest], on_result: ResultCallback | None = None
     ) -> list[RatingResult]:
-        """Rate every request with at most `concurrency` in flight; results in request order."""
+        """Rate every request with at most `concurrency` in flight; results in request order.
+
+        On a KeyboardInterrupt (Ctrl-C), no request starts or is retried any more. The requests
+        in flight finish their current attempt (at most `timeout_s`), their results go to
+        `on_result`, and the interruption is raised again. A second interruption drops them.
+        If `on_result` raises, the requests in flight are dropped at once.
+        """
         results: list[RatingResult | None] = [None] * len(requests)
+        stop = threading.Event()
+        waiting: queue.SimpleQueue = queue.SimpleQueue()
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+        for item in enumerate(requests):
+            waiting.put(item)
         limits = httpx.Limits(
             max_connections=self.concurrency, max_keepalive_connections=self.concurrency
         )
-        with (
-            httpx.Client(
-                headers=self._headers(), timeout=httpx.Timeout(self.timeout_s), limits=limits
-            ) as client,
-            ThreadPoolExecutor(max_workers=self.concurrency) as executor,
-        ):
-            futures = {
-                executor.submit(self._rate_one, client, request): index
-                for index, request in enumerate(requests)
-            }
+        with httpx.Client(
+            headers=self._headers(), timeout=httpx.Timeout(self.timeout_s), limits=limits
+        ) as client:
+
+            def work() -> None:
+                while not stop.is_set():
+                    try:
+                        index, request = waiting.get_nowait()
+                    except queue.Empty:
+                        return
+                    try:
+                        finished.put((index, self._rate_one(client, request, stop)))
+                    except BaseException as error:  # a bug: raise it in the calling thread
+                        finished.put((index, error))
+
+            # Daemon threads, so that dropped requests in flight do not keep the process alive.
+            workers = [
+                threading.Thread(target=work, name=f"openai-rater-{number}", daemon=True)
+                for number in range(min(self.concurrency, len(requests)))
+            ]
+            for worker in workers:
+                worker.start()
             try:
-                for future in as_completed(futures):
-                    result = future.result()
-                    results[futures[future]] = result
-                    if on_result is not None:
-                        on_result(result)
-            except BaseException:
-                # On Ctrl-C or a failing callback, drop the requests that have not started.
-                executor.shutdown(wait=True, cancel_futures=True)
+                for _ in requests:
+                    self._deliver(*finished.get(), results, on_result)
+            except KeyboardInterrupt:
+                stop.set()
+                self._finish_in_flight(workers, finished, results, on_result)
                 raise
+            finally:
+                stop.set()
         return results
+
+    @staticmethod
+    def _deliver(
+        index: int,
+        outcome: RatingResult | BaseException | None,
+        results: list[RatingResult | None],
+        on_result: ResultCallback | None,
+    ) -> None:
+        """Store a worker's outcome and pass it to `on_result`. A dropped request (None) is
+        skipped, and an exception from a worker is raised here."""
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if outcome is None:
+            return
+        results[index] = outcome
+        if on_result is not None:
+            on_result(outcome)
+
+    def _finish_in_flight(
+        self,
+        workers: list[threading.Thread],
+        finished: queue.SimpleQueue,
+        results: list[RatingResult | None],
+        on_result: ResultCallback | None,
+    ) -> None:
+        """After an interruption, wait for the workers to end and deliver what they finish."""
+        in_flight = sum(worker.is_alive() for worker in workers)
+        if in_flight:
+            logger.warning(
+                "interrupted: waiting for %d requests in flight to finish (at most %g s); "
+                "interrupt again to drop them, and the next run sends them again",
+                in_flight,
+                self.timeout_s,
+            )
+        while any(worker.is_alive() for worker in workers) or not finished.empty():
+            try:
+                outcome = finished.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self._deliver(*outcome, results, on_result)
