@@ -16,9 +16,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 import rlli_jax
-from rlli_jax.outputs import write_json_atomic
+from rlli_jax.config import check_seed
+from rlli_jax.outputs import check_output_folder, write_json_atomic
 from rlli_jax.qoe.dataset import load_ratings
-from rlli_jax.qoe.distill import DistillConfig, distill
+from rlli_jax.qoe.distill import DistillConfig, TrainingDivergedError, distill
 from rlli_jax.qoe.reward_net import check_checkpoint_destination, save_reward_net
 
 
@@ -35,13 +36,19 @@ def parse_hidden_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def check_out_path(out: Path, ratings: Path, overwrite: bool) -> None:
-    """Reject an --out that training would fail to write or whose overwrite would lose data.
+def check_out_path(value: str, ratings: Path, overwrite: bool) -> Path:
+    """Check that training can write --out without losing data, and return it as a Path with
+    `~` expanded.
 
     Raises:
-        ValueError: --out is, or contains, the --ratings file, or it exists and is not a
-            checkpoint that --overwrite may replace (see `check_checkpoint_destination`).
+        ValueError: --out is, or contains, the --ratings file, it exists and is not a
+            checkpoint that --overwrite may replace (see `check_checkpoint_destination`), or
+            it cannot become a writable folder (see `check_output_folder`).
     """
+    if not value.strip():
+        # Path("") is the current folder, which the checks below would misreport.
+        raise ValueError(f"--out = {value!r} is invalid: it must name a path")
+    out = Path(value).expanduser()
     out_resolved = out.resolve()
     ratings_resolved = ratings.resolve()
     if ratings_resolved == out_resolved or out_resolved in ratings_resolved.parents:
@@ -54,13 +61,14 @@ def check_out_path(out: Path, ratings: Path, overwrite: bool) -> None:
         check_checkpoint_destination(out, overwrite)
     except ValueError as error:
         raise ValueError(f"invalid --out: {error}") from None
+    return check_output_folder(value, "--out")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     defaults = DistillConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ratings", type=Path, required=True, help="JSONL or JSONL.gz file")
-    parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    parser.add_argument("--out", required=True, help="checkpoint directory to write")
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -115,6 +123,7 @@ def _finite_or_none(metrics: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_seed(args.seed, "--seed")
     try:
         config = DistillConfig(
             hidden_sizes=args.hidden_sizes,
@@ -130,7 +139,7 @@ def main(argv=None) -> int:
         field = str(error).split(" ", 1)[0]
         option = OPTIONS.get(field)
         raise ValueError(f"invalid {option}: {error}" if option else str(error)) from None
-    check_out_path(args.out, args.ratings, args.overwrite)
+    out = check_out_path(args.out, args.ratings, args.overwrite)
 
     dataset = load_ratings(args.ratings, strict=args.strict)
     label = " (simulated)" if dataset.all_simulated else ""
@@ -152,7 +161,12 @@ def main(argv=None) -> int:
                 refresh=False,
             )
 
-        result = distill(dataset, config, on_epoch=show_epoch)
+        try:
+            result = distill(dataset, config, on_epoch=show_epoch)
+        except TrainingDivergedError as error:
+            lower = config.learning_rate / 10
+            message = f"{error}, e.g. --learning-rate {lower:g}; nothing was saved"
+            raise ValueError(message) from None
 
     metadata = {
         "package_version": rlli_jax.__version__,
@@ -168,9 +182,7 @@ def main(argv=None) -> int:
         # A metric is NaN when it is undefined, such as a correlation over one rating.
         "validation_metrics": _finite_or_none(result.metrics),
     }
-    path = save_reward_net(
-        args.out, result.model, result.params, metadata, overwrite=args.overwrite
-    )
+    path = save_reward_net(out, result.model, result.params, metadata, overwrite=args.overwrite)
     write_json_atomic(path / "metrics.json", metadata, allow_nan=False)
 
     print(f"best epoch {result.best_epoch} of {result.num_epochs}; validation{label}:")

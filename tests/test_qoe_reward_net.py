@@ -12,7 +12,7 @@ import pytest
 
 from rlli_jax.qoe.collect import collect_ratings, sample_requests
 from rlli_jax.qoe.dataset import RatingsFileError, dataset_hash, load_ratings
-from rlli_jax.qoe.distill import DistillConfig, distill, spearman
+from rlli_jax.qoe.distill import DistillConfig, TrainingDivergedError, distill, spearman
 from rlli_jax.qoe.model import default_qoe_model
 from rlli_jax.qoe.personas import sample_traits
 from rlli_jax.qoe.raters import SimulatorRater
@@ -421,3 +421,52 @@ def test_distill_script_names_the_option(tmp_path, option, value, message):
     argv = ["--ratings", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "net"), option, value]
     with pytest.raises(ValueError, match=message):
         distill_main(argv)
+
+
+def test_distill_diverged_raises(small_dataset):
+    config = DistillConfig(hidden_sizes=(8,), learning_rate=1e30, max_epochs=5, patience=3)
+    with pytest.raises(TrainingDivergedError, match="no finite validation loss in 3 epochs"):
+        distill(small_dataset, config)
+
+
+def test_distill_script_diverged_saves_nothing(small_dataset, tmp_path):
+    distill_main = load_script("distill_reward").main
+    ratings = tmp_path / "ratings.jsonl"
+    lines = small_dataset.path.read_text(encoding="utf-8").splitlines()[:200]
+    ratings.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "net"
+    argv = ["--ratings", str(ratings), "--out", str(out), "--hidden-sizes", "8"]
+    argv += ["--learning-rate", "1e30", "--patience", "3"]
+    with pytest.raises(ValueError, match="training diverged") as error:
+        distill_main(argv)
+    assert "try a lower learning rate, e.g. --learning-rate 1e+29" in str(error.value)
+    assert not out.exists()
+
+
+def test_distill_script_out_under_file(tmp_path):
+    # The ratings file does not exist, so the error must come before the dataset loads.
+    distill_main = load_script("distill_reward").main
+    plain_file = tmp_path / "afile"
+    plain_file.write_text("keep me", encoding="utf-8")
+    out = plain_file / "sub"
+    argv = ["--ratings", str(tmp_path / "r.jsonl"), "--out", str(out)]
+    with pytest.raises(ValueError, match="is invalid: .*afile is a file, not a folder") as error:
+        distill_main(argv)
+    assert f"--out = '{out}'" in str(error.value)
+    assert plain_file.read_text(encoding="utf-8") == "keep me"
+
+
+def test_distill_script_empty_out(tmp_path):
+    distill_main = load_script("distill_reward").main
+    with pytest.raises(ValueError, match="--out = '' is invalid: it must name a path"):
+        distill_main(["--ratings", str(tmp_path / "r.jsonl"), "--out", ""])
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "99999999999999999999"])
+def test_distill_script_rejects_bad_seed(tmp_path, seed):
+    # The ratings file does not exist, so the error must come before the dataset loads.
+    distill_main = load_script("distill_reward").main
+    argv = ["--ratings", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "net")]
+    with pytest.raises(ValueError, match=rf"invalid --seed = {seed}: must be an integer in"):
+        distill_main([*argv, "--seed", seed])
+    assert not (tmp_path / "net").exists()

@@ -32,6 +32,10 @@ from rlli_jax.qoe.simulator import simulated_mos
 MIN_INPUT_STD = 1e-3
 
 
+class TrainingDivergedError(ValueError):
+    """Raised by `distill` when no epoch reaches a finite validation loss."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     """Training settings of the reward network."""
@@ -196,6 +200,7 @@ def distill(
 
     Raises:
         ValueError: the dataset is too small for the split and batch size.
+        TrainingDivergedError: no epoch reached a finite validation loss.
     """
     config = config if config is not None else DistillConfig()
     train, validation = _split_dataset(dataset, config)
@@ -234,6 +239,16 @@ def distill(
             on_epoch(epoch, {**entry, "best_validation_loss": best_loss})
         if epoch - best_epoch >= config.patience:
             break
+
+    # NaN or infinite losses never compare below math.inf, so best_epoch stays 0 and
+    # best_network would be the untrained initialisation.
+    if best_epoch == 0:
+        last = history[-1]
+        raise TrainingDivergedError(
+            f"training diverged: no finite validation loss in {len(history)} epochs (last "
+            f"train loss {last['train_loss']}, validation loss {last['validation_loss']}, "
+            f"learning rate {config.learning_rate:g}); try a lower learning rate"
+        )
 
     best_params = {**params, "network": best_network}
     metrics = evaluate(
