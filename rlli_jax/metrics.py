@@ -150,6 +150,19 @@ def read_metrics(run_dir: str | Path, prefix: str | None = "train") -> list[dict
     return rows
 
 
+def unreadable_lines(run_dir: str | Path) -> list[int]:
+    """Return the numbers of the non-blank lines of a run's JSONL that `read_metrics` skips."""
+    path = Path(run_dir) / JSONL_NAME
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    return [
+        number
+        for number, line in enumerate(lines, start=1)
+        if line.strip() and _parse_row(line) is None
+    ]
+
+
 def _parse_row(line: str) -> dict[str, Any] | None:
     """Return the row of one JSONL line, or None for a line cut short by a kill or damaged by
     hand (not an object, or without an integer `env_step`)."""

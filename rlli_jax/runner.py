@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,7 +49,7 @@ from rlli_jax.config import Config, load_config, save_config
 from rlli_jax.distributed import check_shared_directory
 from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import evaluate_baselines, summarize
-from rlli_jax.metrics import MetricsWriter, plot_learning_curves
+from rlli_jax.metrics import CSV_NAME, JSONL_NAME, MetricsWriter, plot_learning_curves
 from rlli_jax.outputs import write_json_atomic, write_text_atomic
 from rlli_jax.train import (
     TrainProgram,
@@ -163,14 +164,37 @@ def check_env_data(folder: Path, env: DiffusionServiceEnv, write_missing: bool) 
 
 
 def check_outside_checkpoints(path: Path, label: str) -> None:
-    """Raise ValueError if `path` lies inside the checkpoint folder of a training run, where
-    orbax would read a numbered folder as a checkpoint step. `label` names the path."""
-    for folder in path.absolute().parents:
+    """Raise ValueError if `path` is, or lies inside, the checkpoint folder of a training run,
+    where orbax would read a numbered folder as a checkpoint step. `label` names the path."""
+    absolute = Path(os.path.abspath(path))
+    for folder in (absolute, *absolute.parents):
         if folder.name == CHECKPOINT_DIR and (folder.parent / CONFIG_NAME).is_file():
             raise ValueError(
-                f"{label} {str(path)!r} is invalid: it lies inside the checkpoints of the run "
-                f"{str(folder.parent)!r}; choose a folder outside that run"
+                f"{label} {str(path)!r} is invalid: it is, or lies inside, the checkpoint folder "
+                f"of the run {str(folder.parent)!r}; choose a folder outside that run"
             )
+
+
+def check_not_a_run_file(out: Path, run_dir: Path, example: str, option: str = "--out") -> None:
+    """Raise ValueError if the output file `out` would replace a file that the training run in
+    `run_dir` reads or writes. `example` names a free file in the run directory for the hint."""
+    run_files = [
+        CONFIG_NAME,
+        ENV_DATA_DIGEST_NAME,
+        LOCK_NAME,
+        JSONL_NAME,
+        CSV_NAME,
+        SUMMARY_NAME,
+        CURVES_NAME,
+    ]
+    protected = [run_dir / name for name in run_files]
+    target = out.resolve()
+    inside_checkpoints = (run_dir / CHECKPOINT_DIR).resolve() in target.parents
+    if inside_checkpoints or any(target == path.resolve() for path in protected):
+        raise ValueError(
+            f"{option} = {str(out)!r} is invalid: it is a file of the run {str(run_dir)!r}; "
+            f"choose another path, such as {example} in the run directory"
+        )
 
 
 def check_run_location(run_dir: Path) -> None:
@@ -188,7 +212,8 @@ def check_run_location(run_dir: Path) -> None:
     ):
         raise ValueError(
             f"{str(run_dir)!r} is a group of the sweep in {str(sweep_dir)!r}, not a training "
-            "run; run scripts/sweep.py on the sweep's folder to resume it"
+            "run: scripts/sweep.py on the sweep's folder resumes the sweep, and it writes each "
+            "member's final evaluation to the group's results.json"
         )
     check_outside_checkpoints(run_dir, "run directory")
 

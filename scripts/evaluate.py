@@ -12,10 +12,7 @@ from pathlib import Path
 from rlli_jax.config import Config, apply_overrides, check_seed
 from rlli_jax.outputs import check_output_file, write_text_atomic
 from rlli_jax.runner import (
-    CHECKPOINT_DIR,
-    CONFIG_NAME,
-    ENV_DATA_DIGEST_NAME,
-    LOCK_NAME,
+    check_not_a_run_file,
     evaluate_run,
     load_run_config,
     load_trained_run,
@@ -37,7 +34,7 @@ def main(argv=None) -> int:
             check_seed(args.seed, "--seed")
         out = check_output_file(args.out) if args.out is not None else None
         if out is not None:
-            check_not_a_run_file(out, Path(args.run))
+            check_not_a_run_file(out, Path(args.run), example="eval.json")
         if args.episodes is not None and args.episodes < 1:
             raise ValueError(f"--episodes = {args.episodes} is invalid: it must be >= 1")
         config = load_run_config(args.run)
@@ -68,27 +65,6 @@ def main(argv=None) -> int:
             print(f"error: could not write --out {out}: {error}", file=sys.stderr)
             return 1
     return 0
-
-
-def check_not_a_run_file(out: Path, run_dir: Path) -> None:
-    """Raise ValueError if `out` would replace a file that the run itself reads or writes."""
-    run_files = [
-        CONFIG_NAME,
-        ENV_DATA_DIGEST_NAME,
-        LOCK_NAME,
-        "metrics.jsonl",
-        "metrics.csv",
-        "summary.json",
-        "curves.png",
-    ]
-    protected = [run_dir / name for name in run_files]
-    target = out.resolve()
-    inside_checkpoints = (run_dir / CHECKPOINT_DIR).resolve() in target.parents
-    if inside_checkpoints or any(target == path.resolve() for path in protected):
-        raise ValueError(
-            f"--out = {str(out)!r} is invalid: it is a file of the run {str(run_dir)!r}; "
-            "choose another path, such as eval.json in the run directory"
-        )
 
 
 if __name__ == "__main__":

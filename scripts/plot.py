@@ -8,8 +8,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from rlli_jax.metrics import JSONL_NAME, plot_learning_curves, read_metrics
+from rlli_jax.metrics import JSONL_NAME, plot_learning_curves, read_metrics, unreadable_lines
 from rlli_jax.outputs import check_output_file
+from rlli_jax.runner import check_not_a_run_file
 
 
 def main(argv=None) -> int:
@@ -29,12 +30,29 @@ def main(argv=None) -> int:
         return 2
     try:
         out = check_output_file(args.out, suffix=".png")
+        for run in args.runs:
+            check_not_a_run_file(out, Path(run), example="plot.png")
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     known = set()
     for run in args.runs:
-        for row in read_metrics(run):
+        skipped = unreadable_lines(run)
+        if skipped:
+            print(
+                f"warning: skipped {len(skipped)} unreadable lines of "
+                f"{Path(run) / JSONL_NAME} (line numbers {skipped[:10]})",
+                file=sys.stderr,
+            )
+        rows = read_metrics(run)
+        if not rows:
+            print(
+                f"error: {Path(run) / JSONL_NAME} has no training rows yet; a run writes its "
+                "first row after its first chunk",
+                file=sys.stderr,
+            )
+            return 2
+        for row in rows:
             known.update(row)
     unknown = [name for name in args.metrics if name not in known]
     if unknown:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import train as train_script  # noqa: E402  (scripts/train.py)
 
-from rlli_jax.runner import RunDirectoryLock  # noqa: E402
+from rlli_jax.runner import RunDirectoryLock, check_not_a_run_file  # noqa: E402
 
 TINY_SETTINGS = [
     "env.num_users=3",
@@ -291,6 +291,8 @@ def test_train_and_sweep_keep_out_of_each_other(tmp_path, capsys):
 
 
 def test_run_location_rules(tmp_path, capsys):
+    import sweep as sweep_script  # scripts/sweep.py
+
     sweep_dir = tmp_path / "sweep"
     group = sweep_dir / "groups" / "group-000"
     group.mkdir(parents=True)
@@ -305,8 +307,15 @@ def test_run_location_rules(tmp_path, capsys):
     (run_dir / "config.yaml").write_text("{}\n")
     nested = run_dir / "checkpoints" / "7"
     assert train_script.main(tiny_args(32) + ["--out", str(nested)]) == 1
-    assert "lies inside the checkpoints of the run" in capsys.readouterr().err
+    assert "is, or lies inside, the checkpoint folder of the run" in capsys.readouterr().err
     assert not nested.exists()
+    config = str(Path(__file__).resolve().parent.parent / "configs" / "sweep_cpu.yaml")
+    for checkpoints in (run_dir / "checkpoints", nested / ".."):
+        assert train_script.main(tiny_args(32) + ["--out", str(checkpoints)]) == 1
+        assert "is, or lies inside, the checkpoint folder" in capsys.readouterr().err
+        assert sweep_script.main(["--config", config, "--out", str(checkpoints)]) == 1
+        assert "is, or lies inside, the checkpoint folder" in capsys.readouterr().err
+    assert list((run_dir / "checkpoints").iterdir()) == []
 
     # A start that fails after taking the lock leaves none of the folders it created.
     lock = RunDirectoryLock(tmp_path / "a" / "b" / "c")
@@ -334,7 +343,7 @@ def test_damaged_env_data_digest_is_named(tmp_path, capsys):
     assert "env_data.sha256 is damaged (it is not a readable file)" in capsys.readouterr().err
     assert not list(run.glob(".partial.*"))
     with pytest.raises(ValueError, match="it is a file of the run"):
-        evaluate_script.check_not_a_run_file(run / ".lock", run)
+        check_not_a_run_file(run / ".lock", run, example="eval.json")
 
 
 def test_interrupt_prints_resume_hint(tmp_path, monkeypatch, capsys):
@@ -403,6 +412,16 @@ def test_plot_checks_out_and_metric_names(tmp_path, capsys):
     assert plot_script.main(argv) == 0
     assert (tmp_path / "sub" / "c.png").stat().st_size > 0
 
+    assert plot_script.main([str(run_dir), "--out", str(run_dir / "curves.png")]) == 2
+    assert "is a file of the run" in capsys.readouterr().err
+    with (run_dir / "metrics.jsonl").open("a") as stream:
+        stream.write("garbage\n")
+    assert plot_script.main(argv) == 0
+    assert "skipped 1 unreadable lines of" in capsys.readouterr().err
+    (run_dir / "metrics.jsonl").write_text("")
+    assert plot_script.main(argv) == 2
+    assert "metrics.jsonl has no training rows yet" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize(
     ("fields", "message"),
@@ -458,13 +477,12 @@ def test_run_metadata_must_match_step(step, metadata, match):
 
 
 def test_evaluate_out_cannot_replace_run_files(tmp_path):
-    import evaluate as evaluate_script  # scripts/evaluate.py
 
     run_dir = tmp_path / "run"
     for path in (run_dir / "config.yaml", run_dir / "checkpoints" / "4" / "x"):
-        with pytest.raises(ValueError, match="is a file of the run"):
-            evaluate_script.check_not_a_run_file(path, run_dir)
-    evaluate_script.check_not_a_run_file(run_dir / "eval.json", run_dir)
+        with pytest.raises(ValueError, match="is a file of the run.*such as eval.json"):
+            check_not_a_run_file(path, run_dir, example="eval.json")
+    check_not_a_run_file(run_dir / "eval.json", run_dir, example="eval.json")
 
 
 VALID_PROMPT_BANK = {"version": 1, "topics": ["food"], "prompts": [{"topic": "food", "text": "x"}]}
