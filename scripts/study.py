@@ -31,6 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rlli_jax.agents.baselines import BASELINE_NAMES  # noqa: E402
+from rlli_jax.cli import INTERRUPTED, command_line, exit_process  # noqa: E402
+from rlli_jax.config import parse_override  # noqa: E402
 from rlli_jax.outputs import (  # noqa: E402
     check_output_folder,
     save_figure_atomic,
@@ -107,6 +109,20 @@ def main(argv=None) -> int:
             f"error: unknown study entries {unknown}; known: {list(STUDY_ENTRIES)}", file=sys.stderr
         )
         return 2
+    repeated = [name for name in dict.fromkeys(args.only or ()) if args.only.count(name) > 1]
+    if repeated:
+        print(
+            f"error: invalid --only: {repeated} given more than once; name each entry once",
+            file=sys.stderr,
+        )
+        return 2
+    seed_override = _seed_override(args.set)
+    if seed_override is not None:
+        print(
+            f"error: invalid --set {seed_override}: seeds are set by --seeds and --first-seed",
+            file=sys.stderr,
+        )
+        return 2
     if args.report_only:
         return _report(entries_dir, out)
     if args.seeds < 1:
@@ -135,6 +151,38 @@ def main(argv=None) -> int:
     except OSError as error:
         print(f"error: --out = {args.out} cannot be created: {error}", file=sys.stderr)
         return 2
+    try:
+        _run_entries(names, finished, entries_dir, args, seeds)
+        return _report(entries_dir, out)
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished entries are saved in {entries_dir}; run the same command "
+            f"again to train the rest: {command_line(argv, __file__)}",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+
+
+def _seed_override(overrides: list[str]) -> str | None:
+    """Return the first `--set` text that sets train.seed, or None.
+
+    A study takes its seeds from --seeds and --first-seed, so such an override would change
+    nothing but the settings digest. Malformed texts are left to the config loader.
+    """
+    for text in overrides:
+        try:
+            keys, _ = parse_override(text)
+        except ValueError:
+            continue
+        if keys == ["train", "seed"]:
+            return text
+    return None
+
+
+def _run_entries(
+    names: list[str], finished: set[str], entries_dir: Path, args, seeds: list[int]
+) -> None:
+    """Train every entry of `names` not in `finished` and write its file under `entries_dir`."""
     for name in names:
         path = entries_dir / f"{name}.json"
         if name in finished:
@@ -158,7 +206,6 @@ def main(argv=None) -> int:
             f"eval {result['eval_s']:.0f} s",
             flush=True,
         )
-    return _report(entries_dir, out)
 
 
 class EntryFileError(Exception):
@@ -576,4 +623,4 @@ def _half_width(interval: dict) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -19,6 +19,7 @@ import math
 import sys
 from pathlib import Path
 
+from rlli_jax.cli import INTERRUPTED, command_line, exit_process
 from rlli_jax.distributed import add_distributed_arguments, initialize_from_args
 from rlli_jax.outputs import (
     check_output_folder,
@@ -40,7 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="validate the sweep, print its groups and memory estimate, and exit",
     )
     parser.add_argument(
-        "--top", type=int, default=20, help="points shown in the ranked table (default: 20)"
+        "--top",
+        type=int,
+        default=20,
+        help="points shown in the ranked table, >= 1 (default: 20)",
     )
     add_distributed_arguments(parser)
     return parser.parse_args(argv)
@@ -48,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.top < 1:
+        print(f"error: invalid --top = {args.top}: must be >= 1", file=sys.stderr)
+        return 2
     try:
         setup = initialize_from_args(args)
     except ValueError as error:
@@ -57,7 +64,7 @@ def main(argv=None) -> int:
     # Imported after the distributed start-up; these modules create no arrays at import.
     import jax
 
-    from rlli_jax.population import rank_points, results_table, run_sweep
+    from rlli_jax.population import run_sweep
     from rlli_jax.sweep import check_sweep_memory, load_sweep_config, plan_sweep
 
     primary = jax.process_index() == 0
@@ -84,12 +91,28 @@ def main(argv=None) -> int:
 
     try:
         result = run_sweep(plan, out_dir, on_event=on_event)
+        if primary:
+            _write_results(result, plan, out_dir, len(devices), args.top)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    if not primary:
-        return 0
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: run the same command again to continue from the newest checkpoints "
+            f"in {out_dir}: {command_line(argv, __file__)}",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+    return 0
 
+
+def _write_results(result, plan, out_dir: Path, num_devices: int, top: int) -> None:
+    """Write results.csv, summary.json and sweep.png, and print the ranking and the totals."""
+    import jax
+
+    from rlli_jax.population import rank_points, results_table
+
+    sweep = plan.sweep
     rows = results_table(result, plan)
     _write_csv(out_dir / "results.csv", rows)
     points = rank_points(rows, sweep.swept_keys, sweep.metric, sweep.goal)
@@ -100,7 +123,7 @@ def main(argv=None) -> int:
         "compiles": result.compiles,
         "groups_run": result.groups_run,
         "groups_skipped": result.groups_skipped,
-        "devices": len(devices),
+        "devices": num_devices,
         "processes": jax.process_count(),
         "wall_s": result.wall_s,
         "metric": sweep.metric,
@@ -109,14 +132,13 @@ def main(argv=None) -> int:
     }
     write_json_atomic(out_dir / "summary.json", summary, default=str)
     _plot(out_dir / "sweep.png", rows, sweep)
-    _print_ranking(points, sweep, args.top)
+    _print_ranking(points, sweep, top)
     print(
         f"{len(rows)} members ({summary['failed']} failed) in {plan.num_programs} programs; "
         f"compiled chunk programs this run: {result.compiles['run_chunk']}; "
         f"wall time {result.wall_s:.1f} s; results in {out_dir}",
         file=sys.stderr,
     )
-    return 0
 
 
 def _print_plan(plan, estimates, devices, setup) -> None:
@@ -274,4 +296,4 @@ def _std(values: list[float]) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -13,7 +13,6 @@ hosts, start the same command on each with --coordinator, --num-processes and it
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,13 +20,12 @@ from pathlib import Path
 import jax
 from tqdm import tqdm
 
+from rlli_jax.cli import INTERRUPTED, exit_process
 from rlli_jax.config import load_config
 from rlli_jax.distributed import add_distributed_arguments, initialize_from_args
 from rlli_jax.outputs import check_output_folder
 from rlli_jax.runner import CONFIG_NAME, NonFiniteError, load_run_config, run_training
 
-# Exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
-INTERRUPTED = 130
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
@@ -156,11 +154,4 @@ def _brief(summary: dict) -> dict:
 
 
 if __name__ == "__main__":
-    code = main()
-    if code == INTERRUPTED:
-        # XLA threads may still be compiling, and a normal interpreter exit aborted in their
-        # teardown when tried. Checkpoint saves return only when final, so none is cut short.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    exit_process(main())

@@ -580,3 +580,34 @@ def test_embed_prompts_error_is_one_line(tmp_path):
     assert completed.stderr.count("\n") == 1
     assert completed.stderr.startswith("error: invalid prompt bank file")
     assert "the key 'topics' is missing" in completed.stderr
+
+
+@pytest.mark.parametrize("top", ["0", "-2"])
+def test_sweep_script_rejects_bad_top(tmp_path, capsys, top):
+    import sweep as sweep_script  # scripts/sweep.py
+
+    config = str(REPO / "configs" / "sweep_cpu.yaml")
+    argv = ["--config", config, "--out", str(tmp_path / "out"), "--dry-run", "--top", top]
+    assert sweep_script.main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"error: invalid --top = {top}: must be >= 1" in error
+    assert "Traceback" not in error
+
+
+def test_sweep_interrupt_prints_resume_hint(tmp_path, monkeypatch, capsys):
+    import sweep as sweep_script  # scripts/sweep.py
+
+    import rlli_jax.population as population
+
+    def interrupt(plan, out_dir, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(population, "run_sweep", interrupt)
+    config = str(REPO / "configs" / "sweep_cpu.yaml")
+    out = str(tmp_path / "sweep")
+    assert sweep_script.main(["--config", config, "--out", out]) == 130
+    error = capsys.readouterr().err
+    (hint,) = [line for line in error.splitlines() if line.startswith("interrupted: ")]
+    assert "run the same command again" in hint
+    assert f"--config {config} --out {out}" in hint
+    assert "Traceback" not in error

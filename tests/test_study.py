@@ -350,3 +350,32 @@ def test_script_tiny_every_entry(tmp_path):
     assert "gddpg vs ddpg" in gains
     for name in STUDY_ENTRIES:
         assert (out / "entries" / f"{name}.json").exists(), name
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--only", "ddpg", "gddpg", "ddpg"], "invalid --only: ['ddpg'] given more than once"),
+        (["--only", "ddpg", "--set", "train.seed=3"], "invalid --set train.seed=3: seeds are set"),
+    ],
+)
+def test_script_rejects_no_op_arguments(study_script, tmp_path, capsys, argv, message):
+    out = tmp_path / "study"
+    code = study_script.main([*argv, "--budget", "tiny", "--out", str(out)])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_script_interrupt_prints_resume_hint(study_script, tmp_path, monkeypatch, capsys):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_script, "run_entry", interrupt)
+    out = tmp_path / "study"
+    argv = ["--only", "ddpg", "--budget", "tiny", "--seeds", "2", "--out", str(out)]
+    assert study_script.main(argv) == 130
+    error = capsys.readouterr().err
+    assert error.startswith("interrupted: finished entries are saved in ")
+    assert f"--only ddpg --budget tiny --seeds 2 --out {out}" in error
+    assert len(error.splitlines()) == 1
