@@ -8,6 +8,7 @@
     groups/group-NNN/checkpoints/   orbax checkpoints of the whole population state
     groups/group-NNN/results.json   per-member results, written when the group has finished
     members/member-NNNN/            per-member learning curves (metrics.jsonl and metrics.csv)
+    .lock                           locked while a single-process sweep runs there (POSIX)
 
 A rerun in the same directory skips every group with a `results.json` and continues an
 unfinished group from its newest checkpoint, so finished groups and members never run again.
@@ -50,6 +51,7 @@ from rlli_jax.runner import (
     CONFIG_NAME,
     SWEEP_CONFIG_NAME,
     SWEEP_GROUPS_DIR,
+    RunDirectoryLock,
     check_env_data,
     check_outside_checkpoints,
     eval_key,
@@ -184,12 +186,36 @@ def run_sweep(
     """Run every group of `plan` not yet finished in `out_dir`, and return all members' results.
 
     Raises:
-        ValueError: `out_dir` contains a different sweep, or in a multi-process run some process
-            cannot see the files of `out_dir` (it is not shared).
+        ValueError: `out_dir` contains a different sweep or a training run, another process is
+            running a sweep in `out_dir`, or in a multi-process run some process cannot see
+            the files of `out_dir` (it is not shared).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     mesh = sharding.make_mesh() if mesh is None else mesh
+    _check_sweep_location(out_dir)
+    # One process owns the sweep directory while it runs, so a second sweep started on the
+    # same --out is rejected instead of training the same groups and writing the same curves.
+    lock = (
+        RunDirectoryLock(out_dir, SWEEP_CONFIG_NAME, "sweep directory", "sweep process")
+        if jax.process_count() == 1
+        else None
+    )
+    try:
+        return _run_sweep(plan, out_dir, mesh, on_event, start)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_sweep(
+    plan: SweepPlan,
+    out_dir: Path,
+    mesh: Mesh,
+    on_event: Callable[[SweepEvent], None] | None,
+    start: float,
+) -> SweepResult:
+    """Run the sweep as `run_sweep` describes, once its location is checked."""
     primary = jax.process_index() == 0
     _claim_directory(plan, out_dir, primary)
     check_shared_directory(out_dir)
@@ -228,6 +254,16 @@ def run_sweep(
     )
 
 
+def _check_sweep_location(out_dir: Path) -> None:
+    """Raise ValueError if `out_dir` contains a training run or lies inside a run's checkpoints."""
+    check_outside_checkpoints(out_dir, "sweep directory")
+    if (out_dir / CONFIG_NAME).exists():
+        raise ValueError(
+            f"{str(out_dir)!r} contains a training run ({CONFIG_NAME}), not a sweep; choose a "
+            "new output directory for the sweep"
+        )
+
+
 def _claim_directory(plan: SweepPlan, out_dir: Path, primary: bool) -> None:
     """Save the sweep and group configs in `out_dir`, or check that the saved ones match.
 
@@ -240,12 +276,6 @@ def _claim_directory(plan: SweepPlan, out_dir: Path, primary: bool) -> None:
     """
     # Loading the reward networks first lets a bad env.reward_net fail before any write.
     envs = [make_env(group.config) for group in plan.groups]
-    check_outside_checkpoints(out_dir, "sweep directory")
-    if (out_dir / CONFIG_NAME).exists():
-        raise ValueError(
-            f"{str(out_dir)!r} contains a training run ({CONFIG_NAME}), not a sweep; choose a "
-            "new output directory for the sweep"
-        )
     path = out_dir / SWEEP_CONFIG_NAME
     if path.exists():
         if read_yaml(path) != plan.sweep.to_dict():

@@ -478,20 +478,32 @@ def run_training(
 class RunDirectoryLock:
     """An exclusive `flock` on `LOCK_NAME` in a run directory, held while a run trains.
 
-    Creating it creates the directory (and its parents) if needed. The operating system drops
-    the lock when the process ends, however it ends, so a killed run leaves no stale lock.
-    When a start fails before writing its config, `release` removes what the lock added: the
+    Sweeps and studies lock their output directories the same way. Creating the lock creates
+    the directory (and its parents) if needed. The operating system drops the lock when the
+    process ends, however it ends, so a killed run leaves no stale lock. When a start fails
+    before writing `marker` (the run's config), `release` removes what the lock added: the
     lock file, if it created it, and the folders it created, while they are empty.
+
+    Args:
+        label: names the directory in messages, such as "run directory".
+        holder: names the process that holds the lock, such as "training process".
 
     Raises:
         ValueError: the path is a file or cannot be created or written, or another process
             holds the lock.
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(
+        self,
+        run_dir: Path,
+        marker: str = CONFIG_NAME,
+        label: str = "run directory",
+        holder: str = "training process",
+    ):
         self.run_dir = run_dir
+        self.marker = marker
         if run_dir.exists() and not run_dir.is_dir():
-            raise ValueError(f"run directory {str(run_dir)!r} is invalid: it is a file")
+            raise ValueError(f"{label} {str(run_dir)!r} is invalid: it is a file")
         # The folders this lock creates, deepest first, so a failed start can remove them.
         self.created_dirs = [
             folder for folder in (run_dir, *run_dir.absolute().parents) if not folder.exists()
@@ -502,7 +514,7 @@ class RunDirectoryLock:
             self._file = open(run_dir / LOCK_NAME, "a")  # noqa: SIM115  (held until release)
         except OSError as error:
             raise ValueError(
-                f"run directory {str(run_dir)!r} cannot be created or written: {error}"
+                f"{label} {str(run_dir)!r} cannot be created or written: {error}"
             ) from None
         if fcntl is None:
             return
@@ -511,13 +523,13 @@ class RunDirectoryLock:
         except OSError:
             self._file.close()
             raise ValueError(
-                f"run directory {str(run_dir)!r} is in use by another training process; wait "
-                "for it to end or choose another output directory"
+                f"{label} {str(run_dir)!r} is in use by another {holder}; wait for it to end "
+                "or choose another output directory"
             ) from None
 
     def release(self) -> None:
         """Drop the lock, and remove what it added to a run that never started."""
-        if self.created_file and not (self.run_dir / CONFIG_NAME).exists():
+        if self.created_file and not (self.run_dir / self.marker).exists():
             # Removed while the lock is still held, so a later start creates a fresh file.
             # NOTE: a process that opened the file just before this unlink can still lock the
             # old file while a third one locks the new file; the window is this one call.

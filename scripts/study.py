@@ -13,7 +13,8 @@ again, so an interrupted study resumes where it stopped. Before anything compile
 checks that each existing file was written with the same config, budget, seeds and --set
 overrides, and stops with an error naming the file if not. After the runs the script writes
 OUT/summary.json, OUT/summary.csv, OUT/gain.json, OUT/tables.md and the plots OUT/curves_GROUP.png,
-OUT/bars_qoe.png and OUT/energy_qoe.png from every entry file present.
+OUT/bars_qoe.png and OUT/energy_qoe.png from every entry file present. While a study runs it
+holds a lock on OUT/.lock (POSIX systems), so a second study on the same --out stops at once.
 """
 
 import argparse
@@ -39,6 +40,7 @@ from rlli_jax.outputs import (  # noqa: E402
     write_json_atomic,
     write_text_atomic,
 )
+from rlli_jax.runner import RunDirectoryLock  # noqa: E402
 from rlli_jax.study import (  # noqa: E402
     BUDGETS,
     REPORTED_METRICS,
@@ -54,6 +56,7 @@ from rlli_jax.study import (  # noqa: E402
 )
 
 DEFAULT_CONFIG = "configs/paper.yaml"
+ENTRIES_DIR = "entries"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -102,7 +105,7 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    entries_dir = out / "entries"
+    entries_dir = out / ENTRIES_DIR
     unknown = [name for name in args.only or () if name not in STUDY_ENTRIES]
     if unknown:
         print(
@@ -146,9 +149,16 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
+    # One study at a time per folder, so that a second one cannot train the same entries.
+    try:
+        lock = RunDirectoryLock(out, ENTRIES_DIR, "study directory", "study process")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         entries_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
+        lock.release()
         print(f"error: --out = {args.out} cannot be created: {error}", file=sys.stderr)
         return 2
     try:
@@ -161,6 +171,8 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return INTERRUPTED
+    finally:
+        lock.release()
 
 
 def _seed_override(overrides: list[str]) -> str | None:

@@ -611,3 +611,19 @@ def test_sweep_interrupt_prints_resume_hint(tmp_path, monkeypatch, capsys):
     assert "run the same command again" in hint
     assert f"--config {config} --out {out}" in hint
     assert "Traceback" not in error
+
+
+def test_second_sweep_on_same_out_is_rejected(tmp_path, capsys):
+    import sweep as sweep_script  # scripts/sweep.py
+
+    out = tmp_path / "sweep"
+    lock = RunDirectoryLock(out, "sweep.yaml", "sweep directory", "sweep process")
+    try:
+        config = str(REPO / "configs" / "sweep_cpu.yaml")
+        code = sweep_script.main(["--config", config, "--out", str(out)])
+    finally:
+        lock.release()
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"error: sweep directory {str(out)!r} is in use by another sweep process" in error
+    assert not out.exists()  # the lock above created it, and its release removed it

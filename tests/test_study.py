@@ -379,3 +379,55 @@ def test_script_interrupt_prints_resume_hint(study_script, tmp_path, monkeypatch
     assert error.startswith("interrupted: finished entries are saved in ")
     assert f"--only ddpg --budget tiny --seeds 2 --out {out}" in error
     assert len(error.splitlines()) == 1
+
+
+def test_second_study_on_same_out_is_rejected(study_script, tmp_path, capsys):
+    from rlli_jax.runner import RunDirectoryLock
+
+    out = tmp_path / "study"
+    lock = RunDirectoryLock(out, "entries", "study directory", "study process")
+    try:
+        code = study_script.main(["--only", "ddpg", "--budget", "tiny", "--out", str(out)])
+    finally:
+        lock.release()
+    assert code == 2
+    error = capsys.readouterr().err
+    assert f"error: study directory {str(out)!r} is in use by another study process" in error
+    assert not (out / "entries").exists()
+
+
+def test_second_study_on_same_out_is_rejected(study_script, tmp_path, capsys):
+    from rlli_jax.runner import RunDirectoryLock
+
+    out = tmp_path / "study"
+    lock = RunDirectoryLock(out, "entries", "study directory", "study process")
+    try:
+        code = study_script.main(["--only", "ddpg", "--budget", "tiny", "--out", str(out)])
+    finally:
+        lock.release()
+    assert code == 2
+    error = capsys.readouterr().err
+    assert f"error: study directory {str(out)!r} is in use by another study process" in error
+    assert not (out / "entries").exists()
+
+
+def test_baseline_signature_covers_reward_net(tmp_path):
+    from rlli_jax.config import load_config
+    from rlli_jax.qoe.reward_net import RewardNetQoE, save_reward_net
+    from rlli_jax.train import make_env
+
+    def signature(config):
+        return baseline_signature(config, [0, 1], make_env(config))
+
+    model = RewardNetQoE(hidden_sizes=(8,))
+    net = tmp_path / "net"
+    save_reward_net(net, model, model.init_params(jax.random.key(0)))
+    packaged = load_config(REPO / "configs" / "default.yaml")
+    custom = load_config(REPO / "configs" / "default.yaml", [f"env.reward_net={net}"])
+    assert signature(packaged) == signature(packaged)
+    assert signature(custom) != signature(packaged)
+
+    # The same path with other weights must not hit the cache either.
+    before = signature(custom)
+    save_reward_net(net, model, model.init_params(jax.random.key(1)), overwrite=True)
+    assert signature(custom) != before

@@ -20,6 +20,7 @@ from rlli_jax.population import (
     results_table,
     run_sweep,
 )
+from rlli_jax.runner import RunDirectoryLock
 from rlli_jax.sharding import make_mesh
 from rlli_jax.sweep import (
     SweepConfig,
@@ -386,9 +387,16 @@ def sweep_runs(tmp_path_factory, compile_cache):
     mesh = make_mesh(devices=jax.devices()[:1])
 
     interrupted_events = []
+    lock_errors = []
 
     def stop_after_chunk_2(event):
         interrupted_events.append(event)
+        if event.kind == "chunk" and event.chunk == 1:
+            # A second sweep on the same directory, started while this one runs.
+            try:
+                RunDirectoryLock(root / "resumed", "sweep.yaml", "sweep directory", "sweep")
+            except ValueError as error:
+                lock_errors.append(str(error))
         if event.kind == "chunk" and event.chunk == 2:
             raise Interrupted
 
@@ -404,9 +412,17 @@ def sweep_runs(tmp_path_factory, compile_cache):
         "resumed": resumed,
         "events": events,
         "interrupted_events": interrupted_events,
+        "lock_errors": lock_errors,
         "skipped": skipped,
         "reference": reference,
     }
+
+
+def test_running_sweep_holds_directory_lock(sweep_runs):
+    (error,) = sweep_runs["lock_errors"]
+    assert "is in use by another sweep" in error
+    # The interrupted call released the lock, or the resume would have failed.
+    assert sweep_runs["resumed"].groups_run == 1
 
 
 def test_sweep_compiles_once_per_group(sweep_runs):
