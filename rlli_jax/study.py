@@ -49,6 +49,7 @@ from rlli_jax.config import SEED_MAX, Config, load_config
 from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import make_agent_policy, run_episodes
 from rlli_jax.qoe.model import QoEModel
+from rlli_jax.runner import env_data_digest
 
 # Discount of every entry without an energy budget. With the budget off no action changes a
 # later slot, so gamma 0 is the exact objective, and it learned faster than 0.99 on this
@@ -356,7 +357,7 @@ def run_entry(
 
     start = time.perf_counter()
     per_seed = {entry.algo: _evaluate_agents(program, eval_env, final_state.agent, eval_keys)}
-    signature = baseline_signature(config, seeds)
+    signature = baseline_signature(config, seeds, eval_env)
     baselines = (baseline_cache or {}).get(signature, {})
     for name in BASELINE_NAMES:
         if name in baselines:
@@ -389,15 +390,19 @@ def run_entry(
     }
 
 
-def baseline_signature(config, seeds: Sequence[int]) -> str:
+def baseline_signature(config, seeds: Sequence[int], env: DiffusionServiceEnv) -> str:
     """Return a string that is equal for two runs exactly when their baseline results are equal.
 
-    Baseline results depend on the environment (sizes and constants) and on the evaluation
-    episodes (seeds and count), not on the learner.
+    Baseline results depend on the environment and on the evaluation episodes (seeds and
+    count), not on the learner. The environment enters by its id, sizes and constants, and
+    by the digest of the data read from files (the reward network's weights, whether packaged
+    or from env.reward_net, and the prompt bank), because the config names those only by path.
+    `env` is the evaluation environment built from `config`.
     """
     env_params = sorted(config.env.param_overrides.items())
     return (
-        f"users={config.env.num_users};horizon={config.env.horizon};params={env_params};"
+        f"id={config.env.id};users={config.env.num_users};horizon={config.env.horizon};"
+        f"params={env_params};data={env_data_digest(env)};"
         f"episodes={config.train.eval_episodes};seeds={list(seeds)}"
     )
 
