@@ -437,7 +437,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw_value) if raw_value.strip() else None
     except yaml.YAMLError as error:
-        message = f"invalid override {text!r}: the value is not valid YAML ({error})"
+        message = (
+            f"invalid override {text!r}: the value is not valid YAML ({describe_yaml_error(error)})"
+        )
         raise ValueError(message) from None
     return keys, value
 
@@ -581,6 +583,24 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     )
 
 
+def describe_yaml_error(error: yaml.YAMLError) -> str:
+    """Describe a PyYAML error on one line: the line and column (1-based) and the problem.
+
+    PyYAML's own text spans several lines, with a copy of the offending line and a caret.
+    """
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return " ".join(str(error).split())
+    mark = error.problem_mark
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}"
+    if error.context:
+        context = error.context
+        start = error.context_mark
+        if start is not None and (start.line, start.column) != (mark.line, mark.column):
+            context += f" that starts at line {start.line + 1}, column {start.column + 1}"
+        text += f", {context}"
+    return " ".join(text.split())
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into nested dicts."""
     path = Path(path)
@@ -593,7 +613,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         raise ValueError(f"config file {str(path)!r} is not UTF-8 text: {error}") from None
     except yaml.YAMLError as error:
-        raise ValueError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        raise ValueError(
+            f"config file {str(path)!r} is not valid YAML: {describe_yaml_error(error)}"
+        ) from None
     except OSError as error:
         raise ValueError(f"config file {str(path)!r} could not be read: {error}") from None
     if data is not None and not isinstance(data, Mapping):

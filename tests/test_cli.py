@@ -627,3 +627,15 @@ def test_second_sweep_on_same_out_is_rejected(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"error: sweep directory {str(out)!r} is in use by another sweep process" in error
     assert not out.exists()  # the lock above created it, and its release removed it
+
+
+def test_sweep_script_yaml_error_is_one_line(tmp_path, capsys):
+    import sweep as sweep_script  # scripts/sweep.py
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text("base: base.yaml\ngrid: {hyper.tau: [0.1}\n")
+    code = sweep_script.main(["--config", str(config), "--dry-run"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: config file {str(config)!r} is not valid YAML: line 2, ")
+    assert len(error.splitlines()) == 1

@@ -367,3 +367,13 @@ def test_merge_list_with_a_shared_key_is_rejected(tmp_path, anchors):
         read_yaml(path)
     path.write_text(anchors + "train:\n  <<: [*a]\n  seed: 3\n")
     assert read_yaml(path)["train"] == {"seed": 3}
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("base: x\ngrid: [\n")
+    with pytest.raises(ValueError) as info:
+        read_yaml(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "broken.yaml' is not valid YAML: line 3, column 1: expected the node content" in message
