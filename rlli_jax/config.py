@@ -402,6 +402,7 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
 
 def _coerce_float(value: Any, path: str) -> float:
     # PyYAML reads exponents without a dot (1e-4) as strings, so numeric strings are accepted.
+    written = value
     if isinstance(value, str):
         try:
             value = float(value)
@@ -411,7 +412,7 @@ def _coerce_float(value: Any, path: str) -> float:
         raise ValueError(f"invalid {path} = {value!r}: expected a number")
     value = float(value)
     if math.isnan(value):
-        raise ValueError(f"invalid {path} = nan: expected a number")
+        raise ValueError(f"invalid {path} = {written!r}: expected a number")
     return value
 
 

@@ -331,12 +331,14 @@ def plan_sweep(sweep: SweepConfig) -> SweepPlan:
     for group_index, group_points in enumerate(points_by_static.values()):
         static = tuple((key, value) for key, value in group_points[0] if key not in TRACED_KEYS)
         group_config = _build_config(base_data, dict(static), f"group {group_index}")
+        static = _typed_values(group_config, static)
         members = []
         for point in group_points:
             for seed in sweep.seeds:
                 values = {**dict(point), "train.seed": seed}
                 config = _build_config(base_data, values, f"member {index} ({_describe(point)})")
-                members.append(SweepMember(index, group_index, seed, point, config))
+                typed_point = _typed_values(config, point)
+                members.append(SweepMember(index, group_index, seed, typed_point, config))
                 index += 1
         planned.append(SweepGroup(group_index, group_config, static, tuple(members)))
     # Members are numbered group by group so that each group's members are contiguous.
@@ -397,6 +399,25 @@ def _build_config(base_data: Mapping[str, Any], values: Mapping[str, Any], what:
         return Config.from_dict(data)
     except ValueError as error:
         raise ValueError(f"{what}: {error}") from None
+
+
+def _typed_values(
+    config: Config, point: tuple[tuple[str, Any], ...]
+) -> tuple[tuple[str, Any], ...]:
+    """Return the swept values of `point` as `config` stores them, in the types of their fields.
+
+    The config coerces each value by its field's rules, so a quoted "8" for env.horizon
+    becomes the integer 8 and not the float that `_normalize` reads.
+    """
+    typed = []
+    for key, _ in point:
+        section, *rest = key.split(".")
+        if section == "env" and rest[0] == "params":
+            value = config.env.param_overrides[rest[1]]
+        else:
+            value = getattr(getattr(config, section), rest[0])
+        typed.append((key, value))
+    return tuple(typed)
 
 
 def member_hyperparams(group_hyper: TrainHyperparams, member: SweepMember) -> TrainHyperparams:
@@ -588,14 +609,20 @@ def _unknown_message(what: str, name: str, known: Iterable[str]) -> str:
 
 
 def _normalize(value: Any) -> Any:
-    """Make YAML values hashable (lists become tuples) and read numeric strings as floats."""
+    """Make YAML values hashable (lists become tuples) and read finite numeric strings as floats.
+
+    PyYAML reads 1e-4 (no dot) as a string. A string such as "nan" or "inf" stays as written,
+    so that the config's check names it in the text of the sweep file. `plan_sweep` converts
+    each value to its field's type.
+    """
     if isinstance(value, list):
         return tuple(_normalize(item) for item in value)
     if isinstance(value, str):
         try:
-            return float(value)  # PyYAML reads 1e-4 (no dot) as a string
+            number = float(value)
         except ValueError:
             return value
+        return number if math.isfinite(number) else value
     return value
 
 

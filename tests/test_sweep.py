@@ -219,6 +219,27 @@ def test_plan_groups_by_static_values(base_path):
     assert all(m.config.train.seed == m.seed for m in plan.members)
 
 
+def test_quoted_numbers_take_field_types(base_path):
+    grid = {"env.horizon": ["8", 4], "hyper.actor_lr": ["1e-4"]}
+    plan = plan_sweep(sweep_from(base_path, grid=grid))
+    horizons = [dict(member.values)["env.horizon"] for member in plan.members]
+    assert horizons == [8, 4]
+    assert all(type(horizon) is int for horizon in horizons)
+    assert [group.static_values for group in plan.groups] == [
+        (("env.horizon", 8),),
+        (("env.horizon", 4),),
+    ]
+    assert type(plan.groups[0].static_values[0][1]) is int
+    assert dict(plan.members[0].values)["hyper.actor_lr"] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("text", ["nan", "NaN"])
+def test_quoted_nan_is_named_as_written(base_path, text):
+    sweep = sweep_from(base_path, grid={"hyper.actor_lr": [text]})
+    with pytest.raises(ValueError, match=rf"invalid hyper.actor_lr = '{text}': expected a number"):
+        plan_sweep(sweep)
+
+
 def test_points_cross_grid(base_path):
     sweep = sweep_from(
         base_path,
