@@ -9,7 +9,9 @@ then reports it, renames it to `corrupt-<step>` so the resumed run can write tha
 and falls back to the previous checkpoint. A checkpoint whose arrays differ in shape or dtype
 from the restore target (a config edited after the checkpoints were written) is skipped
 without reading its data, and the error names the first array that differs. A read-only
-`Checkpointer` (used to evaluate a run) creates nothing and renames nothing.
+`Checkpointer` (used to evaluate a run) creates nothing and renames nothing. A sweep's
+population checkpoint padded for another device count is padded again for the current one
+(`restore_latest(population_size=...)`).
 
 Saves are synchronous: `save` returns after the checkpoint is final on disk.
 """
@@ -24,6 +26,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from rlli_jax import sharding
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +102,10 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def restore_latest(
-        self, target: Any, check_metadata: Callable[[int, Any], str | None] | None = None
+        self,
+        target: Any,
+        check_metadata: Callable[[int, Any], str | None] | None = None,
+        population_size: int | None = None,
     ) -> RestoredCheckpoint | None:
         """Restore the newest checkpoint that reads back whole, shaped like `target`.
 
@@ -106,6 +113,12 @@ class Checkpointer:
             target: a pytree of arrays or `jax.ShapeDtypeStruct` with the saved structure.
             check_metadata: called with a step and its JSON metadata, returns what is wrong
                 with the metadata, or None when it is valid.
+            population_size: the real members of a population whose every array has a leading
+                population axis, padded in `target` to a multiple of the device count. A
+                checkpoint whose arrays differ from `target` only in that axis (padded for
+                another device count) is then read to the host, and its first
+                `population_size` rows are padded again to the target's size by repeating
+                the last one (`rlli_jax.sharding.pad`) and placed with the target's shardings.
 
         Returns:
             None when there is no checkpoint. A checkpoint that fails to restore, does not
@@ -119,11 +132,22 @@ class Checkpointer:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         steps = self.all_steps()
         for step in reversed(steps):
+            step_target = abstract
+            message = self._mismatch(step, abstract)
+            saved_rows = None
+            if message is not None and population_size is not None:
+                saved_rows = self._saved_population_rows(step, abstract, population_size)
+            if saved_rows is not None:
+                # NumPy leaves make orbax restore to host memory, in the saved shapes.
+                step_target = jax.tree.map(
+                    lambda leaf, rows=saved_rows: np.empty((rows, *leaf.shape[1:]), leaf.dtype),
+                    abstract,
+                )
+                message = None
             args = ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract),
+                state=ocp.args.StandardRestore(step_target),
                 metadata=ocp.args.JsonRestore(),
             )
-            message = self._mismatch(step, abstract)
             if message is None:
                 try:
                     restored = self._manager.restore(step, args=args)
@@ -148,9 +172,21 @@ class Checkpointer:
                 continue
             if skipped and not self.read_only:
                 self._quarantine([bad_step for bad_step, _ in skipped])
+            state = restored.state
+            if saved_rows is not None:
+                state = _repad_population(state, target, population_size)
+                logger.info(
+                    "checkpoint %d in %s contains %d population rows, padded for another "
+                    "device count; restored its %d members and padded them to %d rows",
+                    step,
+                    self.directory,
+                    saved_rows,
+                    population_size,
+                    _leading_rows(abstract),
+                )
             return RestoredCheckpoint(
                 step=step,
-                state=restored.state,
+                state=state,
                 metadata=dict(restored.metadata),
                 skipped=tuple(skipped),
             )
@@ -183,6 +219,31 @@ class Checkpointer:
                 )
         return None
 
+    def _saved_population_rows(self, step: int, abstract: Any, population_size: int) -> int | None:
+        """Return the leading axis size that every array of `step` shares, or None.
+
+        It is returned only when the arrays differ from `abstract` in that size alone and have
+        at least `population_size` rows.
+        """
+        try:
+            saved = _shapes(self._manager.item_metadata(step)["state"].tree)
+        except Exception:  # noqa: BLE001  (damaged metadata: the restore reports it)
+            return None
+        expected = _shapes(abstract)
+        if set(saved) != set(expected) or not saved:
+            return None
+        rows = set()
+        for path, (shape, dtype) in saved.items():
+            expected_shape, expected_dtype = expected[path]
+            if not shape or not expected_shape:
+                return None
+            if shape[1:] != expected_shape[1:] or dtype != expected_dtype:
+                return None
+            rows.add(shape[0])
+        if len(rows) != 1 or min(rows) < population_size:
+            return None
+        return rows.pop()
+
     def _quarantine(self, steps: list[int]) -> None:
         """Rename unreadable step directories to `corrupt-<step>[-n]`, which orbax ignores, so
         the resumed run can save those steps again; the files are kept for inspection.
@@ -209,6 +270,21 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _leading_rows(tree: Any) -> int:
+    return jax.tree.leaves(tree)[0].shape[0]
+
+
+def _repad_population(host_state: Any, target: Any, population_size: int) -> Any:
+    """Keep the first `population_size` rows of every host array, pad them to the leading size
+    of `target` by repeating the last row, and place each with its `target` leaf's sharding."""
+    padded = sharding.pad(sharding.unpad(host_state, population_size), _leading_rows(target))
+
+    def place(leaf: np.ndarray, spec: Any) -> jax.Array:
+        return jax.make_array_from_callback(leaf.shape, spec.sharding, lambda index: leaf[index])
+
+    return jax.tree.map(place, padded, target)
 
 
 def _shapes(tree: Any) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:

@@ -5,7 +5,9 @@
     groups/group-NNN/config.yaml    the group's training config (base config, overrides and
                                     static values), written at the first call; a resume
                                     must match it except in the seed and the swept keys
-    groups/group-NNN/checkpoints/   orbax checkpoints of the whole population state
+    groups/group-NNN/checkpoints/   orbax checkpoints of the whole population state, padded
+                                    for the device count; a resume on another device count
+                                    pads the members again (`Checkpointer.restore_latest`)
     groups/group-NNN/results.json   per-member results, written when the group has finished
     members/member-NNNN/            per-member learning curves (metrics.jsonl and metrics.csv)
     .lock                           locked while a single-process sweep runs there (POSIX)
@@ -467,7 +469,9 @@ def _initial_population(
     target = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=placement), abstract
     )
-    restored = checkpointer.restore_latest(target)
+    # A checkpoint written on another device count has another padded size; it is padded
+    # again for this mesh.
+    restored = checkpointer.restore_latest(target, population_size=population.size)
     if restored is not None:
         metadata = restored.metadata
         timing["previous_compile_s"] = float(metadata.get("compile_s", 0.0))

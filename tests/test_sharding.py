@@ -91,12 +91,17 @@ def run_on_forced_devices(script: str, workdir: Path, num_devices: int) -> dict:
     return json.loads(completed.stdout)
 
 
+def run_sweep_script(workdir: Path, sweep: str, script: str, num_devices: int) -> dict:
+    """Write the tiny base config and `sweep` to `workdir`, then run `script` there."""
+    (workdir / "base.yaml").write_text(TINY_BASE)
+    (workdir / "sweep.yaml").write_text(sweep)
+    return run_on_forced_devices(script, workdir, num_devices)
+
+
 @pytest.fixture(scope="module")
 def population_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("sharding")
-    (workdir / "base.yaml").write_text(TINY_BASE)
-    (workdir / "sweep.yaml").write_text(TINY_SWEEP)
-    return run_on_forced_devices(POPULATION_SCRIPT, workdir, num_devices=8)
+    return run_sweep_script(workdir, TINY_SWEEP, POPULATION_SCRIPT, num_devices=8)
 
 
 def test_population_spans_eight_devices(population_run):
@@ -188,3 +193,86 @@ def test_env_axis_sharding_matches_one_device(tmp_path):
     assert result["obs_devices"] == 8
     assert result["obs_rows"] == 1  # 8 environments over 8 devices
     assert result["difference"] < 1e-5
+
+
+# 3 seeds = 3 members: not padded on 1 device, padded to 4 on 2 devices. Each interrupted sweep
+# stops after chunk 2 of 3 (checkpointed), then resumes on the other device count, or on the
+# same one for the bit-exact check.
+RESUME_SWEEP = """
+base: base.yaml
+set: [train.checkpoint_every_chunks=1]
+num_seeds: 3
+grid:
+  hyper.actor_lr: [1.0e-3]
+baselines: false
+"""
+
+RESUME_SCRIPT = """
+import json, sys
+import jax
+from rlli_jax.population import run_sweep
+from rlli_jax.sharding import make_mesh
+from rlli_jax.sweep import load_sweep_config, plan_sweep
+
+plan = plan_sweep(load_sweep_config("sweep.yaml"))
+meshes = {1: make_mesh(devices=jax.devices()[:1]), 2: make_mesh(devices=jax.devices()[:2])}
+
+class Stop(Exception):
+    pass
+
+def stop_after_chunk_2(event):
+    if event.kind == "chunk" and event.chunk == 2:
+        raise Stop
+
+def interrupted_then_resumed(name, first, second):
+    try:
+        run_sweep(plan, name, mesh=meshes[first], on_event=stop_after_chunk_2)
+    except Stop:
+        pass
+    chunks = []
+    run_sweep(plan, name, mesh=meshes[second],
+              on_event=lambda event: chunks.append(event.chunk) if event.kind == "chunk" else None)
+    return {"chunks": chunks, "curves": curves(name)}
+
+def curves(root):
+    paths = [f"{root}/members/{member.name}/metrics.jsonl" for member in plan.members]
+    return [[json.loads(line) for line in open(path)] for path in paths]
+
+run_sweep(plan, "reference1", mesh=meshes[1])
+run_sweep(plan, "reference2", mesh=meshes[2])
+json.dump({
+    "reference1": curves("reference1"),
+    "reference2": curves("reference2"),
+    "grown": interrupted_then_resumed("grown", 1, 2),
+    "shrunk": interrupted_then_resumed("shrunk", 2, 1),
+    "same": interrupted_then_resumed("same", 2, 2),
+}, sys.stdout)
+"""
+
+
+@pytest.fixture(scope="module")
+def device_change_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("device_change")
+    return run_sweep_script(workdir, RESUME_SWEEP, RESUME_SCRIPT, num_devices=2)
+
+
+def _assert_curves_close(got_curves, expected_curves):
+    for got_rows, expected_rows in zip(got_curves, expected_curves, strict=True):
+        assert [row["chunk"] for row in got_rows] == [1, 2, 3]
+        for got, expected in zip(got_rows, expected_rows, strict=True):
+            for name, value in expected.items():
+                if isinstance(value, float):
+                    np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, reference", [("grown", "reference1"), ("shrunk", "reference2")])
+def test_sweep_resumes_on_other_device_count(device_change_run, name, reference):
+    resumed = device_change_run[name]
+    assert resumed["chunks"] == [3]  # continued from the chunk-2 checkpoint
+    _assert_curves_close(resumed["curves"], device_change_run[reference])
+
+
+def test_sweep_resume_on_same_devices_is_exact(device_change_run):
+    resumed = device_change_run["same"]
+    assert resumed["chunks"] == [3]
+    assert resumed["curves"] == device_change_run["reference2"]
