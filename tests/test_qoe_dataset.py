@@ -582,13 +582,8 @@ def test_rate_script_resends_line_with_invalid_utf8(tmp_path, capsys):
 
 
 @dataclasses.dataclass(frozen=True)
-class InterruptedRater:
+class InterruptedRater(FailingRater):
     """A simulator-named rater that rates one request and is then interrupted (Ctrl-C)."""
-
-    seed: int = 0
-    backend: str = "simulator"
-    model: str = SimulatorRater.model
-    simulated: bool = True
 
     def rate(self, requests, on_result=None):
         SimulatorRater(seed=self.seed).rate(requests[:1], on_result=on_result)
