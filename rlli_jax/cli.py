@@ -21,7 +21,8 @@ def exit_process(code: int) -> None:
 
     XLA threads may still be compiling after a Ctrl-C, and a normal interpreter exit was seen
     to abort in their teardown. Checkpoint saves and atomic file writes return only when
-    final, so skipping the teardown cuts none of them short.
+    final, so skipping the teardown cuts none of them short. A Ctrl-C inside a checkpoint save
+    leaves orbax's temporary folder, which the next start removes.
     """
     if code == INTERRUPTED:
         sys.stdout.flush()

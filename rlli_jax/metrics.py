@@ -90,7 +90,7 @@ class MetricsWriter:
         """
         kept, records = [], []
         if self.jsonl_path.exists():
-            for line in self.jsonl_path.read_text().splitlines():
+            for line in _read_lines(self.jsonl_path):
                 record = _parse_row(line)
                 if record is None:
                     logger.warning(
@@ -109,7 +109,7 @@ class MetricsWriter:
                 self._add_scalars(record)
             self._tensorboard.flush()
         if self.csv_path.exists() and self._csv_fields is not None:
-            with self.csv_path.open(newline="") as stream:
+            with self.csv_path.open(newline="", encoding="utf-8", errors="replace") as stream:
                 rows = [
                     row
                     for row in csv.DictReader(stream)
@@ -129,7 +129,7 @@ class MetricsWriter:
 def _read_csv_header(path: Path) -> list[str] | None:
     if not path.exists():
         return None
-    with path.open(newline="") as stream:
+    with path.open(newline="", encoding="utf-8", errors="replace") as stream:
         header = next(csv.reader(stream), None)
     return header or None
 
@@ -143,7 +143,7 @@ def read_metrics(run_dir: str | Path, prefix: str | None = "train") -> list[dict
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in _read_lines(path):
         record = _parse_row(line)
         if record is not None and (prefix is None or record.get("kind", "train") == prefix):
             rows.append(record)
@@ -155,12 +155,18 @@ def unreadable_lines(run_dir: str | Path) -> list[int]:
     path = Path(run_dir) / JSONL_NAME
     if not path.exists():
         return []
-    lines = path.read_text().splitlines()
+    lines = _read_lines(path)
     return [
         number
         for number, line in enumerate(lines, start=1)
         if line.strip() and _parse_row(line) is None
     ]
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Return the lines of a JSONL file. Invalid UTF-8 bytes become U+FFFD, so the line that
+    contains them fails to parse instead of the whole file."""
+    return path.read_text(encoding="utf-8", errors="replace").splitlines()
 
 
 def _parse_row(line: str) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,11 +114,19 @@ PARTIAL_PREFIX = ".partial."
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Replace the file `path` by `data` in one rename, so readers see the old or the new file.
 
-    The temporary file is `.partial.<name>.<random>` in the same folder, created with the
-    permissions a new file gets under the umask, flushed to disk before the rename and removed
-    if anything fails. The folder must exist.
+    The temporary file is `.partial.<name>.<random>` in the same folder, flushed to disk before
+    the rename and removed if anything fails. It gets the permissions of the file it replaces,
+    or those of a new file under the umask. A symbolic link at `path` is kept, and the file it
+    points to is replaced. The folder must exist. A `kill -9` during the write can leave the
+    temporary file behind; no reader opens it, and it may be deleted.
     """
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = None
     while True:
         temporary = path.with_name(f"{PARTIAL_PREFIX}{path.name}.{secrets.token_hex(4)}")
         try:
@@ -126,6 +135,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         except FileExistsError:
             continue
     try:
+        if mode is not None:
+            os.chmod(temporary, mode)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()

@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -166,7 +165,8 @@ def check_env_data(folder: Path, env: DiffusionServiceEnv, write_missing: bool) 
 def check_outside_checkpoints(path: Path, label: str) -> None:
     """Raise ValueError if `path` is, or lies inside, the checkpoint folder of a training run,
     where orbax would read a numbered folder as a checkpoint step. `label` names the path."""
-    absolute = Path(os.path.abspath(path))
+    # resolve() follows symbolic links, so a link to a checkpoint folder is caught too.
+    absolute = path.resolve()
     for folder in (absolute, *absolute.parents):
         if folder.name == CHECKPOINT_DIR and (folder.parent / CONFIG_NAME).is_file():
             raise ValueError(

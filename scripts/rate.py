@@ -27,6 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from rlli_jax.cli import INTERRUPTED, exit_process
 from rlli_jax.config import check_seed
 from rlli_jax.env.prompts import load_prompt_bank
 from rlli_jax.qoe.collect import (
@@ -76,7 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--concurrency", type=int, default=4, help="openai: max requests in flight")
     parser.add_argument(
-        "--timeout", type=float, default=60.0, help="openai: per-request timeout in seconds"
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="openai: seconds to wait for the connection and for each read or write of a request",
     )
     parser.add_argument(
         "--max-retries",
@@ -214,13 +218,15 @@ def collect(args, ranges, rater, prompt_texts, settings) -> int:
                 collect_ratings(rater, requests, args.out, on_result=count_result)
     except KeyboardInterrupt:
         num_left = len(pending) - counts["ok"] - counts["failed"]
-        print(
-            f"interrupted: {counts['ok']} new ratings and {counts['failed']} new failures "
-            f"were stored in {args.out}; run the same command again to send the other "
-            f"{num_left} requests",
-            file=sys.stderr,
-        )
-        return 130
+        # The requests in flight may have been the last ones, and then the run is complete.
+        if num_left > 0:
+            print(
+                f"interrupted: {counts['ok']} new ratings and {counts['failed']} new failures "
+                f"were stored in {args.out}; run the same command again to send the other "
+                f"{num_left} requests",
+                file=sys.stderr,
+            )
+            return INTERRUPTED
 
     stored_failures = ""
     if num_stored_failures:
@@ -245,7 +251,13 @@ def collect(args, ranges, rater, prompt_texts, settings) -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        code = main()
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
+    except KeyboardInterrupt:
+        # Outside the sending loop (start-up, reading --out) nothing is half written: the
+        # settings file is replaced atomically.
+        print("interrupted: run the same command again to continue", file=sys.stderr)
+        code = INTERRUPTED
+    exit_process(code)

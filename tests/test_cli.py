@@ -310,7 +310,9 @@ def test_run_location_rules(tmp_path, capsys):
     assert "is, or lies inside, the checkpoint folder of the run" in capsys.readouterr().err
     assert not nested.exists()
     config = str(Path(__file__).resolve().parent.parent / "configs" / "sweep_cpu.yaml")
-    for checkpoints in (run_dir / "checkpoints", nested / ".."):
+    link = tmp_path / "link"
+    link.symlink_to(run_dir / "checkpoints")
+    for checkpoints in (run_dir / "checkpoints", nested / "..", link):
         assert train_script.main(tiny_args(32) + ["--out", str(checkpoints)]) == 1
         assert "is, or lies inside, the checkpoint folder" in capsys.readouterr().err
         assert sweep_script.main(["--config", config, "--out", str(checkpoints)]) == 1
@@ -414,10 +416,10 @@ def test_plot_checks_out_and_metric_names(tmp_path, capsys):
 
     assert plot_script.main([str(run_dir), "--out", str(run_dir / "curves.png")]) == 2
     assert "is a file of the run" in capsys.readouterr().err
-    with (run_dir / "metrics.jsonl").open("a") as stream:
-        stream.write("garbage\n")
+    with (run_dir / "metrics.jsonl").open("ab") as stream:
+        stream.write(b"garbage\n\xff\xfe\n")
     assert plot_script.main(argv) == 0
-    assert "skipped 1 unreadable lines of" in capsys.readouterr().err
+    assert "skipped 2 unreadable lines of" in capsys.readouterr().err
     (run_dir / "metrics.jsonl").write_text("")
     assert plot_script.main(argv) == 2
     assert "metrics.jsonl has no training rows yet" in capsys.readouterr().err

@@ -158,3 +158,16 @@ def test_atomic_write_gives_the_permissions_of_a_new_file(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o644
+
+
+def test_atomic_write_keeps_mode_and_link(tmp_path):
+    target = tmp_path / "real.yaml"
+    target.write_text("old")
+    target.chmod(0o600)
+    link = tmp_path / "config.yaml"
+    link.symlink_to(target)
+    write_text_atomic(link, "new")
+    assert link.is_symlink()
+    assert target.read_text() == "new"
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["config.yaml", "real.yaml"]

@@ -625,6 +625,28 @@ def test_settings_of_deleted_ratings_file_are_replaced(tmp_path, capsys):
     options = ["--backend", "simulator", "--num", "2", "--out", str(path), "--seed", "1"]
     assert rate_main(options) == 0
     assert json.loads(settings_path(path).read_text(encoding="utf-8"))["seed"] == 1
+    path.write_text("\n", encoding="utf-8")  # no valid record, as after emptying it by hand
+    assert rate_main([*options[:-1], "2"]) == 0
+    assert json.loads(settings_path(path).read_text(encoding="utf-8"))["seed"] == 2
+
+
+@dataclasses.dataclass(frozen=True)
+class LastRequestsInterruptedRater(FailingRater):
+    """A simulator-named rater interrupted just after it has rated every request."""
+
+    def rate(self, requests, on_result=None):
+        SimulatorRater(seed=self.seed).rate(requests, on_result=on_result)
+        raise KeyboardInterrupt
+
+
+def test_rate_script_interrupt_after_last_request_succeeds(tmp_path, capsys, monkeypatch):
+    rate_script = load_script("rate")
+    monkeypatch.setattr(rate_script, "build_rater", lambda args: LastRequestsInterruptedRater())
+    path = tmp_path / "ratings.jsonl"
+    assert rate_script.main(["--backend", "simulator", "--num", "3", "--out", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "3 new ratings" in captured.out
+    assert "interrupted" not in captured.err
 
 
 @pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs /dev/null")

@@ -324,7 +324,7 @@ def test_timeout_then_failure(server):
     (result,) = rater.rate([make_request("slow")])
     assert time.monotonic() - started < 1.5
     assert not result.ok
-    assert result.error.startswith("timed out after 0.2 s")
+    assert result.error.startswith("timed out: no progress for 0.2 s")
     assert result.error.endswith("after 2 attempts")
     assert result.raw_text is None
 

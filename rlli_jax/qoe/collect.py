@@ -340,8 +340,8 @@ def prepare_ratings_file(out_path: str | Path, settings: Mapping[str, Any]) -> d
     without a settings file (one written before they existed) is checked against its records.
     Then it writes the settings file if there is none, and returns `read_request_statuses`.
 
-    A settings file whose ratings file is missing or empty is replaced, because no record
-    depends on it.
+    A settings file whose ratings file is missing or holds no valid record is replaced, because
+    no record depends on it.
 
     Raises:
         ValueError: `out_path` is a directory, a .gz path or cannot be written, the settings file
@@ -353,14 +353,14 @@ def prepare_ratings_file(out_path: str | Path, settings: Mapping[str, Any]) -> d
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with open(out_path, "a", encoding="utf-8"):
             pass
-        has_records = out_path.stat().st_size > 0
-        if stored_path.exists() and has_records:
+        statuses = read_request_statuses(out_path)
+        if stored_path.exists() and statuses:
             _compare_settings(out_path, _read_settings(stored_path), settings)
         else:
-            if has_records:
+            if statuses:
                 _check_records_match(out_path, settings)
             write_json_atomic(stored_path, settings, sort_keys=True)
-        return read_request_statuses(out_path)
+        return statuses
     except OSError as error:
         raise _unwritable(out_path, error) from None
 

@@ -105,6 +105,8 @@ class OpenAIRater:
     base_url: str
     model: str
     api_key_env: str = "OPENAI_API_KEY"
+    # Seconds to wait for the connection and for each read or write (httpx's timeout), so a
+    # reply that keeps sending slowly can take longer in total.
     timeout_s: float = 60.0
     max_retries: int = 4
     backoff_base_s: float = 1.0
@@ -193,7 +195,7 @@ class OpenAIRater:
             response = client.post(self.endpoint, json=self._payload(request))
         except httpx.TimeoutException as error:
             raise _RetryableError(
-                f"timed out after {self.timeout_s} s ({error!r})", None
+                f"timed out: no progress for {self.timeout_s} s ({error!r})", None
             ) from error
         except httpx.TransportError as error:
             raise _RetryableError(f"connection failed ({error!r})", None) from error
@@ -277,9 +279,10 @@ class OpenAIRater:
         """Rate every request with at most `concurrency` in flight; results in request order.
 
         On a KeyboardInterrupt (Ctrl-C), no request starts or is retried any more. The requests
-        in flight finish their current attempt (at most `timeout_s`), their results go to
-        `on_result`, and the interruption is raised again. A second interruption drops them.
-        If `on_result` raises, the requests in flight are dropped at once.
+        in flight finish their current attempt, their results go to `on_result`, and the
+        interruption is raised again. A request waiting to retry is dropped (no result), and
+        so are the requests in flight on a second interruption. If `on_result` raises, the
+        requests in flight are dropped at once.
         """
         results: list[RatingResult | None] = [None] * len(requests)
         stop = threading.Event()
@@ -351,10 +354,9 @@ class OpenAIRater:
         in_flight = sum(worker.is_alive() for worker in workers)
         if in_flight:
             logger.warning(
-                "interrupted: waiting for %d requests in flight to finish (at most %g s); "
+                "interrupted: waiting for %d requests in flight to finish their current attempt; "
                 "interrupt again to drop them, and the next run sends them again",
                 in_flight,
-                self.timeout_s,
             )
         while any(worker.is_alive() for worker in workers) or not finished.empty():
             try:
