@@ -56,6 +56,7 @@ from rlli_jax.runner import (
     RunDirectoryLock,
     check_env_data,
     check_outside_checkpoints,
+    check_outside_sweeps,
     eval_key,
     save_env_data_digest,
     train_key,
@@ -257,8 +258,11 @@ def _run_sweep(
 
 
 def _check_sweep_location(out_dir: Path) -> None:
-    """Raise ValueError if `out_dir` contains a training run or lies inside a run's checkpoints."""
+    """Raise ValueError if `out_dir` contains a training run, lies inside a run's checkpoints,
+    or would start a new sweep inside another sweep's folder."""
     check_outside_checkpoints(out_dir, "sweep directory")
+    if not (out_dir / SWEEP_CONFIG_NAME).exists():  # a new sweep
+        check_outside_sweeps(out_dir, "sweep directory")
     if (out_dir / CONFIG_NAME).exists():
         raise ValueError(
             f"{str(out_dir)!r} contains a training run ({CONFIG_NAME}), not a sweep; choose a "

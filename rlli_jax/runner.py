@@ -175,6 +175,17 @@ def check_outside_checkpoints(path: Path, label: str) -> None:
             )
 
 
+def check_outside_sweeps(path: Path, label: str) -> None:
+    """Raise ValueError if `path` lies inside the folder of a sweep, whose groups and member
+    folders the sweep writes. `label` names the path."""
+    for folder in path.resolve().parents:
+        if (folder / SWEEP_CONFIG_NAME).is_file():
+            raise ValueError(
+                f"{label} {str(path)!r} is invalid: it lies inside the sweep in "
+                f"{str(folder)!r}; choose a folder outside that sweep"
+            )
+
+
 def check_not_a_run_file(out: Path, run_dir: Path, example: str, option: str = "--out") -> None:
     """Raise ValueError if the output file `out` would replace a file that the training run in
     `run_dir` reads or writes. `example` names a free file in the run directory for the hint."""
@@ -463,6 +474,8 @@ def run_training(
     """
     run_dir = Path(run_dir)
     check_run_location(run_dir)
+    if not (run_dir / CONFIG_NAME).exists():  # a new run, not one started before this check
+        check_outside_sweeps(run_dir, "run directory")
     # One process owns the run directory while it trains, so a second run started on the same
     # --out is rejected instead of mixing its metrics and checkpoints into the first one's.
     lock = RunDirectoryLock(run_dir) if jax.process_count() == 1 else None

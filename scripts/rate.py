@@ -14,8 +14,8 @@ A Ctrl-C stops sending: the requests in flight finish their current attempt and 
 and a second Ctrl-C drops them (the next run sends them again). Only one run at a time may
 append to --out.
 
-Exit status: 0 on success, 1 when requests were sent and none of them got a rating, 2 on
-invalid arguments, 130 when interrupted.
+Exit status: 0 on success, 1 when requests were sent and none of them got a rating or --out
+could not be written, 2 on invalid arguments, 130 when interrupted.
 """
 
 import argparse
@@ -227,6 +227,14 @@ def collect(args, ranges, rater, prompt_texts, settings) -> int:
                 file=sys.stderr,
             )
             return INTERRUPTED
+    except OSError as error:
+        print(
+            f"error: could not append to {args.out}: {error.strerror or error}; the "
+            f"{counts['ok'] + counts['failed']} records this run stored before it are kept. "
+            "Fix the cause (free disk space, for example) and run the same command again.",
+            file=sys.stderr,
+        )
+        return 1
 
     stored_failures = ""
     if num_stored_failures:

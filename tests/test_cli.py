@@ -319,6 +319,13 @@ def test_run_location_rules(tmp_path, capsys):
         assert "is, or lies inside, the checkpoint folder" in capsys.readouterr().err
     assert list((run_dir / "checkpoints").iterdir()) == []
 
+    inside_sweep = sweep_dir / "members" / "extra"
+    assert train_script.main(tiny_args(32) + ["--out", str(inside_sweep)]) == 1
+    assert "lies inside the sweep in" in capsys.readouterr().err
+    assert sweep_script.main(["--config", config, "--out", str(inside_sweep)]) == 1
+    assert "lies inside the sweep in" in capsys.readouterr().err
+    assert not (sweep_dir / "members").exists()
+
     # A start that fails after taking the lock leaves none of the folders it created.
     lock = RunDirectoryLock(tmp_path / "a" / "b" / "c")
     assert (tmp_path / "a" / "b" / "c" / ".lock").is_file()

@@ -673,3 +673,17 @@ def test_rate_script_errors_name_options(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
         rate_main([*openai, "--num", "2", "--out", str(tmp_path / "a.jsonl"), *options])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rate_script_reports_full_disk(tmp_path, capsys, monkeypatch):
+    rate_script = load_script("rate")
+
+    def fail_to_append(rater, requests, out_path, on_result=None):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rate_script, "collect_ratings", fail_to_append)
+    path = tmp_path / "ratings.jsonl"
+    assert rate_script.main(["--backend", "simulator", "--num", "2", "--out", str(path)]) == 1
+    error = capsys.readouterr().err
+    assert f"could not append to {path}: No space left on device" in error
+    assert "run the same command again" in error
