@@ -177,9 +177,13 @@ def check_outside_checkpoints(path: Path, label: str) -> None:
 
 def check_outside_sweeps(path: Path, label: str) -> None:
     """Raise ValueError if `path` lies inside the folder of a sweep, whose groups and member
-    folders the sweep writes. `label` names the path."""
+    folders the sweep writes. `label` names the path.
+
+    A sweep folder holds both the saved sweep file and the groups folder. A sweep file alone
+    is not enough, because users may keep their own sweep file under the same name.
+    """
     for folder in path.resolve().parents:
-        if (folder / SWEEP_CONFIG_NAME).is_file():
+        if (folder / SWEEP_CONFIG_NAME).is_file() and (folder / SWEEP_GROUPS_DIR).is_dir():
             raise ValueError(
                 f"{label} {str(path)!r} is invalid: it lies inside the sweep in "
                 f"{str(folder)!r}; choose a folder outside that sweep"

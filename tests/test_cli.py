@@ -325,6 +325,9 @@ def test_run_location_rules(tmp_path, capsys):
     assert sweep_script.main(["--config", config, "--out", str(inside_sweep)]) == 1
     assert "lies inside the sweep in" in capsys.readouterr().err
     assert not (sweep_dir / "members").exists()
+    # A sweep file of the user's own next to the output is not a sweep folder.
+    (tmp_path / "sweep.yaml").write_text("base: x\n")
+    assert train_script.main(tiny_args(32) + ["--out", str(tmp_path / "beside")]) == 0
 
     # A start that fails after taking the lock leaves none of the folders it created.
     lock = RunDirectoryLock(tmp_path / "a" / "b" / "c")

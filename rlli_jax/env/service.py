@@ -23,9 +23,9 @@ Observation layout (float32, `ObservationLayout` holds the slices):
 `info` (scalars, means over users or groups of the slot):
     qoe, quality, latency_s, compute_latency_s, transmit_latency_s, total_steps,
     energy_j (total energy charged this slot), gpu_energy_j, transmit_energy_j,
-    shared_steps (mean S_g over groups), num_groups, over_budget (1 when the budget was spent
-    before this slot), num_invalid_actions (action entries that were NaN or outside [-1, 1]
-    and were sanitised).
+    shared_steps (mean S_g over groups, groups of one user included), num_groups,
+    over_budget (1 when the budget was spent before this slot), num_invalid_actions (action
+    entries that were NaN or outside [-1, 1] and were sanitised).
 """
 
 import dataclasses
