@@ -55,7 +55,7 @@ def check_out_path(value: str, ratings: Path, overwrite: bool) -> Path:
         raise ValueError(
             f"--out {out} contains the --ratings file {ratings}; choose another output directory"
         )
-    if out.exists() and not overwrite:
+    if out.is_dir() and not overwrite:
         raise ValueError(f"--out {out} already exists; pass --overwrite to replace it")
     try:
         check_checkpoint_destination(out, overwrite)

@@ -375,6 +375,10 @@ def test_distill_script_protects_out(tmp_path):
             distill_main([*options, "--out", str(out)])
     with pytest.raises(ValueError, match="neither empty nor a reward-net checkpoint"):
         distill_main([*options, "--out", str(folder / "sub")])
+    (folder / "file").write_text("keep me too", encoding="utf-8")
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(ValueError, match="exists and is not a directory"):
+            distill_main([*options[:-1], *extra, "--out", str(folder / "file")])
     assert ratings.read_text(encoding="utf-8") == "{}\n"
     assert (folder / "sub" / "notes.txt").read_text(encoding="utf-8") == "keep me"
 

@@ -199,13 +199,14 @@ def check_checkpoint_destination(path: str | Path, overwrite: bool) -> None:
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         return
+    if path.is_symlink() or not path.is_dir():
+        # Checked first, because overwrite=True would not help here.
+        raise ValueError(
+            f"cannot write a checkpoint to {path}: it exists and is not a directory, so it is "
+            "not a reward-net checkpoint; choose another output path"
+        )
     if not overwrite:
         raise ValueError(f"checkpoint directory already exists: {path}; pass overwrite=True")
-    if path.is_symlink() or not path.is_dir():
-        raise ValueError(
-            f"cannot overwrite {path}: it is not a directory, so it is not a reward-net "
-            "checkpoint; choose another output path"
-        )
     entries = sorted(entry.name for entry in path.iterdir())
     if not entries:
         return
