@@ -609,7 +609,7 @@ def _unknown_message(what: str, name: str, known: Iterable[str]) -> str:
 
 
 def _normalize(value: Any) -> Any:
-    """Make YAML values hashable (lists become tuples) and read finite numeric strings as floats.
+    """Make YAML values hashable (lists become tuples) and read numeric strings as numbers.
 
     PyYAML reads 1e-4 (no dot) as a string. A string such as "nan" or "inf" stays as written,
     so that the config's check names it in the text of the sweep file. `plan_sweep` converts
@@ -618,6 +618,10 @@ def _normalize(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_normalize(item) for item in value)
     if isinstance(value, str):
+        try:
+            return int(value)  # "8" stays an integer in messages before the typed values
+        except ValueError:
+            pass
         try:
             number = float(value)
         except ValueError:
