@@ -276,7 +276,7 @@ def test_overwrite_rejects_other_folder(tmp_path):
 
     plain_file = tmp_path / "file.txt"
     plain_file.write_text("keep me", encoding="utf-8")
-    with pytest.raises(ValueError, match="it is not a directory"):
+    with pytest.raises(ValueError, match="it exists and is not a directory"):
         save_reward_net(plain_file, model, params, overwrite=True)
     assert plain_file.read_text(encoding="utf-8") == "keep me"
 
