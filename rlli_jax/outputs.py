@@ -162,7 +162,7 @@ def _json_scalar(value: Any) -> Any:
 def write_json_atomic(path: str | os.PathLike, document: Any, **dumps_options: Any) -> None:
     """Write `document` as JSON with a final newline through `write_text_atomic`.
 
-    `dumps_options` go to `json.dumps`; by default `indent=2`, and 0-d NumPy or JAX values
+    `dumps_options` go to `json.dumps`. By default `indent=2`, and 0-d NumPy or JAX values
     are written as numbers.
     """
     dumps_options.setdefault("indent", 2)
@@ -171,7 +171,7 @@ def write_json_atomic(path: str | os.PathLike, document: Any, **dumps_options: A
 
 
 def save_figure_atomic(figure, path: str | os.PathLike, **savefig_options: Any) -> None:
-    """Save a matplotlib figure through `write_bytes_atomic`; the format follows the suffix."""
+    """Save a matplotlib figure through `write_bytes_atomic`, in the format its suffix names."""
     path = Path(path)
     buffer = io.BytesIO()
     figure.savefig(buffer, format=path.suffix.lstrip(".").lower() or None, **savefig_options)

@@ -473,7 +473,7 @@ def _initial_population(
     target = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=placement), abstract
     )
-    # A checkpoint written on another device count has another padded size; it is padded
+    # A checkpoint written on another device count has another padded size, so it is padded
     # again for this mesh.
     restored = checkpointer.restore_latest(target, population_size=population.size)
     if restored is not None:

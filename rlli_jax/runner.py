@@ -179,7 +179,7 @@ def check_outside_sweeps(path: Path, label: str) -> None:
     """Raise ValueError if `path` lies inside the folder of a sweep, whose groups and member
     folders the sweep writes. `label` names the path.
 
-    A sweep folder holds both the saved sweep file and the groups folder. A sweep file alone
+    A sweep folder contains both the saved sweep file and the groups folder. A sweep file alone
     is not enough, because users may keep their own sweep file under the same name.
     """
     for folder in path.resolve().parents:

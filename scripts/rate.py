@@ -194,7 +194,7 @@ def main(argv=None) -> int:
 
 
 def collect(args, ranges, rater, prompt_texts, settings) -> int:
-    """Send the requests of the run that --out does not hold yet, and print the counts."""
+    """Send the requests of the run that --out does not contain yet, and print the counts."""
     statuses = prepare_ratings_file(args.out, settings)
     run_statuses = [statuses.get(request_id(args.seed, index)) for index in range(args.num)]
     skipped_statuses = ("ok",) if args.retry_failed else ("ok", "failed")

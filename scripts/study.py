@@ -14,7 +14,7 @@ checks that each existing file was written with the same config, budget, seeds a
 overrides, and stops with an error naming the file if not. After the runs the script writes
 OUT/summary.json, OUT/summary.csv, OUT/gain.json, OUT/tables.md and the plots OUT/curves_GROUP.png,
 OUT/bars_qoe.png and OUT/energy_qoe.png from every entry file present. While a study runs it
-holds a lock on OUT/.lock (POSIX systems), so a second study on the same --out stops at once.
+takes a lock on OUT/.lock (POSIX systems), so a second study on the same --out stops at once.
 """
 
 import argparse

@@ -110,7 +110,7 @@ def test_broken_symlink_is_rejected(scratch, check):
         check("dangling")
 
 
-def test_atomic_write_replaces_the_file_and_leaves_no_partial_file(tmp_path):
+def test_atomic_write_replaces_file(tmp_path):
     path = tmp_path / "summary.json"
     path.write_text("old")
     write_text_atomic(path, "new\n")
@@ -120,7 +120,7 @@ def test_atomic_write_replaces_the_file_and_leaves_no_partial_file(tmp_path):
     assert sorted(item.name for item in tmp_path.iterdir()) == ["summary.json"]
 
 
-def test_failed_atomic_write_keeps_the_old_file(tmp_path):
+def test_failed_atomic_write_keeps_old_file(tmp_path):
     path = tmp_path / "summary.json"
     path.write_text("old")
     with pytest.raises(TypeError, match="cannot write object to JSON"):
@@ -131,7 +131,7 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path):
     assert sorted(item.name for item in tmp_path.iterdir()) == ["summary.json"]
 
 
-def test_atomic_write_into_a_folder_path_fails_without_partial_files(tmp_path):
+def test_atomic_write_into_folder_fails(tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(OSError):
         write_text_atomic(tmp_path / "taken", "x")
@@ -151,7 +151,7 @@ def test_saved_figure_follows_the_suffix(tmp_path):
     assert len(list(tmp_path.iterdir())) == 2
 
 
-def test_atomic_write_gives_the_permissions_of_a_new_file(tmp_path):
+def test_atomic_write_new_file_mode(tmp_path):
     umask = os.umask(0o022)
     try:
         write_text_atomic(tmp_path / "config.yaml", "a: 1\n")

@@ -563,7 +563,7 @@ def test_summary_of_simulated_ratings(tmp_path):
     assert summary["spearman_simulator"] > 0.8
 
 
-def test_rate_script_resends_line_with_invalid_utf8(tmp_path, capsys):
+def test_rate_script_resends_invalid_utf8(tmp_path, capsys):
     rate_main = load_script("rate").main
     path = tmp_path / "ratings.jsonl"
     options = ["--backend", "simulator", "--num", "3", "--out", str(path)]
@@ -617,7 +617,7 @@ def test_rate_script_rejects_file_in_use(tmp_path):
     assert rate_main(["--backend", "simulator", "--num", "2", "--out", str(path)]) == 0
 
 
-def test_settings_of_deleted_ratings_file_are_replaced(tmp_path, capsys):
+def test_stale_settings_are_replaced(tmp_path, capsys):
     rate_main = load_script("rate").main
     path = tmp_path / "ratings.jsonl"
     assert rate_main(["--backend", "simulator", "--num", "2", "--out", str(path)]) == 0
@@ -639,7 +639,7 @@ class LastRequestsInterruptedRater(FailingRater):
         raise KeyboardInterrupt
 
 
-def test_rate_script_interrupt_after_last_request_succeeds(tmp_path, capsys, monkeypatch):
+def test_rate_interrupt_after_last_request(tmp_path, capsys, monkeypatch):
     rate_script = load_script("rate")
     monkeypatch.setattr(rate_script, "build_rater", lambda args: LastRequestsInterruptedRater())
     path = tmp_path / "ratings.jsonl"

@@ -233,7 +233,7 @@ def test_quoted_numbers_take_field_types(base_path):
     assert dict(plan.members[0].values)["hyper.actor_lr"] == pytest.approx(1e-4)
 
 
-def test_member_error_shows_quoted_integer_as_integer(base_path):
+def test_member_error_keeps_quoted_integer(base_path):
     sweep = sweep_from(base_path, grid={"env.horizon": ["4"], "hyper.actor_lr": [-1.0]})
     with pytest.raises(ValueError, match=r"env\.horizon=4, hyper\.actor_lr=-1\.0\)"):
         plan_sweep(sweep)

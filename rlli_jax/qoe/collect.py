@@ -340,7 +340,7 @@ def prepare_ratings_file(out_path: str | Path, settings: Mapping[str, Any]) -> d
     without a settings file (one written before they existed) is checked against its records.
     Then it writes the settings file if there is none, and returns `read_request_statuses`.
 
-    A settings file whose ratings file is missing or holds no valid record is replaced, because
+    A settings file whose ratings file is missing or contains no valid record is replaced, because
     no record depends on it.
 
     Raises:

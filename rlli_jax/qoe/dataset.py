@@ -215,7 +215,7 @@ def parse_record_line(line: str) -> dict:
     """Parse one line of a ratings file read through `open_text`, and validate the record.
 
     Raises:
-        ValueError: the line is not valid UTF-8, not JSON, or not a valid record; the message
+        ValueError: the line is not valid UTF-8, not JSON, or not a valid record. The message
             is the reason.
     """
     try:

@@ -213,7 +213,7 @@ class OpenAIRater:
     def _rate_one(
         self, client: httpx.Client, request: RatingRequest, stop: threading.Event
     ) -> RatingResult | None:
-        """Send `request` with retries; return None if `stop` is set before a final outcome."""
+        """Send `request` with retries, and return None if `stop` is set before a final outcome."""
         rng = random.Random(request.request_id)
         for attempt in range(self.max_retries + 1):
             try:
