@@ -621,6 +621,9 @@ def _time_chunks(
     compile_s = time.perf_counter() - start
     for _ in range(max(warmup, 1)):  # at least one, which also warms up the compiled call
         state, _ = compiled(state, hyper)
+    # Dispatch is asynchronous, so without this wait the first timed chunk would also carry
+    # the warm-up chunks still running.
+    jax.block_until_ready(state)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

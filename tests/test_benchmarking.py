@@ -342,3 +342,53 @@ def test_script_rejects_out_under_a_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         benchmark_script.main(["--suite", "env", "--out", str(tmp_path / "file" / "bench")])
     assert "file is a file, not a folder" in capsys.readouterr().err
+
+
+class QueuedDevice:
+    """Stand-in for asynchronous dispatch. A call only queues a chunk, and blocking on any
+    result runs every queued chunk and records how many that wait ran."""
+
+    def __init__(self):
+        self.queued = 0
+        self.chunks_per_wait = []
+
+    def wait(self):
+        self.chunks_per_wait.append(self.queued)
+        self.queued = 0
+
+
+class QueuedResult:
+    def __init__(self, device):
+        self.device = device
+
+    def block_until_ready(self):
+        self.device.wait()
+        return self
+
+
+class QueuedChunk:
+    """A jitted training chunk whose compiled call queues one chunk on a `QueuedDevice`."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def lower(self, state, hyper):
+        return self
+
+    def compile(self):
+        return self
+
+    def __call__(self, state, hyper):
+        self.device.queued += 1
+        return QueuedResult(self.device), QueuedResult(self.device)
+
+
+def test_timed_chunks_exclude_warmup():
+    # Each timed wait must run its own chunk only. Warm-up chunks left running once doubled
+    # the first timing of the train and sweep suites.
+    device = QueuedDevice()
+    _, times = benchmarking._time_chunks(
+        QueuedChunk(device), QueuedResult(device), None, repeats=3, warmup=2
+    )
+    assert len(times) == 3
+    assert device.chunks_per_wait[-3:] == [1, 1, 1]
