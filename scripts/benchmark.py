@@ -95,6 +95,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parser.error(
                 f"{option_name(flag)} = {values} is invalid: every value must be in [1, {MAX_SIZE}]"
             )
+        # A repeated size would add a second row to the tables but overwrite its ratio.
+        if len(set(values)) < len(values):
+            parser.error(
+                f"{option_name(flag)} = {values} is invalid: a value is repeated, give each once"
+            )
     if args.profile_envs is None:
         args.profile_envs = DEFAULT_PROFILE_ENVS if "act" in args.suite else 0
     elif not 0 <= args.profile_envs <= MAX_SIZE:

@@ -187,6 +187,9 @@ def test_update_suite_records_batch_size():
         (["--num-envs", str(2**31)], "--num-envs"),
         (["--profile-envs", str(2**40)], "--profile-envs"),
         (["--repeats", str(2**31)], "--repeats"),
+        (["--num-envs", "64", "1", "64"], "a value is repeated"),
+        (["--train-envs", "8", "8"], "a value is repeated"),
+        (["--sweep-members", "1", "1"], "a value is repeated"),
     ],
 )
 def test_script_rejects_invalid_sizes(argv, message, capsys):
