@@ -21,9 +21,17 @@
 # flax, optax, chex and orbax-checkpoint are downloaded too, although such images often have
 # them, so that the GPU run uses the versions the CPU record was measured with.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-python="${PYTHON:-python3}"
+# A relative DEST, or a relative path in $PYTHON, is resolved against the caller's current
+# directory. The default DEST is in the repository root, where the script runs.
 dest="${1:-.whl}"
+if [[ -n "${1:-}" && "$dest" != /* ]]; then
+    dest="$PWD/$dest"
+fi
+python="${PYTHON:-python3}"
+if [[ "$python" == */* && "$python" != /* ]]; then
+    python="$PWD/$python"
+fi
+cd "$(dirname "$0")/.."
 python_version="${2:-3.12}"
 if ! [[ "$python_version" =~ ^3\.[0-9]+$ ]]; then
     echo "PYTHON_VERSION = '$python_version' is invalid: expected major.minor, such as 3.12" >&2

@@ -10,14 +10,25 @@
 # current data-centre GPU (NOTE: an estimate, not yet measured). The NumPy reference runs on
 # the host CPU in the same run, so the report's ratios compare the GPU with that CPU.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-python="${PYTHON:-python3}"
+# A relative OUT_DIR, or a relative path in $PYTHON, is resolved against the caller's current
+# directory. The default OUT_DIR is in the repository root, where the script runs.
 out="${1:-runs/gpu_benchmark}"
+if [[ -n "${1:-}" && "$out" != /* ]]; then
+    out="$PWD/$out"
+fi
+python="${PYTHON:-python3}"
+if [[ "$python" == */* && "$python" != /* ]]; then
+    python="$PWD/$python"
+fi
+cd "$(dirname "$0")/.."
 
 "$python" - <<'PY'
 import sys
 
-import jax
+try:
+    import jax
+except ModuleNotFoundError:
+    sys.exit(f"jax is not installed in {sys.executable}: install jax with CUDA, or set PYTHON")
 
 if jax.default_backend() != "gpu":
     sys.exit(f"jax backend is {jax.default_backend()!r}, not 'gpu': install jax with CUDA first")
