@@ -5,7 +5,8 @@
 Each case compiles once (compile time reported apart), runs one warm-up call, then is timed
 over --repeats calls synchronised with block_until_ready; the table shows the median with min
 and max. With the act suite, the MLP actor and the diffusion actor at T = 5 are also traced with
-jax.profiler (traces under OUT/profile) and their time is split by part of the actor.
+jax.profiler (traces under OUT/profile) and their time is split by part of the actor. The
+outputs are rewritten after each suite, so a run stopped later keeps the suites it finished.
 """
 
 import argparse
@@ -253,6 +254,10 @@ def markdown_report(document: dict) -> str:
         f"jax {machine['jax_version']}, Python {machine['python']}, {document['time_utc']}.",
         "",
     ]
+    requested = document.get("suites_requested", [])
+    done = document.get("suites_done", requested)
+    if done != requested:
+        lines += [f"Incomplete run: suites done {done} of {requested}.", ""]
 
     header = ["case", "num_envs", "median /s", "min /s", "max /s", "compile s"]
     for suite in SUITES:
@@ -362,6 +367,9 @@ def main(argv: list[str]) -> int:
     info = benchmarking.machine_info()
     print(f"machine: {info}")
     measurements = []
+    suites_done = []
+    act_costs, act_profiles, profile_error = [], [], None
+    parts = {}
 
     def add(suite_measurements: list) -> None:
         # Print each suite's rows when it ends, so a long run shows its progress and a run
@@ -370,6 +378,31 @@ def main(argv: list[str]) -> int:
         print_table([m.as_dict() for m in suite_measurements])
         sys.stdout.flush()
 
+    def save(suite: str) -> dict:
+        # Rewrite the outputs after each suite, so a run stopped later (Ctrl-C, a time limit)
+        # keeps the suites it finished in benchmark.json too.
+        suites_done.append(suite)
+        records = [m.as_dict() for m in measurements]
+        ratios = speed_ratios(records)
+        ratios.update(glue_ratios(records, parts))
+        document = {
+            "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
+            "time_utc": datetime.now(timezone.utc).isoformat(),
+            "machine": info,
+            "suites_requested": [name for name in SUITES if name in args.suite],
+            "suites_done": list(suites_done),
+            "records": records,
+            "ratios": ratios,
+            "train_parts_s": {str(n): p for n, p in parts.items()},
+            "act_cost_analysis": act_costs,
+            "act_profile_envs": args.profile_envs,
+            "act_profile": act_profiles,
+            "act_profile_error": profile_error,
+        }
+        write_outputs(args.out, document)
+        return document
+
+    document = None
     if "env" in args.suite:
         add(
             benchmarking.benchmark_env(
@@ -381,16 +414,13 @@ def main(argv: list[str]) -> int:
                 )
             ]
         )
+        document = save("env")
     if "act" in args.suite:
         add(
             benchmarking.benchmark_act(
                 args.num_envs, num_calls=args.num_steps, repeats=args.repeats
             )
         )
-    if "update" in args.suite:
-        add(benchmarking.benchmark_update(num_updates=args.num_steps, repeats=args.repeats))
-    act_costs, act_profiles, profile_error = [], [], None
-    if "act" in args.suite:
         act_costs = benchmarking.act_cost_analysis()
         if args.profile_envs:
             # A profiler that fails (no CUPTI on a GPU host, a trace format jax cannot read)
@@ -407,40 +437,29 @@ def main(argv: list[str]) -> int:
                 print(
                     f"act profile failed, continuing without it: {profile_error}", file=sys.stderr
                 )
-    parts = {}
+        document = save("act")
+    if "update" in args.suite:
+        add(benchmarking.benchmark_update(num_updates=args.num_steps, repeats=args.repeats))
+        document = save("update")
     if "train" in args.suite:
         add(benchmarking.benchmark_train(args.train_envs, repeats=args.repeats))
         for num_envs in args.train_envs:
             parts[num_envs] = benchmarking.benchmark_train_parts(num_envs, repeats=args.repeats)
+        document = save("train")
     if "sweep" in args.suite:
         add(
             benchmarking.benchmark_sweep(
                 args.sweep_members, num_envs=args.sweep_envs, repeats=args.repeats
             )
         )
-    records = [m.as_dict() for m in measurements]
-    ratios = speed_ratios(records)
-    ratios.update(glue_ratios(records, parts))
-    for name, value in ratios.items():
+        document = save("sweep")
+
+    for name, value in document["ratios"].items():
         print(f"{name}: {value:.1f}x")
     if act_costs:
         print_act_costs(act_costs)
     if act_profiles:
         print_act_profile(act_profiles)
-
-    document = {
-        "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
-        "time_utc": datetime.now(timezone.utc).isoformat(),
-        "machine": info,
-        "records": records,
-        "ratios": ratios,
-        "train_parts_s": {str(n): p for n, p in parts.items()},
-        "act_cost_analysis": act_costs,
-        "act_profile_envs": args.profile_envs,
-        "act_profile": act_profiles,
-        "act_profile_error": profile_error,
-    }
-    write_outputs(args.out, document)
     print(f"wrote benchmark.json, benchmark.md and benchmark.png to {args.out}")
     return 0
 

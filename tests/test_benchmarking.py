@@ -230,6 +230,26 @@ def test_script_prints_each_suite_at_once(tmp_path, monkeypatch, capsys):
     assert "DiffusionService-v0 N=8 random policy" in out
 
 
+def test_stopped_run_keeps_finished_suites(tmp_path, monkeypatch):
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmarking, "benchmark_update", stop)
+    out = tmp_path / "bench"
+    argv = ["--suite", "update", "--suite", "env", "--num-envs", "2", "--numpy-envs", "1"]
+    argv += ["--num-steps", "1", "--repeats", "1", "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        benchmark_script.main(argv)
+    record = json.loads((out / "benchmark.json").read_text())
+    assert record["suites_requested"] == ["env", "update"]
+    assert record["suites_done"] == ["env"]
+    assert {entry["suite"] for entry in record["records"]} == {"env"}
+    assert "jax_env_2_over_numpy" in record["ratios"]
+    report = (out / "benchmark.md").read_text()
+    assert "Incomplete run: suites done ['env'] of ['env', 'update']." in report
+    assert (out / "benchmark.png").stat().st_size > 0
+
+
 def test_script_prints_each_part_of_a_profile(capsys):
     profile = {
         "case": "diffusion actor T=5",
