@@ -2,16 +2,18 @@
 
     python scripts/benchmark.py --suite env --out runs/benchmark
 
-Each case compiles once (compile time reported apart), runs one warm-up call, then is timed
-over --repeats calls synchronised with block_until_ready; the table shows the median with min
+Each case compiles once (compile time reported apart), runs one warm-up call (the train and
+sweep suites: the chunks before gradient steps start, at least one), then is timed over
+--repeats calls synchronised with block_until_ready; the table shows the median with min
 and max. With the act suite, the MLP actor and the diffusion actor at T = 5 are also traced with
 jax.profiler (traces under OUT/profile) and their time is split by part of the actor. The
 outputs are rewritten after each suite, so a run stopped later keeps the suites it finished.
 """
 
 import argparse
+import io
 import json
-import os
+import math
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -138,19 +140,32 @@ def check_benchmark_folder(parser: argparse.ArgumentParser, value: str) -> Path:
 
 
 def write_outputs(out: Path, document: dict) -> None:
-    """Write benchmark.json, benchmark.md and benchmark.png to temporary names first, then
-    rename them over the older files, so a failed write leaves the old set whole."""
+    """Render benchmark.json, benchmark.md and benchmark.png, then replace each file atomically.
+
+    All three are rendered before the first is written, so a failed rendering leaves the older
+    set whole. A kill between the three renames can still leave a mix of old and new files.
+    """
+    from rlli_jax.outputs import write_bytes_atomic, write_text_atomic
+
     out.mkdir(parents=True, exist_ok=True)
-    temporary = {name: out / f".partial.{name}" for name in OUTPUT_FILES}
-    try:
-        temporary["benchmark.json"].write_text(json.dumps(document, indent=2))
-        temporary["benchmark.md"].write_text(markdown_report(document))
-        plot(document["records"], temporary["benchmark.png"])
-        for name, path in temporary.items():
-            os.replace(path, out / name)
-    finally:
-        for path in temporary.values():
-            path.unlink(missing_ok=True)
+    json_text = json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n"
+    markdown = markdown_report(document)
+    image = io.BytesIO()
+    plot(document["records"], image)
+    write_text_atomic(out / "benchmark.json", json_text)
+    write_text_atomic(out / "benchmark.md", markdown)
+    write_bytes_atomic(out / "benchmark.png", image.getvalue())
+
+
+def json_safe(value):
+    """Return `value` with every NaN or infinity replaced by None, which JSON can store."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def print_table(records: list[dict]) -> None:
@@ -324,7 +339,8 @@ def markdown_report(document: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(records: list[dict], path: Path) -> None:
+def plot(records: list[dict], file) -> None:
+    """Draw throughput against num_envs (log-log) as a PNG into `file`, a path or binary stream."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -345,12 +361,13 @@ def plot(records: list[dict], path: Path) -> None:
         )
     axis.set_xscale("log")
     axis.set_yscale("log")
-    axis.set_xlabel("num_envs")
+    axis.set_xlabel("num_envs (batch size in the update suite)")
     axis.set_ylabel("items per second (median, min-max bars)")
-    axis.legend(fontsize=7)
+    if records:
+        axis.legend(fontsize=7)
     axis.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(file, format="png", dpi=120)
     plt.close(figure)
 
 

@@ -321,6 +321,33 @@ def test_failed_write_keeps_previous_outputs(tmp_path, monkeypatch):
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(benchmark_script.OUTPUT_FILES)
 
 
+def test_outputs_store_nan_as_null(tmp_path):
+    document = {
+        "command": "python scripts/benchmark.py --suite act",
+        "time_utc": "2026-01-01T00:00:00+00:00",
+        "machine": benchmarking.machine_info(),
+        "records": [],
+        "ratios": {"jax_env_64_over_numpy": float("inf")},
+        "act_cost_analysis": [
+            {
+                "case": "MLP actor",
+                "batch": 1024,
+                "flops": float("nan"),
+                "flops_over_mlp": float("nan"),
+                "transcendentals": 32.0,
+                "bytes_accessed": 9376.0,
+            }
+        ],
+    }
+    benchmark_script.write_outputs(tmp_path, document)
+    text = (tmp_path / "benchmark.json").read_text()
+    stored = json.loads(text, parse_constant=lambda name: pytest.fail(f"JSON contains {name}"))
+    assert stored["act_cost_analysis"][0]["flops"] is None
+    assert stored["ratios"]["jax_env_64_over_numpy"] is None
+    assert text.endswith("}\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(benchmark_script.OUTPUT_FILES)
+
+
 def test_markdown_report_names_profile_failure():
     document = {
         "command": "python scripts/benchmark.py --suite act",
