@@ -155,10 +155,13 @@ def check_env_data(folder: Path, env: DiffusionServiceEnv, write_missing: bool) 
         raise ValueError(damaged.format(f"expected 64 hexadecimal digits, got {saved[:80]!r}"))
     if saved != env_data_digest(env):
         raise ValueError(
-            f"the environment data differ from those {str(folder)!r} was started with: the "
-            "reward network (env.reward_net, or the packaged one) or the prompt bank changed "
-            f"since ({path} contains the digest of the originals); restore those files to "
-            "continue, or start a new run"
+            f"the environment data differ from those {str(folder)!r} was started with "
+            f"({path} contains the digest of the originals). Either the reward network "
+            "(env.reward_net, or the packaged one) or the prompt bank changed since, so restore "
+            "those files to continue or start a new run. Or the run was started from Python "
+            "with its own environment (run_training(..., env=env)), which the run directory "
+            "does not record, so pass that environment again: load_trained_run(run_dir, "
+            "env=env) or run_training(..., resume=True, env=env)"
         )
 
 

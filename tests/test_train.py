@@ -210,6 +210,19 @@ def test_run_training_takes_a_custom_env(tmp_path):
         run_training(config, tmp_path / "run", resume=True, final_evaluation=False)
 
 
+def test_env_data_mismatch_names_custom_env(tmp_path):
+    from rlli_jax.env.service import DiffusionServiceEnv
+    from rlli_jax.qoe.model import SimulatorQoE
+    from rlli_jax.runner import check_env_data, save_env_data_digest
+
+    # A run started from Python with its own QoE model, then loaded with the configured one:
+    # the message must point to passing that environment again, not only to changed files.
+    save_env_data_digest(tmp_path, DiffusionServiceEnv(num_users=3, qoe_model=SimulatorQoE()))
+    with pytest.raises(ValueError, match="environment data differ") as raised:
+        check_env_data(tmp_path, DiffusionServiceEnv(num_users=3), write_missing=False)
+    assert "load_trained_run(run_dir, env=env)" in str(raised.value)
+
+
 def test_actor_of_wrong_action_shape_is_named(monkeypatch):
     from rlli_jax.agents import ACTOR_FACTORIES, make_mlp_actor
 
