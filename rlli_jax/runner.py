@@ -46,6 +46,7 @@ from rlli_jax import sharding
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import Config, load_config, save_config
 from rlli_jax.distributed import check_shared_directory
+from rlli_jax.env.params import EnvParams
 from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import evaluate_baselines, summarize
 from rlli_jax.metrics import CSV_NAME, JSONL_NAME, MetricsWriter, plot_learning_curves
@@ -365,6 +366,15 @@ class TrainedRun:
     program: TrainProgram
     state: TrainState
     metadata: dict[str, Any]  # chunk, env_steps, timings and skipped_checkpoints
+
+    @property
+    def env_params(self) -> EnvParams:
+        """The run's environment parameters, with its `env.params` overrides.
+
+        `program.env.default_params` lacks those overrides, so stepping with it would run
+        another environment than the one the run trained and was evaluated on.
+        """
+        return self.program.default_hyperparams.env
 
     def act(self, obs: jax.Array, key: jax.Array, explore: bool = False) -> jax.Array:
         """Return the trained policy's actions [B, action_dim] for observations [B, obs_dim]."""

@@ -257,12 +257,15 @@ def test_trained_run_loads_and_acts(tmp_path):
     from rlli_jax.runner import load_trained_run
 
     run = tmp_path / "run"
-    assert train_script.main(tiny_args(32) + ["--out", str(run)]) == 0
+    overrides = ["--set=env.params.energy_weight=3.0"]
+    assert train_script.main(tiny_args(32) + overrides + ["--out", str(run)]) == 0
     before = sorted(path.name for path in run.rglob("*"))
     trained = load_trained_run(run)
     assert trained.metadata["env_steps"] == 32
     env = trained.program.env
-    obs, _ = env.reset(jax.random.key(0), env.default_params)
+    assert float(trained.env_params.energy_weight) == 3.0  # the run's override
+    assert float(env.default_params.energy_weight) != 3.0
+    obs, _ = env.reset(jax.random.key(0), trained.env_params)
     actions = trained.act(obs[None], jax.random.key(1))
     assert actions.shape == (1, env.num_actions)
     assert bool(jax.numpy.all(jax.numpy.abs(actions) <= 1.0))
