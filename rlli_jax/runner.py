@@ -51,6 +51,7 @@ from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import evaluate_baselines, summarize
 from rlli_jax.metrics import CSV_NAME, JSONL_NAME, MetricsWriter, plot_learning_curves
 from rlli_jax.outputs import write_json_atomic, write_text_atomic
+from rlli_jax.qoe.reward_net import RewardNetQoE
 from rlli_jax.train import (
     TrainProgram,
     TrainState,
@@ -105,8 +106,19 @@ def env_data_digest(env: DiffusionServiceEnv) -> str:
     """Return the SHA-256 of the environment data that the config names only by path.
 
     That is the QoE model's parameters (the reward network's weights, from `env.reward_net`
-    or the packaged checkpoint) and the prompt bank's similarity matrix and topics.
+    or the packaged checkpoint) and the prompt bank's similarity matrix and topics. An
+    environment from Python (`run_training(..., env=env)`) whose class is not
+    `DiffusionServiceEnv`, or whose QoE model is not a `RewardNetQoE`, also adds those classes'
+    qualified names, so evaluating or resuming such a run with the configured environment fails.
+    A config-built environment adds nothing, so its digest depends on the data files only.
     """
+    # NOTE: only the class names are hashed, not their code, so editing a custom class between
+    # two starts of a run goes unnoticed.
+    custom_classes = []
+    if type(env) is not DiffusionServiceEnv:
+        custom_classes.append(f"environment class {_qualified_name(type(env))}")
+    if type(env.qoe_model) is not RewardNetQoE:
+        custom_classes.append(f"QoE model class {_qualified_name(type(env.qoe_model))}")
     params = env.default_params
     data = {
         "qoe_params": params.qoe_params,
@@ -118,7 +130,13 @@ def env_data_digest(env: DiffusionServiceEnv) -> str:
         array = np.asarray(leaf)
         digest.update(f"{jax.tree_util.keystr(path)} {array.dtype} {array.shape}\n".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
+    for name in custom_classes:
+        digest.update(f"{name}\n".encode())
     return digest.hexdigest()
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def save_env_data_digest(folder: Path, env: DiffusionServiceEnv) -> None:

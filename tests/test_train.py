@@ -223,6 +223,40 @@ def test_env_data_mismatch_names_custom_env(tmp_path):
     assert "load_trained_run(run_dir, env=env)" in str(raised.value)
 
 
+def test_env_data_digest_names_custom_classes():
+    import hashlib
+
+    from rlli_jax.env.service import DiffusionServiceEnv
+    from rlli_jax.runner import env_data_digest
+
+    class BonusEnv(DiffusionServiceEnv):
+        """Same data as the base environment, another reward."""
+
+    class OtherQoE(type(DiffusionServiceEnv(num_users=3).qoe_model)):
+        """Same parameters as the packaged reward network, another function."""
+
+    base = DiffusionServiceEnv(num_users=3)
+    assert env_data_digest(BonusEnv(num_users=3)) != env_data_digest(base)
+    assert env_data_digest(DiffusionServiceEnv(num_users=3, qoe_model=OtherQoE())) != (
+        env_data_digest(base)
+    )
+
+    # A config-built environment hashes its data only, as runs started before class names
+    # were hashed did, so their digests still match.
+    params = base.default_params
+    data = {
+        "qoe_params": params.qoe_params,
+        "prompt_similarity": params.prompt_similarity,
+        "prompt_topics": params.prompt_topics,
+    }
+    expected = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(data):
+        array = np.asarray(leaf)
+        expected.update(f"{jax.tree_util.keystr(path)} {array.dtype} {array.shape}\n".encode())
+        expected.update(np.ascontiguousarray(array).tobytes())
+    assert env_data_digest(base) == expected.hexdigest()
+
+
 def test_actor_of_wrong_action_shape_is_named(monkeypatch):
     from rlli_jax.agents import ACTOR_FACTORIES, make_mlp_actor
 
