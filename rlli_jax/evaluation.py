@@ -17,6 +17,7 @@ import numpy as np
 
 from rlli_jax.agents.baselines import BASELINE_NAMES, make_baseline_policy
 from rlli_jax.agents.ddpg import Agent, AgentHyperparams, AgentState
+from rlli_jax.agents.replay import available_device_bytes
 from rlli_jax.env.params import EnvParams
 from rlli_jax.env.service import DiffusionServiceEnv
 
@@ -80,7 +81,10 @@ def run_episodes(
 
 
 def summarize(per_episode: Mapping[str, jax.Array]) -> dict[str, float]:
-    """Reduce per-episode values to `NAME` (mean) and `NAME_stderr` (standard error), floats."""
+    """Reduce per-episode values to `NAME` (mean) and `NAME_stderr` (standard error), floats.
+
+    With one episode the standard error is undefined and reported as 0.0.
+    """
     summary = {}
     for name, values in per_episode.items():
         values = np.asarray(values, np.float64)
@@ -98,11 +102,41 @@ def evaluate_policy(
     key: jax.Array,
     num_episodes: int,
 ) -> dict[str, float]:
-    """Jit and run `run_episodes` for one policy and return its summary."""
+    """Compile `run_episodes` for one policy, check its memory, run it and return its summary.
+
+    Raises:
+        ValueError: `num_episodes` < 1, or the compiled program needs more memory than the
+            default device has free (checked before it runs, since all episodes run at once).
+    """
     if num_episodes < 1:
         raise ValueError(f"invalid num_episodes = {num_episodes}: must be >= 1")
     run = jax.jit(lambda params, key: run_episodes(env, params, policy, key, num_episodes))
-    return summarize(run(env_params, key))
+    compiled = run.lower(env_params, key).compile()
+    check_evaluation_memory(compiled, num_episodes)
+    return summarize(compiled(env_params, key))
+
+
+def check_evaluation_memory(compiled: jax.stages.Compiled, num_episodes: int) -> None:
+    """Raise ValueError if the compiled evaluation needs more than the default device's free memory.
+
+    The need is XLA's memory analysis: arguments, outputs and temporaries. A backend that
+    reports no analysis is not checked.
+    """
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return
+    needed = (
+        analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        + analysis.temp_size_in_bytes
+    )
+    free_bytes, source = available_device_bytes()
+    if needed > free_bytes:
+        raise ValueError(
+            f"evaluating num_episodes = {num_episodes} at once needs {needed / 2**20:.1f} MiB "
+            f"but only {free_bytes / 2**20:.1f} MiB are free according to {source}; evaluate "
+            "fewer episodes (train.eval_episodes, or --episodes of scripts/evaluate.py)"
+        )
 
 
 def evaluate_baselines(

@@ -258,6 +258,8 @@ def check_run_location(run_dir: Path) -> None:
 def load_run_config(run_dir: str | Path) -> Config:
     """Load the resolved config saved in a run directory."""
     path = Path(run_dir) / CONFIG_NAME
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise ValueError(f"{str(run_dir)!r} is a file, not a run directory")
     if not path.is_file():
         raise ValueError(f"{str(path)!r} not found: {str(run_dir)!r} is not a run directory")
     return load_config(path)

@@ -42,19 +42,23 @@ def main(argv=None) -> int:
             overrides = [f"train.eval_episodes={args.episodes}"]
             config = Config.from_dict(apply_overrides(config.to_dict(), overrides))
         if config.train.eval_episodes < 1:
-            raise ValueError("eval_episodes is 0; pass --episodes N with N >= 1")
+            raise ValueError(
+                f"train.eval_episodes = 0 in {Path(args.run) / 'config.yaml'}: the run has no "
+                "evaluation episodes; pass --episodes N with N >= 1"
+            )
         run = load_trained_run(args.run, config)
+        # The checkpoint module logs each checkpoint it skips; the result lists them too.
+        state, metadata = run.state, run.metadata
+        seed = config.train.seed if args.seed is None else args.seed
+        result = evaluate_run(run.program, state.agent, seed)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    state, metadata = run.state, run.metadata
-    for step, message in metadata["skipped_checkpoints"]:
-        print(f"warning: checkpoint {step} could not be restored: {message}", file=sys.stderr)
-
-    seed = config.train.seed if args.seed is None else args.seed
-    result = evaluate_run(run.program, state.agent, seed)
+    result["run"] = str(args.run)
+    result["seed"] = seed
     result["checkpoint_chunk"] = metadata["chunk"]
     result["env_steps"] = metadata["env_steps"]
+    result["skipped_checkpoints"] = metadata["skipped_checkpoints"]
     text = json.dumps(result, indent=2)
     print(text)  # before writing --out, so a failed write loses no result
     if out is not None:

@@ -178,9 +178,12 @@ def test_train_evaluate_plot_end_to_end(tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["policy"]["qoe"] == pytest.approx(
-        evaluation["policy"]["qoe"]
-    )
+    result = json.loads(evaluated.stdout)
+    assert result["policy"]["qoe"] == pytest.approx(evaluation["policy"]["qoe"])
+    assert result["run"] == str(run_dir)
+    assert result["seed"] == 0
+    assert result["env_steps"] == 128
+    assert result["skipped_checkpoints"] == []
 
     plotted = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "plot.py"), str(run_dir), "--out",
@@ -227,9 +230,10 @@ def test_bad_out_folder_fails_before_compiling(tmp_path, monkeypatch, capsys, sc
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]  # nothing written
 
 
-def test_replaced_reward_net_blocks_resume_and_evaluate(tmp_path, capsys):
+def test_replaced_reward_net_blocks_resume_and_evaluate(tmp_path, capsys, monkeypatch):
     import evaluate as evaluate_script  # scripts/evaluate.py
 
+    from rlli_jax import evaluation
     from rlli_jax.qoe.reward_net import RewardNetQoE, save_reward_net
 
     model = RewardNetQoE(hidden_sizes=(8,))
@@ -251,6 +255,17 @@ def test_replaced_reward_net_blocks_resume_and_evaluate(tmp_path, capsys):
 
     save_reward_net(net, model, model.init_params(jax.random.key(0)), overwrite=True)
     assert evaluate_script.main(["--run", str(run), "--episodes", "2"]) == 0
+
+    capsys.readouterr()
+    assert evaluate_script.main(["--run", str(run / "config.yaml")]) == 2
+    assert "config.yaml' is a file, not a run directory" in capsys.readouterr().err
+
+    # A program too large for free memory is rejected after compiling, before it runs.
+    monkeypatch.setattr(evaluation, "available_device_bytes", lambda: (1024, "a test"))
+    assert evaluate_script.main(["--run", str(run), "--episodes", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "evaluating num_episodes = 2 at once needs" in err
+    assert "but only 0.0 MiB are free according to a test" in err
 
 
 def test_trained_run_loads_and_acts(tmp_path):
