@@ -319,12 +319,20 @@ def make_placement(program: TrainProgram, shard_envs: bool) -> Placement:
         return program.init(jax.random.wrap_key_data(key_data), hyper)
 
     if not shard_envs:
+        # An explicit device, because without one orbax restores each array with the sharding
+        # it was saved with, and rejects a checkpoint written on another device count.
+        on_default_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         return Placement(
             init=init_from_data,
             run_chunk=program.run_chunk,
             hyper=hyper,
             key_data=jax.random.key_data(key),
-            restore_target=checkpoint_shapes,
+            restore_target=jax.tree.map(
+                lambda leaf: jax.ShapeDtypeStruct(
+                    leaf.shape, leaf.dtype, sharding=on_default_device
+                ),
+                checkpoint_shapes,
+            ),
             num_devices=1,
         )
 

@@ -276,3 +276,50 @@ def test_sweep_resume_on_same_devices_is_exact(device_change_run):
     resumed = device_change_run["same"]
     assert resumed["chunks"] == [3]
     assert resumed["curves"] == device_change_run["reference2"]
+
+
+# A training run on 2 devices, checkpointed after every chunk, then loaded and resumed on 1.
+TRAIN_ON_DEVICES_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from rlli_jax.config import load_config
+from rlli_jax.runner import run_training
+
+config = load_config("base.yaml", ["train.checkpoint_every_chunks=1"])
+summary = run_training(config, "run")
+actor = summary["final_state"].agent.actor_params
+json.dump({"num_devices": summary["num_devices"],
+           "actor": [np.asarray(leaf).tolist() for leaf in jax.tree.leaves(actor)]}, sys.stdout)
+"""
+
+LOAD_AND_RESUME_SCRIPT = """
+import json, shutil, sys
+import jax, numpy as np
+from rlli_jax.runner import load_run_config, load_trained_run, run_training
+
+def actor_leaves(state):
+    return [np.asarray(leaf).tolist() for leaf in jax.tree.leaves(state.agent.actor_params)]
+
+loaded = load_trained_run("run")
+shutil.rmtree("run/checkpoints/3")
+summary = run_training(load_run_config("run"), "run", resume=True)
+json.dump({"num_devices": summary["num_devices"],
+           "loaded_chunk": loaded.metadata["chunk"],
+           "loaded": actor_leaves(loaded.state),
+           "resumed_from": summary["resumed_from"]["chunk"],
+           "resumed": actor_leaves(summary["final_state"])}, sys.stdout)
+"""
+
+
+@pytest.mark.slow
+def test_train_run_loads_on_fewer_devices(tmp_path):
+    (tmp_path / "base.yaml").write_text(TINY_BASE)
+    trained = run_on_forced_devices(TRAIN_ON_DEVICES_SCRIPT, tmp_path, num_devices=2)
+    assert trained["num_devices"] == 2
+    resumed = run_on_forced_devices(LOAD_AND_RESUME_SCRIPT, tmp_path, num_devices=1)
+    assert resumed["num_devices"] == 1
+    assert resumed["loaded_chunk"] == 3
+    assert resumed["loaded"] == trained["actor"]
+    assert resumed["resumed_from"] == 2
+    for got, expected in zip(resumed["resumed"], trained["actor"], strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
