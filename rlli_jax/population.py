@@ -27,6 +27,7 @@ host sees; curves and results are written by process 0 only.
 """
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -190,12 +191,15 @@ def run_sweep(
 
     Raises:
         ValueError: `out_dir` contains a different sweep or a training run, another process is
-            running a sweep in `out_dir`, or in a multi-process run some process cannot see
-            the files of `out_dir` (it is not shared).
+            running a sweep in `out_dir`, or in a multi-process run some process planned
+            another sweep or output directory, or cannot see the files of `out_dir` (it is
+            not shared).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     mesh = sharding.make_mesh() if mesh is None else mesh
+    if jax.process_count() > 1:
+        check_same_sweep_on_every_process(plan, out_dir)
     _check_sweep_location(out_dir)
     # One process owns the sweep directory while it runs, so a second sweep started on the
     # same --out is rejected instead of training the same groups and writing the same curves.
@@ -255,6 +259,35 @@ def _run_sweep(
         groups_skipped=groups_skipped,
         wall_s=time.perf_counter() - start,
     )
+
+
+def check_same_sweep_on_every_process(plan: SweepPlan, out_dir: Path) -> None:
+    """Check that every process plans the same sweep in the same output directory.
+
+    Every process must call this. Each process fills the population rows on its own devices
+    from its own plan. A process started with another sweep file would therefore train those
+    members with other values, while process 0 reports its own values for them.
+
+    Raises:
+        ValueError: the sweep config, a group's resolved config or the output directory of
+            some process differs from process 0's.
+    """
+    data = [
+        plan.sweep.to_dict(),
+        [group.config.to_dict() for group in plan.groups],
+        str(out_dir.absolute()),
+    ]
+    text = json.dumps(data, sort_keys=True, default=str)
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
+    digests = np.asarray(multihost_utils.process_allgather(digest))  # [num_processes, 32]
+    differing = [index for index in range(digests.shape[0])
+                 if not np.array_equal(digests[index], digests[0])]  # fmt: skip
+    if differing:
+        raise ValueError(
+            f"processes {differing} were started with a different sweep config, base config "
+            "or --out directory than process 0; start every process with the same command "
+            "and files apart from --process-id"
+        )
 
 
 def _check_sweep_location(out_dir: Path) -> None:

@@ -248,6 +248,28 @@ def test_processes_with_different_configs_fail(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
+def test_processes_with_different_sweeps_fail(tmp_path):
+    # Same shapes, other learning rates: without the check process 1 would train its members
+    # with its own values while process 0 reports its values for them.
+    (tmp_path / "base.yaml").write_text(TINY_BASE)
+    (tmp_path / "sweep.yaml").write_text(TINY_SWEEP)
+    (tmp_path / "other.yaml").write_text(TINY_SWEEP.replace("1.0e-2", "5.0e-1"))
+    coordinator = f"127.0.0.1:{free_port()}"
+    loopback = {"JAX_COORDINATOR_BIND_ADDRESS": coordinator}
+    processes = []
+    for index, config in enumerate(["sweep.yaml", "other.yaml"]):
+        args = ["--config", config, "--out", "multi", "--coordinator", coordinator]
+        args += ["--num-processes", "2", "--process-id", str(index)]
+        processes.append(start(args, tmp_path, 2, f"sweep_mismatch{index}.log", loopback))
+    wait_all(processes)
+    logs = [(tmp_path / f"sweep_mismatch{index}.log").read_text() for index in range(2)]
+    for process, log in zip(processes, logs, strict=True):
+        assert process.returncode == 1, log[-3000:]
+        assert "processes [1] were started with a different sweep config" in log
+    assert not (tmp_path / "multi").exists()
+
+
 # Wrapper that runs a script with process 1 unable to read what process 0 writes in the output
 # directory, as on a host whose --out path is a local directory instead of a shared one.
 BLIND_PROCESS_WRAPPER = """
