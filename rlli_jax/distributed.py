@@ -184,16 +184,19 @@ def _explicit_setup(
             f"incomplete multi-host settings: {', '.join(missing)} missing; set all of "
             f"{', '.join(given)} or none of them"
         )
+    # The option or variable names, in the order coordinator, process count, process index.
+    coordinator_name, count_name, index_name = given
     host, _, port = coordinator.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(
-            f"invalid coordinator = {coordinator!r}: expected HOST:PORT with a port in 1-65535"
+            f"invalid {coordinator_name} = {coordinator!r}: expected HOST:PORT with a port in "
+            "1-65535"
         )
     if num_processes < 1:
-        raise ValueError(f"invalid num_processes = {num_processes}: must be >= 1")
+        raise ValueError(f"invalid {count_name} = {num_processes}: must be >= 1")
     if not 0 <= process_id < num_processes:
         raise ValueError(
-            f"invalid process_id = {process_id}: must lie in 0 to num_processes - 1 = "
+            f"invalid {index_name} = {process_id}: must lie in 0 to {count_name} - 1 = "
             f"{num_processes - 1}"
         )
     return DistributedSetup(

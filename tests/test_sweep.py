@@ -357,15 +357,22 @@ def test_distributed_setup_sources():
     ("arguments", "match"),
     [
         (("10.0.0.1:1234", None, 0), r"--num-processes missing"),
-        (("10.0.0.1", 2, 0), r"coordinator = '10\.0\.0\.1': expected HOST:PORT"),
+        (("10.0.0.1", 2, 0), r"--coordinator = '10\.0\.0\.1': expected HOST:PORT"),
         (("10.0.0.1:0", 2, 0), r"expected HOST:PORT with a port"),
-        (("h:1234", 2, 2), r"process_id = 2: must lie in 0 to num_processes - 1 = 1"),
-        (("h:1234", 0, 0), r"num_processes = 0: must be >= 1"),
+        (("h:1234", 2, 2), r"--process-id = 2: must lie in 0 to --num-processes - 1 = 1"),
+        (("h:1234", 2, -1), r"--process-id = -1: must lie in 0 to --num-processes - 1 = 1"),
+        (("h:1234", 0, 0), r"--num-processes = 0: must be >= 1"),
     ],
 )
 def test_distributed_setup_rejects_bad_flags(arguments, match):
     with pytest.raises(ValueError, match=match):
         resolve_setup(*arguments, environ={})
+
+
+def test_distributed_setup_names_bad_variable():
+    variables = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "5"}
+    with pytest.raises(ValueError, match=r"JAX_PROCESS_ID = 5: must lie in 0 to JAX_NUM_PROCESSES"):
+        resolve_setup(environ=variables)
 
 
 def test_distributed_setup_rejects_bad_variable():
