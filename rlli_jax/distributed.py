@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -77,18 +78,37 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def initialize_from_args(args: argparse.Namespace) -> DistributedSetup:
+def initialize_from_args(
+    args: argparse.Namespace, on_start: Callable[[DistributedSetup], None] | None = None
+) -> DistributedSetup:
     """Join the process group that `args` (from `add_distributed_arguments`) describes.
 
+    `on_start`, if given, is called with the setup just before a multi-process start, which
+    waits until every process has joined; a script uses it to say what it waits for.
+
     Raises:
-        ValueError: only some of the three flags (or variables) are set, or their values are
-            invalid.
+        ValueError: only some of the three flags (or variables) are set, their values are
+            invalid, or the processes disagree on the process count.
     """
     return initialize(
         coordinator=getattr(args, "coordinator", None),
         num_processes=getattr(args, "num_processes", None),
         process_id=getattr(args, "process_id", None),
         auto=getattr(args, "auto_distributed", False),
+        on_start=on_start,
+    )
+
+
+def describe_start(setup: DistributedSetup) -> str:
+    """Return a one-line message naming the process group this process is joining."""
+    if setup.method == "auto":
+        return (
+            "starting jax.distributed with cluster auto-detection (Cloud TPU, SLURM or Open "
+            "MPI); it waits until every process has started"
+        )
+    return (
+        f"joining process group at {setup.coordinator} as process {setup.process_id} of "
+        f"{setup.num_processes}; it waits until every process has started"
     )
 
 
@@ -98,15 +118,23 @@ def initialize(
     process_id: int | None = None,
     auto: bool = False,
     environ: dict[str, str] | None = None,
+    on_start: Callable[[DistributedSetup], None] | None = None,
 ) -> DistributedSetup:
     """Start `jax.distributed` from explicit values, the environment or auto-detection.
 
     Must run before any other JAX call in the process (importing `rlli_jax` is fine). The
-    module docstring lists the order in which the sources are tried.
+    module docstring lists the order in which the sources are tried. `on_start` is called with
+    the setup just before a multi-process start.
+
+    Raises:
+        ValueError: invalid settings, or (after the start) processes that were given different
+            process counts.
     """
     setup = resolve_setup(coordinator, num_processes, process_id, auto, environ)
     if setup.method == "single":
         return setup
+    if on_start is not None:
+        on_start(setup)
     # NOTE: importing gymnax (done by `import rlli_jax`) creates arrays and so starts the
     # single-process backend, which `jax.distributed.initialize` rejects. Dropping that backend
     # is safe as long as no array of this program exists yet, which is why this function must
@@ -130,7 +158,25 @@ def initialize(
             num_processes=setup.num_processes,
             process_id=setup.process_id,
         )
+        check_same_process_count(setup)
     return setup
+
+
+def check_same_process_count(setup: DistributedSetup) -> None:
+    """Raise ValueError on every process unless all were given the group's process count.
+
+    The coordination service forms the group with process 0's count, so a process started with
+    another count would otherwise join and run. Every process must call this.
+    """
+    requested = np.asarray([setup.num_processes], np.int64)
+    counts = np.asarray(multihost_utils.process_allgather(requested)).reshape(-1)
+    if not np.all(counts == jax.process_count()):
+        count_name = "--num-processes" if setup.method == "flags" else ENV_NUM_PROCESSES
+        raise ValueError(
+            f"the processes were started with different {count_name}: {counts.tolist()} "
+            f"(process 0 to {len(counts) - 1}), and the group has {jax.process_count()} "
+            f"processes; start every process with {count_name} {jax.process_count()}"
+        )
 
 
 def resolve_setup(
@@ -187,6 +233,11 @@ def _explicit_setup(
     # The option or variable names, in the order coordinator, process count, process index.
     coordinator_name, count_name, index_name = given
     host, _, port = coordinator.rpartition(":")
+    if "://" in coordinator or any(character.isspace() for character in coordinator):
+        raise ValueError(
+            f"invalid {coordinator_name} = {coordinator!r}: expected HOST:PORT without a URL "
+            "scheme or spaces, such as 10.0.0.1:1234"
+        )
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(
             f"invalid {coordinator_name} = {coordinator!r}: expected HOST:PORT with a port in "

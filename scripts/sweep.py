@@ -20,7 +20,11 @@ import sys
 from pathlib import Path
 
 from rlli_jax.cli import INTERRUPTED, command_line, exit_process
-from rlli_jax.distributed import add_distributed_arguments, initialize_from_args
+from rlli_jax.distributed import (
+    add_distributed_arguments,
+    describe_start,
+    initialize_from_args,
+)
 from rlli_jax.outputs import (
     check_output_folder,
     save_figure_atomic,
@@ -50,13 +54,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def print_start(setup) -> None:
+    print(describe_start(setup), file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.top < 1:
         print(f"error: invalid --top = {args.top}: must be >= 1", file=sys.stderr)
         return 2
     try:
-        setup = initialize_from_args(args)
+        setup = initialize_from_args(args, on_start=print_start)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

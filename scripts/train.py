@@ -22,7 +22,11 @@ from tqdm import tqdm
 
 from rlli_jax.cli import INTERRUPTED, exit_process
 from rlli_jax.config import load_config
-from rlli_jax.distributed import add_distributed_arguments, initialize_from_args
+from rlli_jax.distributed import (
+    add_distributed_arguments,
+    describe_start,
+    initialize_from_args,
+)
 from rlli_jax.outputs import check_output_folder
 from rlli_jax.runner import CONFIG_NAME, NonFiniteError, load_run_config, run_training
 
@@ -82,11 +86,15 @@ def build_config(args: argparse.Namespace):
     return load_config(args.config or DEFAULT_CONFIG, overrides)
 
 
+def print_start(setup) -> None:
+    print(describe_start(setup), file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         config = build_config(args)
-        initialize_from_args(args)
+        initialize_from_args(args, on_start=print_start)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -248,6 +248,25 @@ def test_processes_with_different_configs_fail(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_processes_with_different_counts_fail(tmp_path):
+    # The coordinator forms the group with process 0's count, so process 1's 3 would go unseen.
+    (tmp_path / "base.yaml").write_text(TINY_BASE)
+    coordinator = f"127.0.0.1:{free_port()}"
+    loopback = {"JAX_COORDINATOR_BIND_ADDRESS": coordinator}
+    processes = []
+    for index, count in enumerate(["2", "3"]):
+        args = ["--config", "base.yaml", "--out", "run", "--coordinator", coordinator]
+        args += ["--num-processes", count, "--process-id", str(index)]
+        processes.append(start_train(args, tmp_path, 1, f"count{index}.log", loopback))
+    wait_all(processes)
+    logs = [(tmp_path / f"count{index}.log").read_text() for index in range(2)]
+    for index, (process, log) in enumerate(zip(processes, logs, strict=True)):
+        assert process.returncode == 2, log[-3000:]
+        assert f"joining process group at {coordinator} as process {index} of" in log
+        assert "started with different --num-processes: [2, 3]" in log
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_processes_with_different_sweeps_fail(tmp_path):
     # Same shapes, other learning rates: without the check process 1 would train its members

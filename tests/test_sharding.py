@@ -311,7 +311,6 @@ json.dump({"num_devices": summary["num_devices"],
 """
 
 
-@pytest.mark.slow
 def test_train_run_loads_on_fewer_devices(tmp_path):
     (tmp_path / "base.yaml").write_text(TINY_BASE)
     trained = run_on_forced_devices(TRAIN_ON_DEVICES_SCRIPT, tmp_path, num_devices=2)

@@ -359,6 +359,8 @@ def test_distributed_setup_sources():
         (("10.0.0.1:1234", None, 0), r"--num-processes missing"),
         (("10.0.0.1", 2, 0), r"--coordinator = '10\.0\.0\.1': expected HOST:PORT"),
         (("10.0.0.1:0", 2, 0), r"expected HOST:PORT with a port"),
+        (("http://10.0.0.1:1234", 2, 0), r"expected HOST:PORT without a URL scheme"),
+        (("10.0.0.1 :1234", 2, 0), r"expected HOST:PORT without a URL scheme or spaces"),
         (("h:1234", 2, 2), r"--process-id = 2: must lie in 0 to --num-processes - 1 = 1"),
         (("h:1234", 2, -1), r"--process-id = -1: must lie in 0 to --num-processes - 1 = 1"),
         (("h:1234", 0, 0), r"--num-processes = 0: must be >= 1"),
