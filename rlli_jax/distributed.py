@@ -142,7 +142,14 @@ def initialize(
     jax.extend.backend.clear_backends()
     if setup.method == "auto":
         logger.info("starting jax.distributed with cluster auto-detection")
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except ValueError as error:  # jax 0.10 raises it before connecting when nothing is found
+            raise ValueError(
+                f"cluster auto-detection found no process group ({error}): no Cloud TPU pod "
+                "slice, SLURM job step or Open MPI launch was detected; run inside one, or pass "
+                "--coordinator, --num-processes and --process-id instead of --auto-distributed"
+            ) from None
         setup = dataclasses.replace(
             setup, process_id=jax.process_index(), num_processes=jax.process_count()
         )

@@ -353,6 +353,21 @@ def test_distributed_setup_sources():
     assert resolve_setup(auto=True, environ={}).method == "auto"
 
 
+def test_auto_distributed_without_cluster_is_named(monkeypatch):
+    from rlli_jax import distributed
+
+    def no_cluster():
+        raise ValueError("coordinator_address should be defined.")  # jax 0.10's message
+
+    # Stand-ins, so that nothing is started and this process keeps its backend.
+    monkeypatch.setattr(distributed.jax.extend.backend, "clear_backends", lambda: None)
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", no_cluster)
+    with pytest.raises(ValueError, match="cluster auto-detection found no process group") as raised:
+        distributed.initialize(auto=True, environ={})
+    assert "coordinator_address should be defined" in str(raised.value)
+    assert "instead of --auto-distributed" in str(raised.value)
+
+
 @pytest.mark.parametrize(
     ("arguments", "match"),
     [
