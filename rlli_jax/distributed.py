@@ -20,6 +20,7 @@ key for that. Only the process for which `is_primary()` is True writes result fi
 
 import argparse
 import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -167,6 +168,18 @@ def initialize(
         )
         check_same_process_count(setup)
     return setup
+
+
+def processes_that_differ(text: str) -> list[int]:
+    """Return the indices of the processes whose `text` differs from process 0's.
+
+    Every process must call this: it gathers a SHA-256 digest of `text` from all of them.
+    """
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
+    digests = np.asarray(multihost_utils.process_allgather(digest))  # [num_processes, 32]
+    return [
+        index for index in range(digests.shape[0]) if not np.array_equal(digests[index], digests[0])
+    ]
 
 
 def check_same_process_count(setup: DistributedSetup) -> None:

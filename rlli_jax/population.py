@@ -27,7 +27,6 @@ host sees; curves and results are written by process 0 only.
 """
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -46,7 +45,7 @@ from rlli_jax import sharding
 from rlli_jax.agents.baselines import BASELINE_NAMES, make_baseline_policy
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import Config, read_yaml, save_config
-from rlli_jax.distributed import check_shared_directory
+from rlli_jax.distributed import check_shared_directory, processes_that_differ
 from rlli_jax.evaluation import run_episodes, summarize
 from rlli_jax.metrics import MetricsWriter
 from rlli_jax.outputs import write_json_atomic
@@ -277,11 +276,7 @@ def check_same_sweep_on_every_process(plan: SweepPlan, out_dir: Path) -> None:
         [group.config.to_dict() for group in plan.groups],
         str(out_dir.absolute()),
     ]
-    text = json.dumps(data, sort_keys=True, default=str)
-    digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
-    digests = np.asarray(multihost_utils.process_allgather(digest))  # [num_processes, 32]
-    differing = [index for index in range(digests.shape[0])
-                 if not np.array_equal(digests[index], digests[0])]  # fmt: skip
+    differing = processes_that_differ(json.dumps(data, sort_keys=True, default=str))
     if differing:
         raise ValueError(
             f"processes {differing} were started with a different sweep config, base config "

@@ -45,7 +45,7 @@ except ImportError:  # Windows has no flock, so runs there are not locked
 from rlli_jax import sharding
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import Config, load_config, save_config
-from rlli_jax.distributed import check_shared_directory
+from rlli_jax.distributed import check_shared_directory, processes_that_differ
 from rlli_jax.env.params import EnvParams
 from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import evaluate_baselines, summarize
@@ -747,10 +747,7 @@ def check_same_run_on_every_process(config: Config, run_dir: Path, resume: bool)
         ValueError: some process differs from process 0.
     """
     text = json.dumps([config.to_dict(), str(run_dir.absolute()), resume], sort_keys=True)
-    digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
-    digests = np.asarray(multihost_utils.process_allgather(digest))  # [num_processes, 32]
-    differing = [index for index in range(digests.shape[0])
-                 if not np.array_equal(digests[index], digests[0])]  # fmt: skip
+    differing = processes_that_differ(text)
     if differing:
         raise ValueError(
             f"processes {differing} were started with a different config, run directory or "
