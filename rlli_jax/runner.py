@@ -48,7 +48,7 @@ from rlli_jax.config import Config, load_config, save_config
 from rlli_jax.distributed import check_shared_directory, processes_that_differ
 from rlli_jax.env.params import EnvParams
 from rlli_jax.env.service import DiffusionServiceEnv
-from rlli_jax.evaluation import evaluate_baselines, summarize
+from rlli_jax.evaluation import check_evaluation_memory, evaluate_baselines, summarize
 from rlli_jax.metrics import CSV_NAME, JSONL_NAME, MetricsWriter, plot_learning_curves
 from rlli_jax.outputs import write_json_atomic, write_text_atomic
 from rlli_jax.qoe.reward_net import RewardNetQoE
@@ -470,12 +470,19 @@ def evaluate_policy(program: TrainProgram, agent_state, seed: int) -> dict[str, 
 
     Sharded or multi-process parameters are first copied to the host, so every process runs
     the evaluation alone on its default device and no process waits for another.
+
+    Raises:
+        ValueError: the compiled evaluation needs more memory than the device has free.
     """
     if any(isinstance(leaf, jax.Array) and len(leaf.sharding.device_set) > 1
            for leaf in jax.tree.leaves(agent_state)):  # fmt: skip
         agent_state = sharding.to_host(agent_state)
     hyper = program.default_hyperparams
-    return summarize(program.evaluate(agent_state, hyper, eval_key(seed)))
+    key = eval_key(seed)
+    # jax caches the trace and the executable, so the call below reuses this compilation.
+    compiled = program.evaluate.lower(agent_state, hyper, key).compile()
+    check_evaluation_memory(compiled, program.config.train.eval_episodes)
+    return summarize(program.evaluate(agent_state, hyper, key))
 
 
 def evaluate_run(program: TrainProgram, agent_state, seed: int) -> dict[str, Any]:

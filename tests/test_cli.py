@@ -289,6 +289,32 @@ def test_trained_run_loads_and_acts(tmp_path):
         load_trained_run(tmp_path)
 
 
+def test_policy_evaluation_checks_memory(tmp_path, monkeypatch):
+    from rlli_jax import evaluation
+    from rlli_jax.runner import evaluate_policy, load_trained_run
+
+    run = tmp_path / "run"
+    assert train_script.main(tiny_args(32) + ["--out", str(run)]) == 0
+    trained = load_trained_run(run, load_run_config_with_episodes(run, 2))
+    first = evaluate_policy(trained.program, trained.state.agent, seed=0)
+    second = evaluate_policy(trained.program, trained.state.agent, seed=0)
+    assert first == second
+    assert trained.program.trace_counts["evaluate"] == 1  # the memory check adds no trace
+
+    monkeypatch.setattr(evaluation, "available_device_bytes", lambda: (1024, "a test"))
+    with pytest.raises(ValueError, match="evaluating num_episodes = 2 at once needs"):
+        evaluate_policy(trained.program, trained.state.agent, seed=0)
+
+
+def load_run_config_with_episodes(run, episodes: int):
+    from rlli_jax.config import Config, apply_overrides
+    from rlli_jax.runner import load_run_config
+
+    config = load_run_config(run)
+    overrides = [f"train.eval_episodes={episodes}"]
+    return Config.from_dict(apply_overrides(config.to_dict(), overrides))
+
+
 def test_train_and_sweep_keep_out_of_each_other(tmp_path, capsys):
     import sweep as sweep_script  # scripts/sweep.py
 
