@@ -72,7 +72,53 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": _cpu_count(),
+        "packages": _package_versions(),
+        "git_commit": _git_commit(),
     }
+
+
+# Packages whose version can change the timings, recorded with every benchmark.
+TIMED_PACKAGES = ("jaxlib", "jax-cuda12-plugin", "flax", "optax", "numpy", "rlli_jax")
+
+
+def _package_versions() -> dict[str, str | None]:
+    """Return the installed version of each of `TIMED_PACKAGES`, None for one not installed."""
+    from importlib import metadata
+
+    versions = {}
+    for name in TIMED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _git_commit(root: Path | None = None) -> str | None:
+    """Return the commit of the checkout at `root` (default: where this package was imported
+    from), None outside one.
+
+    A checkout with uncommitted changes gets a "-modified" suffix. An installed copy (under
+    site-packages) returns None even inside another repository, because the repository's
+    top level must be the folder that contains the package.
+    """
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent if root is None else Path(root).resolve()
+    try:
+        top_level, commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.splitlines()  # fmt: skip
+        if Path(top_level).resolve() != root:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-modified" if status.strip() else commit
 
 
 def _cpu_count() -> int | None:

@@ -267,6 +267,7 @@ def markdown_report(document: dict) -> str:
         f"Machine: {machine['device']} ({machine['backend']} backend, {machine['num_devices']} "
         f"device(s)), {machine['processor']} host with {machine['cpu_count']} CPUs, "
         f"jax {machine['jax_version']}, Python {machine['python']}, {document['time_utc']}.",
+        *describe_versions(machine),
         "",
     ]
     requested = document.get("suites_requested", [])
@@ -337,6 +338,16 @@ def markdown_report(document: dict) -> str:
         )
         lines += table[:2] + [summary, ""] + table[2:]
     return "\n".join(lines)
+
+
+def describe_versions(machine: dict) -> list[str]:
+    """Return a Markdown line with the package versions and commit, if the record has them."""
+    packages = machine.get("packages")
+    if not packages:  # records written before versions were stored
+        return []
+    installed = ", ".join(f"{name} {version}" for name, version in packages.items() if version)
+    commit = machine.get("git_commit") or "unknown"
+    return ["", f"Packages: {installed}. Commit: {commit}."]
 
 
 def plot(records: list[dict], file) -> None:

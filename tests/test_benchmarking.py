@@ -5,6 +5,8 @@ records it.
 """
 
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -319,6 +321,46 @@ def test_failed_write_keeps_previous_outputs(tmp_path, monkeypatch):
     for name in benchmark_script.OUTPUT_FILES:
         assert (tmp_path / name).read_text() == "previous run"
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(benchmark_script.OUTPUT_FILES)
+
+
+def test_machine_info_records_versions():
+    import flax
+    import jaxlib
+
+    info = benchmarking.machine_info()
+    assert info["packages"]["jaxlib"] == jaxlib.__version__
+    assert info["packages"]["flax"] == flax.__version__
+    assert set(info["packages"]) == set(benchmarking.TIMED_PACKAGES)
+    document = {
+        "command": "python scripts/benchmark.py",
+        "time_utc": "2026-01-01T00:00:00+00:00",
+        "machine": info,
+        "records": [],
+        "ratios": {},
+    }
+    assert f"flax {info['packages']['flax']}" in benchmark_script.markdown_report(document)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_commit_only_at_top_level(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "package").mkdir()
+    (tmp_path / "package" / "file.txt").write_text("one\n")
+    git("add", ".")
+    git("-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-q", "-m", "one")
+    commit = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+
+    assert benchmarking._git_commit(tmp_path) == commit
+    # A folder below the top level, like site-packages inside another repository.
+    assert benchmarking._git_commit(tmp_path / "package") is None
+    (tmp_path / "package" / "file.txt").write_text("two\n")
+    assert benchmarking._git_commit(tmp_path) == f"{commit}-modified"
+    assert benchmarking._git_commit(tmp_path.parent / "no-such-folder") is None
 
 
 def test_outputs_store_nan_as_null(tmp_path):
