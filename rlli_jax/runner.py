@@ -102,23 +102,25 @@ def eval_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), 1)
 
 
-def env_data_digest(env: DiffusionServiceEnv) -> str:
+def env_data_digest(env: DiffusionServiceEnv, include_classes: bool = True) -> str:
     """Return the SHA-256 of the environment data that the config names only by path.
 
     That is the QoE model's parameters (the reward network's weights, from `env.reward_net`
     or the packaged checkpoint) and the prompt bank's similarity matrix and topics. An
     environment from Python (`run_training(..., env=env)`) whose class is not
     `DiffusionServiceEnv`, or whose QoE model is not a `RewardNetQoE`, also adds those classes'
-    qualified names, so evaluating or resuming such a run with the configured environment fails.
-    A config-built environment adds nothing, so its digest depends on the data files only.
+    names (`__qualname__`, without the module, which differs between a class defined in the
+    script that runs and the same class imported), unless `include_classes` is False. So
+    evaluating or resuming such a run with the configured environment fails. A config-built
+    environment adds nothing, so its digest depends on the data files only.
     """
-    # NOTE: only the class names are hashed, not their code, so editing a custom class between
-    # two starts of a run goes unnoticed.
+    # NOTE: only the class names are hashed, not their code or module, so editing a custom
+    # class between two starts of a run, or another class of the same name, goes unnoticed.
     custom_classes = []
-    if type(env) is not DiffusionServiceEnv:
-        custom_classes.append(f"environment class {_qualified_name(type(env))}")
-    if type(env.qoe_model) is not RewardNetQoE:
-        custom_classes.append(f"QoE model class {_qualified_name(type(env.qoe_model))}")
+    if include_classes and type(env) is not DiffusionServiceEnv:
+        custom_classes.append(f"environment class {type(env).__qualname__}")
+    if include_classes and type(env.qoe_model) is not RewardNetQoE:
+        custom_classes.append(f"QoE model class {type(env.qoe_model).__qualname__}")
     params = env.default_params
     data = {
         "qoe_params": params.qoe_params,
@@ -133,10 +135,6 @@ def env_data_digest(env: DiffusionServiceEnv) -> str:
     for name in custom_classes:
         digest.update(f"{name}\n".encode())
     return digest.hexdigest()
-
-
-def _qualified_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def save_env_data_digest(folder: Path, env: DiffusionServiceEnv) -> None:
@@ -172,16 +170,23 @@ def check_env_data(folder: Path, env: DiffusionServiceEnv, write_missing: bool) 
     saved = path.read_text(encoding="utf-8", errors="replace").strip()
     if len(saved) != 64 or any(character not in "0123456789abcdef" for character in saved):
         raise ValueError(damaged.format(f"expected 64 hexadecimal digits, got {saved[:80]!r}"))
-    if saved != env_data_digest(env):
-        raise ValueError(
-            f"the environment data differ from those {str(folder)!r} was started with "
-            f"({path} contains the digest of the originals). Either the reward network "
-            "(env.reward_net, or the packaged one) or the prompt bank changed since, so restore "
-            "those files to continue or start a new run. Or the run was started from Python "
-            "with its own environment (run_training(..., env=env)), which the run directory "
-            "does not record, so pass that environment again: load_trained_run(run_dir, "
-            "env=env) or run_training(..., resume=True, env=env)"
-        )
+    if saved == env_data_digest(env):
+        return
+    if saved == env_data_digest(env, include_classes=False):
+        # A run started with a custom environment before class names were hashed. The same
+        # environment passed again is accepted, and a writing run upgrades the digest.
+        if write_missing:
+            save_env_data_digest(folder, env)
+        return
+    raise ValueError(
+        f"the environment data differ from those {str(folder)!r} was started with "
+        f"({path} contains the digest of the originals). Either the reward network "
+        "(env.reward_net, or the packaged one) or the prompt bank changed since, so restore "
+        "those files to continue or start a new run. Or the run was started from Python "
+        "with its own environment (run_training(..., env=env)), which the run directory "
+        "does not record, so pass that environment again: load_trained_run(run_dir, "
+        "env=env) or run_training(..., resume=True, env=env)"
+    )
 
 
 def check_outside_checkpoints(path: Path, label: str) -> None:

@@ -257,6 +257,33 @@ def test_env_data_digest_names_custom_classes():
     assert env_data_digest(base) == expected.hexdigest()
 
 
+def test_legacy_custom_env_digest_is_upgraded(tmp_path):
+    from rlli_jax.env.service import DiffusionServiceEnv
+    from rlli_jax.runner import ENV_DATA_DIGEST_NAME, check_env_data, env_data_digest
+
+    class BonusEnv(DiffusionServiceEnv):
+        """Same data as the base environment, another reward."""
+
+    custom = BonusEnv(num_users=3)
+    # The digest a run started with BonusEnv wrote before class names were hashed.
+    legacy = env_data_digest(custom, include_classes=False)
+    path = tmp_path / ENV_DATA_DIGEST_NAME
+    path.write_text(legacy + "\n")
+
+    check_env_data(tmp_path, custom, write_missing=False)  # loading: accepted, nothing written
+    assert path.read_text().strip() == legacy
+    check_env_data(tmp_path, custom, write_missing=True)  # resuming: accepted and upgraded
+    assert path.read_text().strip() == env_data_digest(custom)
+    with pytest.raises(ValueError, match="environment data differ"):
+        check_env_data(tmp_path, DiffusionServiceEnv(num_users=3), write_missing=False)
+
+    # The class name, not its module, enters the digest: a class defined in the script that
+    # runs (module __main__) hashes as the same class imported by name.
+    attributes = {"__module__": "__main__", "__qualname__": BonusEnv.__qualname__}
+    renamed = type("BonusEnv", (DiffusionServiceEnv,), attributes)
+    assert env_data_digest(renamed(num_users=3)) == env_data_digest(custom)
+
+
 def test_actor_of_wrong_action_shape_is_named(monkeypatch):
     from rlli_jax.agents import ACTOR_FACTORIES, make_mlp_actor
 
