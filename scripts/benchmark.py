@@ -382,6 +382,10 @@ def plot(records: list[dict], file) -> None:
     plt.close(figure)
 
 
+# Exit status after Ctrl-C (128 + SIGINT), as rlli_jax.cli.INTERRUPTED.
+INTERRUPTED = 130
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     # Create the folder now, so a path that cannot be written fails before the measurements.
@@ -390,12 +394,25 @@ def main(argv: list[str]) -> int:
     except OSError as error:
         print(f"error: --out = {args.out} cannot be created: {error}", file=sys.stderr)
         return 2
+    suites_done = []
+    try:
+        return measure(args, argv, suites_done)
+    except KeyboardInterrupt:
+        if suites_done:
+            kept = f"{args.out} contains the finished suites {suites_done}"
+        else:
+            kept = f"no suite finished, so nothing in {args.out} was replaced"
+        print(f"\ninterrupted: {kept}", file=sys.stderr)
+        return INTERRUPTED
+
+
+def measure(args: argparse.Namespace, argv: list[str], suites_done: list[str]) -> int:
+    """Run the requested suites, appending each finished one to `suites_done`."""
     from rlli_jax import benchmarking
 
     info = benchmarking.machine_info()
     print(f"machine: {info}")
     measurements = []
-    suites_done = []
     act_costs, act_profiles, profile_error = [], [], None
     parts = {}
 
@@ -409,7 +426,6 @@ def main(argv: list[str]) -> int:
     def save(suite: str) -> dict:
         # Rewrite the outputs after each suite, so a run stopped later (Ctrl-C, a time limit)
         # keeps the suites it finished in benchmark.json too.
-        suites_done.append(suite)
         records = [m.as_dict() for m in measurements]
         ratios = speed_ratios(records)
         ratios.update(glue_ratios(records, parts))
@@ -418,7 +434,7 @@ def main(argv: list[str]) -> int:
             "time_utc": datetime.now(timezone.utc).isoformat(),
             "machine": info,
             "suites_requested": [name for name in SUITES if name in args.suite],
-            "suites_done": list(suites_done),
+            "suites_done": [*suites_done, suite],
             "records": records,
             "ratios": ratios,
             "train_parts_s": {str(n): p for n, p in parts.items()},
@@ -428,6 +444,7 @@ def main(argv: list[str]) -> int:
             "act_profile_error": profile_error,
         }
         write_outputs(args.out, document)
+        suites_done.append(suite)  # only once written, for the message after a Ctrl-C
         return document
 
     document = None
@@ -493,4 +510,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    if code == INTERRUPTED:
+        from rlli_jax.cli import exit_process  # jax is imported by then
+
+        exit_process(code)
+    sys.exit(code)

@@ -232,7 +232,7 @@ def test_script_prints_each_suite_at_once(tmp_path, monkeypatch, capsys):
     assert "DiffusionService-v0 N=8 random policy" in out
 
 
-def test_stopped_run_keeps_finished_suites(tmp_path, monkeypatch):
+def test_stopped_run_keeps_finished_suites(tmp_path, monkeypatch, capsys):
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -240,8 +240,8 @@ def test_stopped_run_keeps_finished_suites(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     argv = ["--suite", "update", "--suite", "env", "--num-envs", "2", "--numpy-envs", "1"]
     argv += ["--num-steps", "1", "--repeats", "1", "--out", str(out)]
-    with pytest.raises(KeyboardInterrupt):
-        benchmark_script.main(argv)
+    assert benchmark_script.main(argv) == benchmark_script.INTERRUPTED
+    assert f"interrupted: {out} contains the finished suites ['env']" in capsys.readouterr().err
     record = json.loads((out / "benchmark.json").read_text())
     assert record["suites_requested"] == ["env", "update"]
     assert record["suites_done"] == ["env"]
@@ -250,6 +250,20 @@ def test_stopped_run_keeps_finished_suites(tmp_path, monkeypatch):
     report = (out / "benchmark.md").read_text()
     assert "Incomplete run: suites done ['env'] of ['env', 'update']." in report
     assert (out / "benchmark.png").stat().st_size > 0
+
+
+def test_interrupt_before_first_suite_replaces_nothing(tmp_path, monkeypatch, capsys):
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmarking, "benchmark_env", stop)
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "benchmark.json").write_text("previous run")
+    argv = ["--suite", "env", "--num-envs", "2", "--numpy-envs", "1", "--out", str(out)]
+    assert benchmark_script.main(argv) == benchmark_script.INTERRUPTED
+    assert f"no suite finished, so nothing in {out} was replaced" in capsys.readouterr().err
+    assert (out / "benchmark.json").read_text() == "previous run"
 
 
 def test_script_prints_each_part_of_a_profile(capsys):
