@@ -145,7 +145,10 @@ def initialize(
         logger.info("starting jax.distributed with cluster auto-detection")
         try:
             jax.distributed.initialize()
-        except ValueError as error:  # jax 0.10 raises it before connecting when nothing is found
+        except ValueError as error:
+            # jax 0.10's message when no cluster was detected; other errors are passed on.
+            if "coordinator_address should be defined" not in str(error):
+                raise
             raise ValueError(
                 f"cluster auto-detection found no process group ({error}): no Cloud TPU pod "
                 "slice, SLURM job step or Open MPI launch was detected; run inside one, or pass "

@@ -479,15 +479,24 @@ def evaluate_policy(program: TrainProgram, agent_state, seed: int) -> dict[str, 
     Raises:
         ValueError: the compiled evaluation needs more memory than the device has free.
     """
+    agent_state = check_policy_evaluation_memory(program, agent_state, seed)
+    return summarize(program.evaluate(agent_state, program.default_hyperparams, eval_key(seed)))
+
+
+def check_policy_evaluation_memory(program: TrainProgram, agent_state, seed: int):
+    """Compile the policy evaluation and raise ValueError if it needs more than free memory.
+
+    Returns `agent_state` as the evaluation takes it: copied to the host if it is sharded. jax
+    caches the trace and the executable, so a later `program.evaluate` call on the same
+    shapes reuses this compilation.
+    """
     if any(isinstance(leaf, jax.Array) and len(leaf.sharding.device_set) > 1
            for leaf in jax.tree.leaves(agent_state)):  # fmt: skip
         agent_state = sharding.to_host(agent_state)
     hyper = program.default_hyperparams
-    key = eval_key(seed)
-    # jax caches the trace and the executable, so the call below reuses this compilation.
-    compiled = program.evaluate.lower(agent_state, hyper, key).compile()
+    compiled = program.evaluate.lower(agent_state, hyper, eval_key(seed)).compile()
     check_evaluation_memory(compiled, program.config.train.eval_episodes)
-    return summarize(program.evaluate(agent_state, hyper, key))
+    return agent_state
 
 
 def evaluate_run(program: TrainProgram, agent_state, seed: int) -> dict[str, Any]:
@@ -667,6 +676,10 @@ def _run_training(
         compile_start = time.perf_counter()
         run_chunk = placement.run_chunk.lower(state, hyper).compile()
         compile_s = time.perf_counter() - compile_start
+        if train_config.eval_episodes and (final_evaluation or train_config.eval_every_chunks):
+            # Before the first chunk, so an evaluation too large for memory stops the run now
+            # and not after its last chunk, where it would leave no summary.
+            check_policy_evaluation_memory(program, state.agent, train_config.seed)
 
         train_seconds = 0.0
         for chunk in range(start_chunk, train_config.num_chunks):

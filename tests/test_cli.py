@@ -306,6 +306,17 @@ def test_policy_evaluation_checks_memory(tmp_path, monkeypatch):
         evaluate_policy(trained.program, trained.state.agent, seed=0)
 
 
+def test_evaluation_memory_checked_before_training(tmp_path, monkeypatch, capsys):
+    from rlli_jax import evaluation
+
+    monkeypatch.setattr(evaluation, "available_device_bytes", lambda: (1024, "a test"))
+    run = tmp_path / "run"
+    assert train_script.main(tiny_args(32, eval_episodes=2) + ["--out", str(run)]) == 1
+    assert "evaluating num_episodes = 2 at once needs" in capsys.readouterr().err
+    checkpoints = run / "checkpoints"
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())  # no chunk was trained
+
+
 def load_run_config_with_episodes(run, episodes: int):
     from rlli_jax.config import Config, apply_overrides
     from rlli_jax.runner import load_run_config
