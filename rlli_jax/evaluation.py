@@ -116,11 +116,14 @@ def evaluate_policy(
     return summarize(compiled(env_params, key))
 
 
-def check_evaluation_memory(compiled: jax.stages.Compiled, num_episodes: int) -> None:
+def check_evaluation_memory(
+    compiled: jax.stages.Compiled, num_episodes: int, num_members: int = 1
+) -> None:
     """Raise ValueError if the compiled evaluation needs more than the default device's free memory.
 
-    The need is XLA's memory analysis: arguments, outputs and temporaries. A backend that
-    reports no analysis is not checked.
+    The need is XLA's memory analysis: arguments, outputs and temporaries, per device for a
+    program split over devices (seen on CPU with jax 0.10). `num_members` > 1 names a
+    population evaluated at once. A backend that reports no analysis is not checked.
     """
     analysis = compiled.memory_analysis()
     if analysis is None:
@@ -132,8 +135,10 @@ def check_evaluation_memory(compiled: jax.stages.Compiled, num_episodes: int) ->
     )
     free_bytes, source = available_device_bytes()
     if needed > free_bytes:
+        members = f" for each of {num_members} members" if num_members > 1 else ""
         raise ValueError(
-            f"evaluating num_episodes = {num_episodes} at once needs {needed / 2**20:.1f} MiB "
+            f"evaluating num_episodes = {num_episodes} at once{members} needs "
+            f"{needed / 2**20:.1f} MiB "
             f"but only {free_bytes / 2**20:.1f} MiB are free according to {source}; evaluate "
             "fewer episodes (train.eval_episodes, or --episodes of scripts/evaluate.py)"
         )

@@ -46,7 +46,7 @@ from rlli_jax.agents.baselines import BASELINE_NAMES, make_baseline_policy
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import Config, read_yaml, save_config
 from rlli_jax.distributed import check_shared_directory, processes_that_differ
-from rlli_jax.evaluation import run_episodes, summarize
+from rlli_jax.evaluation import check_evaluation_memory, run_episodes, summarize
 from rlli_jax.metrics import MetricsWriter
 from rlli_jax.outputs import write_json_atomic
 from rlli_jax.runner import (
@@ -422,6 +422,13 @@ def _run_group(
 
         compile_start = time.perf_counter()
         run_chunk = population.run_chunk.lower(state, hyper).compile()
+        eval_key_data = sharding.place(sharding.pad(eval_keys, padded), placement)
+        evaluate = None
+        if train_config.eval_episodes > 0:
+            # Compiled and checked before the first chunk, so an evaluation too large for
+            # memory stops the group now and not after its training.
+            evaluate = population.evaluate.lower(state.agent, hyper, eval_key_data).compile()
+            check_evaluation_memory(evaluate, train_config.eval_episodes, num_members=padded)
         timing["compile_s"] += time.perf_counter() - compile_start
         _emit(on_event, SweepEvent("group_start", group.index, num_groups, 0,
                                    train_config.num_chunks, group.size, len(failures),
@@ -459,11 +466,10 @@ def _run_group(
             ))  # fmt: skip
 
         evaluation = None
-        if train_config.eval_episodes > 0:
+        if evaluate is not None:
             evaluate_start = time.perf_counter()
-            key_data = sharding.place(sharding.pad(eval_keys, padded), placement)
             evaluation = sharding.unpad(
-                sharding.to_host(population.evaluate(state.agent, hyper, key_data)), group.size
+                sharding.to_host(evaluate(state.agent, hyper, eval_key_data)), group.size
             )
             timing["evaluation_s"] = time.perf_counter() - evaluate_start
     finally:
