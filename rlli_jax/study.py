@@ -47,7 +47,7 @@ import rlli_jax.train as train_module
 from rlli_jax.agents.baselines import BASELINE_NAMES, make_baseline_policy
 from rlli_jax.config import SEED_MAX, Config, load_config
 from rlli_jax.env.service import DiffusionServiceEnv
-from rlli_jax.evaluation import make_agent_policy, run_episodes
+from rlli_jax.evaluation import check_evaluation_memory, make_agent_policy, run_episodes
 from rlli_jax.qoe.model import QoEModel
 from rlli_jax.runner import env_data_digest
 
@@ -350,13 +350,28 @@ def run_entry(
     start = time.perf_counter()
     compiled = train_all.lower(train_keys, hyper).compile()
     compile_s = time.perf_counter() - start
+
+    # The evaluation is compiled and its memory checked before training, so an evaluation too
+    # large for memory stops the study now and not after this entry has trained. Its compile
+    # time counts as evaluation time.
+    start = time.perf_counter()
+    final_shapes, _ = compiled.out_info
+    evaluate_agents = _agent_evaluation(program, eval_env)
+    evaluate_agents = evaluate_agents.lower(final_shapes.agent, eval_keys).compile()
+    check_evaluation_memory(evaluate_agents, config.train.eval_episodes, num_members=len(seeds))
+    eval_compile_s = time.perf_counter() - start
+
     start = time.perf_counter()
     final_state, metrics = compiled(train_keys, hyper)
     jax.block_until_ready(final_state)
     train_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    per_seed = {entry.algo: _evaluate_agents(program, eval_env, final_state.agent, eval_keys)}
+    per_seed = {
+        entry.algo: _episode_means(
+            evaluate_agents(final_state.agent, eval_keys), eval_env.num_users
+        )
+    }
     signature = baseline_signature(config, seeds, eval_env)
     baselines = (baseline_cache or {}).get(signature, {})
     for name in BASELINE_NAMES:
@@ -364,7 +379,7 @@ def run_entry(
             per_seed[name] = dict(baselines[name])
         else:
             per_seed[name] = _evaluate_baseline(name, eval_env, eval_params, eval_keys, config)
-    eval_s = time.perf_counter() - start
+    eval_s = eval_compile_s + time.perf_counter() - start
 
     # Training metrics are [num_seeds, num_chunks, steps_per_chunk]; average each chunk.
     curves = {name: np.asarray(metrics[name]).mean(axis=2).tolist() for name in CURVE_METRICS}
@@ -416,7 +431,8 @@ def _episode_means(per_episode: Mapping[str, jax.Array], num_users: int) -> dict
     return {name: means[name].tolist() for name in REPORTED_METRICS}
 
 
-def _evaluate_agents(program, env: DiffusionServiceEnv, agent_states, eval_keys) -> dict[str, list]:
+def _agent_evaluation(program, env: DiffusionServiceEnv):
+    """Return the jitted evaluation of a batch of agent states, one key each, on `env`."""
     hyper = program.default_hyperparams
     num_episodes = program.config.train.eval_episodes
 
@@ -424,8 +440,7 @@ def _evaluate_agents(program, env: DiffusionServiceEnv, agent_states, eval_keys)
         policy = make_agent_policy(program.agent, agent_state, hyper.agent)
         return run_episodes(env, hyper.env, policy, key, num_episodes)
 
-    per_episode = jax.jit(jax.vmap(evaluate_one))(agent_states, eval_keys)
-    return _episode_means(per_episode, env.num_users)
+    return jax.jit(jax.vmap(evaluate_one))
 
 
 def _evaluate_baseline(name, env, env_params, eval_keys, config) -> dict[str, list]:

@@ -217,6 +217,15 @@ def test_script_tiny_writes_outputs_and_resumes(tmp_path):
     assert "incomplete study entry file" in incomplete.stderr
 
 
+def test_entry_checks_evaluation_memory_first(monkeypatch):
+    from rlli_jax import evaluation
+    from rlli_jax.study import run_entry
+
+    monkeypatch.setattr(evaluation, "available_device_bytes", lambda: (1024, "a test"))
+    with pytest.raises(ValueError, match=r"at once for each of 2 members needs .* a test"):
+        run_entry(REPO / "configs" / "paper.yaml", STUDY_ENTRIES["ddpg"], "tiny", [0, 1])
+
+
 def test_script_rejects_bad_config_early(tmp_path):
     out = tmp_path / "study"
     missing = _run_script("--config", str(tmp_path / "nope.yaml"), "--out", str(out))
