@@ -356,8 +356,8 @@ def run_entry(
     # time counts as evaluation time.
     start = time.perf_counter()
     final_shapes, _ = compiled.out_info
-    evaluate_agents = _agent_evaluation(program, eval_env)
-    evaluate_agents = evaluate_agents.lower(final_shapes.agent, eval_keys).compile()
+    evaluation = _agent_evaluation(program, eval_env)
+    evaluate_agents = evaluation.lower(final_shapes.agent, eval_keys).compile()
     check_evaluation_memory(evaluate_agents, config.train.eval_episodes, num_members=len(seeds))
     eval_compile_s = time.perf_counter() - start
 
@@ -367,11 +367,8 @@ def run_entry(
     train_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    per_seed = {
-        entry.algo: _episode_means(
-            evaluate_agents(final_state.agent, eval_keys), eval_env.num_users
-        )
-    }
+    per_episode = evaluate_agents(final_state.agent, eval_keys)
+    per_seed = {entry.algo: _episode_means(per_episode, eval_env.num_users)}
     signature = baseline_signature(config, seeds, eval_env)
     baselines = (baseline_cache or {}).get(signature, {})
     for name in BASELINE_NAMES:

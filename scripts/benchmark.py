@@ -382,7 +382,8 @@ def plot(records: list[dict], file) -> None:
     plt.close(figure)
 
 
-# Exit status after Ctrl-C (128 + SIGINT), as rlli_jax.cli.INTERRUPTED.
+# Exit status after Ctrl-C (128 + SIGINT). It equals rlli_jax.cli.INTERRUPTED, repeated here
+# because importing rlli_jax loads jax, which this script defers until the options are valid.
 INTERRUPTED = 130
 
 
@@ -399,10 +400,10 @@ def main(argv: list[str]) -> int:
         return measure(args, argv, suites_done)
     except KeyboardInterrupt:
         if suites_done:
-            kept = f"{args.out} contains the finished suites {suites_done}"
+            outcome = f"{args.out} contains the finished suites {suites_done}"
         else:
-            kept = f"no suite finished, so nothing in {args.out} was replaced"
-        print(f"\ninterrupted: {kept}", file=sys.stderr)
+            outcome = f"no suite finished, so nothing in {args.out} was replaced"
+        print(f"\ninterrupted: {outcome}", file=sys.stderr)
         return INTERRUPTED
 
 
