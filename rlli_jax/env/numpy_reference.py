@@ -101,7 +101,9 @@ class NumpyDiffusionServiceEnv:
     def _param(self, name) -> float:
         return float(self.p[name])
 
-    def _draw_prompts(self):
+    def prompt_probabilities(self) -> np.ndarray:
+        """Return the probability [K] of each prompt: Zipf-skewed topics (ranked by topic id),
+        then Zipf-skewed prompts within the topic (ranked in bank order)."""
         num_topics = int(self.topics.max()) + 1
         topic_weight = (np.arange(num_topics) + 1.0) ** -self._param("topic_zipf_exponent")
         rank_in_topic = np.zeros(len(self.topics))
@@ -112,7 +114,11 @@ class NumpyDiffusionServiceEnv:
         prompt_weight = (rank_in_topic + 1.0) ** -self._param("prompt_zipf_exponent")
         topic_total = np.bincount(self.topics, weights=prompt_weight, minlength=num_topics)
         weights = topic_weight[self.topics] * prompt_weight / topic_total[self.topics]
-        return self.rng.choice(len(self.topics), size=self.num_users, p=weights / weights.sum())
+        return weights / weights.sum()
+
+    def _draw_prompts(self):
+        probabilities = self.prompt_probabilities()
+        return self.rng.choice(len(probabilities), size=self.num_users, p=probabilities)
 
     def reset(self):
         n = self.num_users
