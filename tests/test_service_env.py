@@ -516,3 +516,34 @@ def test_make_params_rejects_prompt_bank_dtypes():
         prompt_topics=np.asarray(env.default_params.prompt_topics, np.int64),
     )
     assert params.prompt_topics.shape == (size,)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"tx_power_w": 1e-30},
+        {"min_distance_m": 1e12, "max_distance_m": 1e12},
+        {"min_distance_m": 1e-9, "max_distance_m": 1e-9},
+    ],
+)
+def test_observed_gain_is_the_snr_in_db(overrides):
+    # Extreme constants make the linear SNR underflow float32 to 0 or overflow to inf, but its
+    # dB value, and so the observation, stays finite.
+    env = default_env()
+    params = env.make_params(**overrides)
+    obs, state = env.reset(jax.random.key(5), params)
+    distance_km = np.asarray(state.distance_m, np.float64) / 1000.0
+    fading_power = np.sum(np.asarray(state.fading, np.float64) ** 2, axis=-1)
+    noise_dbm = -174.0 + 10.0 * np.log10(5e6) + 9.0
+    power_dbm = 10.0 * np.log10(float(params.tx_power_w)) + 30.0
+    expected_snr_db = (
+        power_dbm
+        - (128.1 + 37.6 * np.log10(distance_km))
+        + np.asarray(state.shadowing_db, np.float64)
+        + 10.0 * np.log10(fading_power)
+        - noise_dbm
+    )
+    features = env.layout.user_features(obs)
+    assert np.all(np.isfinite(obs))
+    np.testing.assert_allclose(features[:, 0], (expected_snr_db - 20.0) / 20.0, atol=1e-4)

@@ -172,6 +172,22 @@ def snr(gain: jax.Array, params: EnvParams) -> jax.Array:
     return params.tx_power_w * gain / noise_power_w(params)
 
 
+def snr_db(
+    distance_m: jax.Array, shadowing_db: jax.Array, fading: jax.Array, params: EnvParams
+) -> jax.Array:
+    """Compute 10 log10(SNR_n) as a sum of dB terms, so it stays finite where the linear SNR of
+    extreme constants (a 1e-30 W power, a 1e12 m or 1e-9 m distance) leaves the float32 range."""
+    noise_db = (
+        10.0 * jnp.log10(params.bandwidth_hz)
+        + params.noise_psd_dbm_per_hz
+        - 30.0
+        + params.noise_figure_db
+    )
+    fading_db = 10.0 * jnp.log10(jnp.sum(fading**2, axis=-1))
+    power_db = 10.0 * jnp.log10(params.tx_power_w)
+    return power_db - path_loss_db(distance_m) + shadowing_db + fading_db - noise_db
+
+
 def downlink_rate_bps(
     bandwidth_share: jax.Array, snr_linear: jax.Array, params: EnvParams
 ) -> jax.Array:

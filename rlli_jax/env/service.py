@@ -429,8 +429,7 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
 
     def get_obs(self, state: EnvState, params: EnvParams, key: jax.Array | None = None):
         """Return the flat observation [obs_dim]; the layout is in the module docstring."""
-        gain = physics.channel_gain(state.distance_m, state.shadowing_db, state.fading)
-        snr_db = 10.0 * jnp.log10(physics.snr(gain, params))
+        snr_db = physics.snr_db(state.distance_m, state.shadowing_db, state.fading, params)
         groups = state.groups
         group_size = groups.size[groups.representative] / self.num_users
         per_user = jnp.concatenate(
