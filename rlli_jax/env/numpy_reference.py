@@ -5,6 +5,10 @@ and a Python loop over environments to batch. It exists for two reasons: a test 
 computes the same rewards as the JAX environment on the same state and action, and
 `scripts/benchmark.py` times both in one run so the report gives a speed ratio.
 
+`step` builds no observation and returns four `info` fields, where the JAX step builds the
+observation and thirteen, so the reference does less work per step and the speed ratio
+understates the JAX environment's lead.
+
 Only the QoE models shipped with the package are supported: the analytic simulator and the
 persona reward network (an MLP evaluated here in NumPy from the same parameters).
 """
