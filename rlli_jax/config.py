@@ -244,11 +244,6 @@ class TrainConfig:
         """Vectorised steps with uniform random actions and no gradient updates."""
         return math.ceil(self.warmup_env_steps / self.num_envs)
 
-    @property
-    def num_updates(self) -> int:
-        """Gradient steps in the run."""
-        return max(self.num_iterations - self.warmup_iterations, 0) * self.updates_per_step
-
 
 @dataclasses.dataclass(frozen=True)
 class LoggingConfig:
@@ -283,6 +278,19 @@ class Config:
         return AgentHyperparams.create(**self.hyper.resolve(self.agent.algo))
 
     @property
+    def num_updates(self) -> int:
+        """Gradient steps in the run.
+
+        Updates start at the first iteration after warmup at which the replay buffer contains
+        `agent.batch_size` transitions, because `Replay.can_sample` needs a full batch.
+        """
+        train = self.train
+        # After iteration k the buffer contains (k + 1) * num_envs transitions.
+        first_full_batch = math.ceil(self.agent.batch_size / train.num_envs) - 1
+        first_update = max(train.warmup_iterations, first_full_batch)
+        return max(train.num_iterations - first_update, 0) * train.updates_per_step
+
+    @property
     def derived(self) -> dict[str, Any]:
         """Values computed from the config, recorded next to it in the run directory."""
         return {
@@ -292,7 +300,7 @@ class Config:
             "train.num_iterations": self.train.num_iterations,
             "train.actual_env_steps": self.train.num_iterations * self.train.num_envs,
             "train.warmup_iterations": self.train.warmup_iterations,
-            "train.num_updates": self.train.num_updates,
+            "train.num_updates": self.num_updates,
         }
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

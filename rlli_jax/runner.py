@@ -729,7 +729,7 @@ def _run_training(
         summary: dict[str, Any] = {
             "algo": config.agent.algo,
             "env_steps": train_config.num_chunks * train_config.env_steps_per_chunk,
-            "num_updates": train_config.num_updates,
+            "num_updates": config.num_updates,
             "compile_s": compile_s,
             "train_s": train_seconds,
             "env_steps_per_s": (

@@ -391,7 +391,7 @@ def run_entry(
         "seeds": list(seeds),
         "num_users": config.env.num_users,
         "total_env_steps": config.train.num_iterations * config.train.num_envs,
-        "num_updates": config.train.num_updates,
+        "num_updates": config.num_updates,
         "eval_episodes": config.train.eval_episodes,
         "compile_s": compile_s,
         "train_s": train_s,

@@ -274,14 +274,33 @@ def test_derived_values():
             "train.total_env_steps=95",
             "train.warmup_env_steps=25",
             "train.updates_per_step=2",
+            "agent.batch_size=16",
         ]
     )
     # 95 steps round up to 3 chunks of 10 * 4 = 40 steps: 12 iterations, 3 of them warmup.
+    # The buffer contains a batch of 16 after iteration 1, before warmup ends.
     assert config.train.env_steps_per_chunk == 40
     assert config.train.num_chunks == 3
     assert config.train.num_iterations == 12
     assert config.train.warmup_iterations == 3
-    assert config.train.num_updates == 18
+    assert config.num_updates == 18
+
+
+def test_num_updates_waits_for_a_full_batch():
+    config = load_config(
+        overrides=[
+            "train.num_envs=10",
+            "train.steps_per_chunk=4",
+            "train.total_env_steps=95",
+            "train.warmup_env_steps=25",
+            "train.updates_per_step=2",
+            "agent.batch_size=64",
+        ]
+    )
+    # After iteration k the buffer contains 10 (k + 1) transitions, so the first batch of 64 is
+    # ready at iteration 6, after the 3 warmup iterations: (12 - 6) * 2 = 12 updates.
+    assert config.num_updates == 12
+    assert config.derived["train.num_updates"] == 12
 
 
 def test_null_hyperparameter_takes_algo_default():

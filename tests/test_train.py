@@ -298,3 +298,16 @@ def test_actor_of_wrong_action_shape_is_named(monkeypatch):
         ValueError, match=r"invalid actor of agent.algo = 'short': .*\(8, 11\).*\(8, 12\); check"
     ):
         make_train(config)
+
+
+def test_num_updates_matches_updates_run():
+    # Warmup ends before the buffer contains a batch: 4 envs fill a batch of 16 at iteration 3.
+    replaced = {"train.warmup_env_steps": "0", "agent.batch_size": "16"}
+    overrides = [
+        f"{key}={replaced[key]}" if key in replaced else f"{key}={value}"
+        for key, value in (override.split("=", 1) for override in TINY_OVERRIDES)
+    ]
+    config = load_config(overrides=overrides)
+    program = make_train(config)
+    state, _ = run_chunks(program, jax.random.key(0), config.train.num_chunks)
+    assert int(state.agent.step) == config.num_updates
