@@ -311,3 +311,23 @@ def test_num_updates_matches_updates_run():
     program = make_train(config)
     state, _ = run_chunks(program, jax.random.key(0), config.train.num_chunks)
     assert int(state.agent.step) == config.num_updates
+
+
+def test_truncated_transitions_bootstrap_from_final_obs(program):
+    # TINY_OVERRIDES: 4 envs, horizon 4 and 4 steps per chunk, so the chunk's last step
+    # truncates every episode.
+    hyper = program.default_hyperparams
+    state, _ = program.run_chunk(program.init(jax.random.key(0), hyper), hyper)
+    slot = program.env.layout.slot_fraction
+    experience = jax.tree.map(lambda leaf: np.asarray(leaf[0]), state.replay.experience)
+    obs = experience.obs[:16].reshape(4, 4, -1)  # [step, env, obs_dim]
+    next_obs = experience.next_obs[:16].reshape(4, 4, -1)
+    terminated = experience.terminated[:16].reshape(4, 4)
+
+    # A time limit is not a terminal state, so the critic target keeps its bootstrap.
+    assert np.all(terminated == 0.0)
+    # next_obs is the observation that followed the action in the same environment.
+    np.testing.assert_array_equal(next_obs[:-1], obs[1:])
+    # At truncation it is the final observation (slot 4 of 4), not the reset one.
+    np.testing.assert_allclose(next_obs[-1, :, slot], 1.0)
+    np.testing.assert_allclose(np.asarray(state.obs)[:, slot], 0.0)
