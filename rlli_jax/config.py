@@ -174,6 +174,7 @@ class TrainConfig:
     eval_every_chunks: int = 0
     checkpoint_every_chunks: int = 10
     max_checkpoints: int = 3
+    bootstrap_at_horizon: bool = True
 
     def __post_init__(self):
         positive = (

@@ -82,6 +82,7 @@ class _Static(NamedTuple):
     warmup_iterations: int
     updates_per_step: int
     update_metric_names: tuple[str, ...]
+    bootstrap_at_horizon: bool
 
 
 def make_env(config: Config) -> DiffusionServiceEnv:
@@ -165,6 +166,9 @@ def collect_step(
     )(step_keys, state.env_state, action, hyper.env)
     truncated = jax.vmap(static.env.is_truncated, in_axes=(0, None))(env_state, hyper.env)
     done = terminated | truncated  # [num_envs]
+    # The critic target bootstraps unless the stored transition is terminal; with
+    # bootstrap_at_horizon off the horizon ends the task (the slot index is observed).
+    stored_terminated = terminated if static.bootstrap_at_horizon else done
 
     replay_state = static.replay.add(
         state.replay,
@@ -173,7 +177,7 @@ def collect_step(
             action=action,
             reward=reward,
             next_obs=next_obs,
-            terminated=terminated.astype(jnp.float32),
+            terminated=stored_terminated.astype(jnp.float32),
         ),
     )
 
@@ -331,6 +335,7 @@ def make_train(
         warmup_iterations=train_config.warmup_iterations,
         updates_per_step=train_config.updates_per_step,
         update_metric_names=update_metric_names,
+        bootstrap_at_horizon=train_config.bootstrap_at_horizon,
     )
     trace_counts = {"init": 0, "run_chunk": 0, "evaluate": 0}
 

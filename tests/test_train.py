@@ -331,3 +331,19 @@ def test_truncated_transitions_bootstrap_from_final_obs(program):
     # At truncation it is the final observation (slot 4 of 4), not the reset one.
     np.testing.assert_allclose(next_obs[-1, :, slot], 1.0)
     np.testing.assert_allclose(np.asarray(state.obs)[:, slot], 0.0)
+
+
+def test_horizon_ends_the_task_without_bootstrap():
+    config = load_config(overrides=[*TINY_OVERRIDES, "train.bootstrap_at_horizon=false"])
+    program = make_train(config)
+    hyper = program.default_hyperparams
+    state, _ = program.run_chunk(program.init(jax.random.key(0), hyper), hyper)
+    terminated = np.asarray(state.replay.experience.terminated[0, :16]).reshape(4, 4)
+    # Only the last slot of each episode is stored as terminal.
+    np.testing.assert_array_equal(terminated[:-1], 0.0)
+    np.testing.assert_array_equal(terminated[-1], 1.0)
+
+
+def test_bootstrap_at_horizon_must_be_a_bool():
+    with pytest.raises(ValueError, match=r"train\.bootstrap_at_horizon"):
+        load_config(overrides=["train.bootstrap_at_horizon=2"])
