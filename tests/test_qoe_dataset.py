@@ -90,6 +90,9 @@ def test_validate_good_record():
         ({"latency_s": float("inf")}, "'latency_s' must be finite"),
         ({"prompt_id": -1}, "'prompt_id' must be an integer >= 0"),
         ({"prompt_id": 1.0}, "'prompt_id' must be an integer >= 0"),
+        ({"prompt_id": 2**31}, "'prompt_id' must be at most 2147483647, got 2147483648"),
+        ({"quality": 10**400}, "'quality' must be finite, got an integer of 401 digits"),
+        ({"latency_s": 10**400}, "'latency_s' must be finite, got an integer of 401 digits"),
         ({"simulated": "yes"}, "'simulated' must be true or false"),
         ({"request_id": 7}, "'request_id' must be a non-empty string"),
         ({"rater": "simulator"}, "'rater' must be"),
@@ -173,6 +176,20 @@ def test_loader_accepts_retry_after_failure(tmp_path):
     assert dataset.num_failed == 1
     assert [bad.line_number for bad in dataset.bad_lines] == [4]
     assert "duplicate request_id 's0-0000000'" in dataset.bad_lines[0].reason
+
+
+def test_loader_skips_oversized_numbers(tmp_path):
+    path = tmp_path / "ratings.jsonl"
+    lines = [
+        json.dumps(good_record(0)),
+        json.dumps(good_record(1, latency_s=10**400)),  # too large for a float
+        json.dumps(good_record(2, prompt_id=2**40)),  # too large for int32
+    ]
+    write_lines(path, lines)
+    dataset = load_ratings(path)
+    assert dataset.request_ids == ("s0-0000000",)
+    assert [bad.line_number for bad in dataset.bad_lines] == [2, 3]
+    assert read_request_statuses(path) == {"s0-0000000": "ok"}
 
 
 def test_loader_skips_line_with_invalid_utf8(tmp_path):

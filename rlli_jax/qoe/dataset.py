@@ -27,6 +27,7 @@ import gzip
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -53,6 +54,8 @@ REQUIRED_FIELDS = (
 )
 # Bad lines listed in the message of a strict-mode error; the rest are only counted.
 MAX_BAD_LINES_IN_ERROR = 10
+# Largest valid prompt_id, because the loader stores prompt ids as int32.
+MAX_PROMPT_ID = np.iinfo(np.int32).max
 
 
 def make_record(result: RatingResult, rater: Rater, timestamp: str | None = None) -> dict:
@@ -145,6 +148,12 @@ def _check_number(record: dict, field: str, low: float, high: float, low_open: b
     value = record[field]
     if not _is_number(value):
         raise ValueError(f"field {field!r} must be a number, got {value!r}")
+    # JSON integers may have any number of digits, and math.isfinite raises OverflowError on one
+    # too large for a float.
+    if isinstance(value, int) and abs(value) > sys.float_info.max:
+        raise ValueError(
+            f"field {field!r} must be finite, got an integer of {len(str(abs(value)))} digits"
+        )
     if not math.isfinite(value):
         raise ValueError(f"field {field!r} must be finite, got {value!r}")
     too_low = value <= low if low_open else value < low
@@ -176,6 +185,10 @@ def validate_record(record) -> None:
         value = record[field]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"field {field!r} must be an integer >= 0, got {value!r}")
+    if record["prompt_id"] > MAX_PROMPT_ID:
+        raise ValueError(
+            f"field 'prompt_id' must be at most {MAX_PROMPT_ID}, got {record['prompt_id']!r}"
+        )
 
     rater = record["rater"]
     if not (
