@@ -88,7 +88,12 @@ def test_model_rejects_hidden_sizes_string():
     ("field", "value", "match"),
     [
         ("learning_rate", 0.0, "learning_rate must be a finite number > 0"),
-        ("batch_size", 0, "batch_size must be a finite number > 0"),
+        ("batch_size", 0, "batch_size must be an integer >= 1, got 0"),
+        ("batch_size", 2.5, "batch_size must be an integer >= 1, got 2.5"),
+        ("max_epochs", 10.0, "max_epochs must be an integer >= 1, got 10.0"),
+        ("patience", True, "patience must be an integer >= 1, got True"),
+        ("seed", -1, r"seed must be an integer in \[0, 4294967295\], got -1"),
+        ("seed", 1.5, r"seed must be an integer in \[0, 4294967295\], got 1.5"),
         ("validation_fraction", 1.0, r"validation_fraction must be in \(0, 1\)"),
         ("weight_decay", -1e-3, "weight_decay must be >= 0"),
         ("hidden_sizes", (8, 0), "hidden_sizes"),

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 import scipy.stats
 
+from rlli_jax.config import SEED_MAX
 from rlli_jax.qoe.dataset import RatingsDataset
 from rlli_jax.qoe.reward_net import (
     DEFAULT_HIDDEN_SIZES,
@@ -52,15 +53,23 @@ class DistillConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", validate_hidden_sizes(self.hidden_sizes))
-        positive = {
-            "learning_rate": self.learning_rate,
-            "batch_size": self.batch_size,
-            "max_epochs": self.max_epochs,
-            "patience": self.patience,
-        }
-        for name, value in positive.items():
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not (
+            isinstance(self.learning_rate, int | float)
+            and math.isfinite(self.learning_rate)
+            and self.learning_rate > 0
+        ):
+            raise ValueError(
+                f"learning_rate must be a finite number > 0, got {self.learning_rate!r}"
+            )
+        # Counts are used as array sizes and range bounds, so a float such as 2.5 fails late
+        # inside jit or range() without naming the field.
+        for name in ("batch_size", "max_epochs", "patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        seed_valid = isinstance(self.seed, int) and not isinstance(self.seed, bool)
+        if not (seed_valid and 0 <= self.seed <= SEED_MAX):
+            raise ValueError(f"seed must be an integer in [0, {SEED_MAX}], got {self.seed!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not 0.0 < self.validation_fraction < 1.0:
