@@ -23,6 +23,8 @@ from rlli_jax.qoe.raters import make_rater  # noqa: E402
 from rlli_jax.qoe.template import RatingRequest  # noqa: E402
 
 SECRET_KEY = "sk-test-do-not-leak-7f3a9c"
+# Nesting depth past Python's recursion limit, so json.loads raises RecursionError.
+DEEP_JSON_LEVELS = 100_000
 KEY_ENV = "RLLI_TEST_OPENAI_KEY"
 
 
@@ -109,6 +111,12 @@ class FakeChatServer:
             return 200, b"<html>gateway says hi</html>", {"Content-Type": "text/html"}
         if mode == "nocontent":
             return 200, json.dumps({"choices": []}).encode(), json_type
+        if mode == "badgzip":
+            return 200, b"not gzip data", {**json_type, "Content-Encoding": "gzip"}
+        if mode == "deepbody":
+            return 200, b"[" * DEEP_JSON_LEVELS, json_type
+        if mode == "deepreply":
+            return 200, completion("[" * DEEP_JSON_LEVELS), json_type
         if mode == "slow":
             time.sleep(1.0)
             return 200, completion('{"rating": 3}'), json_type
@@ -236,6 +244,24 @@ def test_unparsable_reply_stored_as_failure(server, mode, error, raw_text):
     assert result.raw_text == raw_text
     # A malformed reply is not retried, because asking again would bias the ratings.
     assert server.calls[f"{mode}/0"] == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [
+        ("badgzip", "invalid response (DecodingError("),
+        ("deepbody", "response is not a chat completion (RecursionError:"),
+        ("deepreply", "unparsable reply: reply is JSON nested deeper than"),
+    ],
+)
+def test_undecodable_reply_stored_as_failure(server, mode, error):
+    requests = [make_request(mode), make_request("ok", 1)]
+    bad_result, good_result = make_test_rater(server).rate(requests)
+    assert not bad_result.ok
+    assert bad_result.error.startswith(error)
+    assert server.calls[f"{mode}/0"] == 1
+    # The other requests of the batch are still rated.
+    assert good_result.rating == 4
 
 
 def test_429_retried_with_exponential_backoff(server):

@@ -3,8 +3,9 @@
 Each request is one POST to `{base_url}/chat/completions`. HTTP 429, 500, 502, 503 and 504
 responses, timeouts and connection errors are retried with exponential backoff, and a numeric
 Retry-After header replaces the backoff delay, capped at `backoff_max_s`. Other 4xx and 5xx
-responses fail at once. At most `concurrency` requests are in flight. A reply that
-`parse_rating` rejects becomes a failure that keeps the raw text.
+responses, bodies that httpx cannot decode and bodies that are not chat completions fail at
+once. At most `concurrency` requests are in flight. A reply that `parse_rating` rejects becomes
+a failure that keeps the raw text.
 The API key is read from the environment variable named by `api_key_env` and is only ever sent
 in the Authorization header: it is not stored in results, records or log messages.
 """
@@ -86,7 +87,8 @@ def _message_content(body: str) -> str:
     try:
         document = json.loads(body)
         content = document["choices"][0]["message"]["content"]
-    except (json.JSONDecodeError, KeyError, IndexError, TypeError) as error:
+    # RecursionError: JSON nested deeper than the interpreter's recursion limit.
+    except (json.JSONDecodeError, RecursionError, KeyError, IndexError, TypeError) as error:
         raise _PermanentError(
             f"response is not a chat completion ({type(error).__name__}: {error})", body
         ) from error
@@ -189,7 +191,8 @@ class OpenAIRater:
 
         Raises:
             _RetryableError: a status in RETRY_STATUS_CODES, a timeout or a connection error.
-            _PermanentError: any other HTTP error, or a body that is not a chat completion.
+            _PermanentError: any other HTTP error, a body that httpx cannot decode, or a body
+                that is not a chat completion.
         """
         try:
             response = client.post(self.endpoint, json=self._payload(request))
@@ -199,6 +202,11 @@ class OpenAIRater:
             ) from error
         except httpx.TransportError as error:
             raise _RetryableError(f"connection failed ({error!r})", None) from error
+        except httpx.HTTPError as error:
+            # The reply arrived but cannot be used, such as a body that fails its
+            # Content-Encoding (httpx.DecodingError). Like any other unusable body, it fails at
+            # once instead of stopping the whole collection.
+            raise _PermanentError(f"invalid response ({error!r})", None) from error
 
         if response.status_code in RETRY_STATUS_CODES:
             raise _RetryableError(

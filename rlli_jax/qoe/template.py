@@ -133,6 +133,10 @@ def parse_rating(text: str) -> int:
         document = json.loads(stripped)
     except json.JSONDecodeError as error:
         raise RatingParseError(f"reply is not valid JSON: {error}") from error
+    except RecursionError:
+        raise RatingParseError(
+            "reply is JSON nested deeper than Python's recursion limit, not a rating object"
+        ) from None
     if not isinstance(document, dict):
         raise RatingParseError(f"reply must be a JSON object, got {type(document).__name__}")
     if "rating" not in document:
