@@ -178,17 +178,18 @@ def test_loader_accepts_retry_after_failure(tmp_path):
     assert "duplicate request_id 's0-0000000'" in dataset.bad_lines[0].reason
 
 
-def test_loader_skips_oversized_numbers(tmp_path):
+def test_loader_skips_oversized_values(tmp_path):
     path = tmp_path / "ratings.jsonl"
     lines = [
         json.dumps(good_record(0)),
         json.dumps(good_record(1, latency_s=10**400)),  # too large for a float
         json.dumps(good_record(2, prompt_id=2**40)),  # too large for int32
+        "[" * 100_000,  # nested past Python's recursion limit
     ]
     write_lines(path, lines)
     dataset = load_ratings(path)
     assert dataset.request_ids == ("s0-0000000",)
-    assert [bad.line_number for bad in dataset.bad_lines] == [2, 3]
+    assert [bad.line_number for bad in dataset.bad_lines] == [2, 3, 4]
     assert read_request_statuses(path) == {"s0-0000000": "ok"}
 
 

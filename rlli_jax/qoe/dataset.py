@@ -239,6 +239,10 @@ def parse_record_line(line: str) -> dict:
         record = json.loads(line)
     except json.JSONDecodeError as error:
         raise ValueError(f"invalid JSON: {error}") from None
+    except RecursionError:
+        raise ValueError(
+            "invalid record: JSON nested deeper than Python's recursion limit"
+        ) from None
     validate_record(record)
     return record
 
