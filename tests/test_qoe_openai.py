@@ -8,6 +8,7 @@ import http.server
 import json
 import logging
 import re
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -310,6 +311,27 @@ def test_interrupt_stores_requests_in_flight(server):
     for index in range(6):
         assert server.calls[f"slow/{index}"] == int(f"t-slow-{index}" in delivered)
     assert sum(server.calls[f"slow/{index}"] for index in range(2, 6)) == 0
+
+
+def test_ctrl_c_while_storing_keeps_result(server):
+    rater = make_test_rater(server, concurrency=2)
+    stored = []
+
+    def store_after_ctrl_c(result):
+        if not stored:
+            # Ctrl-C arrives before this result is stored. Python runs the SIGINT handler
+            # before the next line, as it would for a real Ctrl-C at this point.
+            signal.raise_signal(signal.SIGINT)
+        stored.append(result.request.request_id)
+
+    requests = [make_request("ok"), *(make_request("busy", index) for index in range(1, 5))]
+    with pytest.raises(KeyboardInterrupt):
+        rater.rate(requests, on_result=store_after_ctrl_c)
+    assert stored[0] == "t-ok-0"
+    # Every request that the server replied to was stored.
+    assert sum(server.calls.values()) == len(stored)
+    assert len(stored) < len(requests)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_failing_callback_drops_requests_in_flight(server):

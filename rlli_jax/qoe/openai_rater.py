@@ -17,6 +17,7 @@ import math
 import os
 import queue
 import random
+import signal
 import threading
 from collections.abc import Sequence
 
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 # Maximum length of a stored raw reply, in characters. Longer replies are cut.
 MAX_RAW_TEXT_CHARS = 2000
 RETRY_STATUS_CODES = frozenset({429, 500, 502, 503, 504})
+# Seconds between checks for a Ctrl-C while the main thread waits for results.
+INTERRUPT_POLL_S = 0.1
 
 # JSON schema of a reply: exactly one integer rating from 1 to 5.
 RATING_SCHEMA = {
@@ -45,6 +48,38 @@ RATING_SCHEMA = {
 #   llama_schema {"type": "json_object", "schema": ...}: RATING_SCHEMA in the form
 #                llama-cpp-python 0.3's server turns into a grammar
 RESPONSE_FORMATS = ("none", "json_object", "json_schema", "llama_schema")
+
+
+class _DeferredInterrupt:
+    """A SIGINT handler that records Ctrl-C instead of raising it, until `restore` runs.
+
+    Python's default handler raises KeyboardInterrupt between any two bytecodes, so it could
+    fall between taking a result from the workers' queue and storing it, and that result would
+    be lost. With this handler the main thread raises it at `raise_if_received`, between two
+    deliveries. It is installed only in the main thread and only over Python's default
+    handler, so a handler that the caller set up is kept.
+    """
+
+    def __init__(self):
+        self.received = threading.Event()
+        self._previous = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._record)
+
+    def _record(self, signum, frame) -> None:
+        del signum, frame
+        self.received.set()
+
+    def raise_if_received(self) -> None:
+        if self.received.is_set():
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 class _RetryableError(Exception):
@@ -290,7 +325,8 @@ class OpenAIRater:
         in flight finish their current attempt, their results go to `on_result`, and the
         interruption is raised again. A request waiting to retry is dropped (no result), and
         so are the requests in flight on a second interruption. If `on_result` raises, the
-        requests in flight are dropped at once.
+        requests in flight are dropped at once. Called in the main thread, a Ctrl-C takes effect
+        between two results, so the result being passed to `on_result` is never cut off.
         """
         results: list[RatingResult | None] = [None] * len(requests)
         stop = threading.Event()
@@ -323,16 +359,32 @@ class OpenAIRater:
             ]
             for worker in workers:
                 worker.start()
+            ctrl_c = _DeferredInterrupt()
             try:
                 for _ in requests:
-                    self._deliver(*finished.get(), results, on_result)
+                    outcome = self._next_outcome(finished, ctrl_c)
+                    self._deliver(*outcome, results, on_result)
+                ctrl_c.raise_if_received()
             except KeyboardInterrupt:
                 stop.set()
+                # A second Ctrl-C interrupts at once, and drops the requests still in flight.
+                ctrl_c.restore()
                 self._finish_in_flight(workers, finished, results, on_result)
                 raise
             finally:
+                ctrl_c.restore()
                 stop.set()
         return results
+
+    @staticmethod
+    def _next_outcome(finished: queue.SimpleQueue, ctrl_c: "_DeferredInterrupt") -> tuple:
+        """Wait for the next worker outcome, and raise KeyboardInterrupt once Ctrl-C is pressed."""
+        while True:
+            ctrl_c.raise_if_received()
+            try:
+                return finished.get(timeout=INTERRUPT_POLL_S)
+            except queue.Empty:
+                continue
 
     @staticmethod
     def _deliver(
