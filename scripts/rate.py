@@ -8,7 +8,9 @@ Examples:
 Requests 0 .. num-1 are fixed by --seed; a re-run with the same arguments skips the request ids
 already in --out and sends only the rest. The settings that define the requests and the rater
 are stored in OUT.settings.json, and a re-run with other settings is rejected before sending
-anything. Failed requests are skipped too unless --retry-failed is given.
+anything. Failed requests are skipped too unless --retry-failed is given, and requests whose
+reply held no valid rating unless --retry-unparsable is given (asking again until a reply
+parses biases the ratings toward the replies that parse).
 
 A Ctrl-C stops sending: the requests in flight finish their current attempt and are stored,
 and a second Ctrl-C drops them (the next run sends them again). Only one run at a time may
@@ -123,7 +125,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--retry-failed",
         action="store_true",
-        help="send the requests stored as failed in --out again; their old records are kept",
+        help="send the requests stored as failed in --out again (HTTP errors, timeouts, replies "
+        "that are not chat completions); their old records are kept",
+    )
+    parser.add_argument(
+        "--retry-unparsable",
+        action="store_true",
+        help="send the requests whose stored reply held no valid rating again; this biases the "
+        "ratings toward the replies that parse",
     )
     parser.add_argument("--verbose", action="store_true", help="log every retry and failure")
     return parser.parse_args(argv)
@@ -197,10 +206,15 @@ def collect(args, ranges, rater, prompt_texts, settings) -> int:
     """Send the requests of the run that --out does not contain yet, and print the counts."""
     statuses = prepare_ratings_file(args.out, settings)
     run_statuses = [statuses.get(request_id(args.seed, index)) for index in range(args.num)]
-    skipped_statuses = ("ok",) if args.retry_failed else ("ok", "failed")
+    skipped_statuses = {"ok"}
+    if not args.retry_failed:
+        skipped_statuses.add("failed")
+    if not args.retry_unparsable:
+        skipped_statuses.add("unparsable")
     pending = [index for index, status in enumerate(run_statuses) if status not in skipped_statuses]
     num_done = args.num - len(pending)
     num_stored_failures = 0 if args.retry_failed else run_statuses.count("failed")
+    num_stored_unparsable = 0 if args.retry_unparsable else run_statuses.count("unparsable")
     counts = {"ok": 0, "failed": 0}
 
     def count_result(result) -> None:
@@ -238,9 +252,14 @@ def collect(args, ranges, rater, prompt_texts, settings) -> int:
 
     stored_failures = ""
     if num_stored_failures:
-        stored_failures = (
+        stored_failures += (
             f", {num_stored_failures} of them stored as failures "
             "(pass --retry-failed to send them again)"
+        )
+    if num_stored_unparsable:
+        stored_failures += (
+            f", {num_stored_unparsable} of them stored as unparsable replies "
+            "(--retry-unparsable sends them again, which biases the ratings)"
         )
     print(
         f"{args.out}: {counts['ok']} new ratings, {counts['failed']} new failures, "

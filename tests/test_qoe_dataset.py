@@ -31,7 +31,7 @@ from rlli_jax.qoe.dataset import (
     make_record,
     validate_record,
 )
-from rlli_jax.qoe.raters import RatingResult, SimulatorRater
+from rlli_jax.qoe.raters import UNPARSABLE_REPLY_PREFIX, RatingResult, SimulatorRater
 from rlli_jax.qoe.template import template_hash
 
 PROMPTS = ("a red apple on a table", "a lemon on a table", "a city street at night")
@@ -705,3 +705,44 @@ def test_rate_script_reports_full_disk(tmp_path, capsys, monkeypatch):
     error = capsys.readouterr().err
     assert f"could not append to {path}: No space left on device" in error
     assert "run the same command again" in error
+
+
+@dataclasses.dataclass(frozen=True)
+class UnparsableRater(FailingRater):
+    """A simulator-named rater whose every reply arrives but holds no rating."""
+
+    def rate(self, requests, on_result=None):
+        results = []
+        for request in requests:
+            result = RatingResult(
+                request=request,
+                rating=None,
+                raw_text="I would say it is fine",
+                error=f"{UNPARSABLE_REPLY_PREFIX}no JSON object",
+            )
+            if on_result is not None:
+                on_result(result)
+            results.append(result)
+        return results
+
+
+def test_retry_failed_skips_unparsable_replies(tmp_path, capsys, monkeypatch):
+    rate_script = load_script("rate")
+    path = tmp_path / "ratings.jsonl"
+    options = ["--backend", "simulator", "--num", "3", "--out", str(path)]
+    real_build_rater = rate_script.build_rater
+
+    monkeypatch.setattr(rate_script, "build_rater", lambda args: UnparsableRater(seed=args.seed))
+    assert rate_script.main(options) == 1
+    capsys.readouterr()
+    assert set(read_request_statuses(path).values()) == {"unparsable"}
+
+    monkeypatch.setattr(rate_script, "build_rater", real_build_rater)
+    assert rate_script.main([*options, "--retry-failed"]) == 0
+    output = capsys.readouterr().out
+    assert "0 new ratings, 0 new failures, 3 requests already present" in output
+    assert "3 of them stored as unparsable replies" in output
+
+    assert rate_script.main([*options, "--retry-unparsable"]) == 0
+    assert "3 new ratings, 0 new failures" in capsys.readouterr().out
+    assert set(read_request_statuses(path).values()) == {"ok"}

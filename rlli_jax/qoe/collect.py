@@ -30,7 +30,7 @@ except ImportError:  # Windows has no flock, so ratings files there are not lock
 from rlli_jax.outputs import write_json_atomic
 from rlli_jax.qoe.dataset import make_record, open_text, parse_record_line
 from rlli_jax.qoe.personas import sample_traits
-from rlli_jax.qoe.raters import Rater, RatingResult, ResultCallback
+from rlli_jax.qoe.raters import UNPARSABLE_REPLY_PREFIX, Rater, RatingResult, ResultCallback
 from rlli_jax.qoe.template import TEMPLATE_VERSION, RatingRequest, template_hash
 
 # Decimals kept for sampled traits, quality and latency (s): the stored values are the rated ones.
@@ -162,7 +162,10 @@ def sample_requests(
 
 
 def read_request_statuses(path: str | Path) -> dict[str, str]:
-    """Return the status ("ok" or "failed") of each request stored in a ratings file.
+    """Return the status ("ok", "failed" or "unparsable") of each request in a ratings file.
+
+    "unparsable" marks a failed record whose reply arrived without a valid rating. "failed"
+    marks the other failures: HTTP errors, timeouts, replies that are not chat completions.
 
     A request retried after a failure has several records, and any "ok" one wins. Lines that
     `parse_record_line` rejects (invalid UTF-8 or JSON, invalid records) are ignored, so their
@@ -180,8 +183,19 @@ def read_request_statuses(path: str | Path) -> dict[str, str]:
             except ValueError:
                 continue
             if statuses.get(record["request_id"]) != "ok":
-                statuses[record["request_id"]] = record["status"]
+                statuses[record["request_id"]] = _request_status(record)
     return statuses
+
+
+def _request_status(record: Mapping[str, Any]) -> str:
+    error = record.get("error")
+    if (
+        record["status"] == "failed"
+        and isinstance(error, str)
+        and error.startswith(UNPARSABLE_REPLY_PREFIX)
+    ):
+        return "unparsable"
+    return record["status"]
 
 
 def read_request_ids(path: str | Path) -> set[str]:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from rlli_jax.qoe.raters import RatingResult, ResultCallback
+from rlli_jax.qoe.raters import UNPARSABLE_REPLY_PREFIX, RatingResult, ResultCallback
 from rlli_jax.qoe.template import RatingParseError, RatingRequest, parse_rating, render_messages
 
 logger = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ class OpenAIRater:
                     request=request,
                     rating=None,
                     raw_text=_truncate(content),
-                    error=f"unparsable reply: {error}",
+                    error=f"{UNPARSABLE_REPLY_PREFIX}{error}",
                     attempts=attempt + 1,
                 )
             return RatingResult(

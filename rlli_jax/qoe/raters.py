@@ -24,6 +24,11 @@ SIMULATOR_CHUNK_SIZE = 1024
 SIMULATOR_MODEL_NAME = "analytic-persona-v1"
 
 
+# Start of the error of a request whose reply arrived but held no valid rating. Such a request
+# is not sent again by default, since asking until a reply parses would bias the ratings.
+UNPARSABLE_REPLY_PREFIX = "unparsable reply: "
+
+
 @dataclasses.dataclass(frozen=True)
 class RatingResult:
     """A rater's outcome for one request: a rating, or a failure with the raw reply."""
