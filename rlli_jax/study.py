@@ -15,7 +15,9 @@ Entries and their groups:
 - `qoe`: G-DDPG and DDPG trained on a persona-blind QoE (the reward network called with every
   trait at its mean 0.5) and evaluated on the persona QoE, to measure what persona feedback adds.
 - `users`: G-DDPG and DDPG with N in {4, 16} users (N 8 is the main pair).
-- `energy_budget`: G-DDPG and DDPG with a finite per-episode energy budget and gamma 0.95.
+- `energy_budget`: G-DDPG and DDPG with a finite per-episode energy budget and gamma 0.95, once
+  bootstrapping past the last slot and once (`_terminal`) storing it as terminal
+  (`TrainConfig.bootstrap_at_horizon`).
 - `investigation`: G-DDPG and DDPG with the same change applied to both, to find what limits
   G-DDPG against DDPG: actor learning rate 3e-4, exploration noise 0.2, and 48 gradient steps
   per vectorised environment step (the `cpu` budget's 24 doubled). `gddpg_bound_loss` adds
@@ -211,6 +213,12 @@ def _study_entries() -> dict[str, StudyEntry]:
             (f"env.num_users={num_users}", *MYOPIC_OVERRIDES),
         )
     entries += _pair("_energy_budget", "energy_budget", " energy budget", ENERGY_BUDGET_OVERRIDES)
+    entries += _pair(
+        "_energy_budget_terminal",
+        "energy_budget",
+        " energy budget, horizon terminal",
+        (*ENERGY_BUDGET_OVERRIDES, "train.bootstrap_at_horizon=false"),
+    )
     for suffix, label, change in INVESTIGATION_CHANGES:
         entries += _pair(suffix, "investigation", label, (*MYOPIC_OVERRIDES, *change))
     entries.append(
