@@ -806,9 +806,31 @@ def _initial_state(
         restored = restore_train_state(program, checkpointer, placement)
         if restored is not None:
             state, metadata = restored
+            _check_chunk_within_run(int(metadata["chunk"]), program.config, checkpointer)
             writer.truncate_after(int(metadata["env_steps"]))
             return state, int(metadata["chunk"]), metadata
         logger.warning("no checkpoint in %s; starting the run from the beginning",
                        checkpointer.directory)  # fmt: skip
     writer.truncate_after(0)
     return placement.init(placement.key_data, placement.hyper), 0, None
+
+
+def _check_chunk_within_run(chunk: int, config: Config, checkpointer: Checkpointer) -> None:
+    """Raise ValueError if the restored `chunk` lies past the last chunk of `config`.
+
+    That happens when `train.total_env_steps` in the run's config.yaml was lowered after the
+    checkpoint was written. The run would then train nothing and report the lower step count
+    for a policy trained longer.
+    """
+    train_config = config.train
+    if chunk <= train_config.num_chunks:
+        return
+    run_dir = checkpointer.directory.parent
+    raise ValueError(
+        f"invalid train.total_env_steps = {train_config.total_env_steps} in "
+        f"{str(run_dir / CONFIG_NAME)!r}: it gives {train_config.num_chunks} chunks, but the "
+        f"newest readable checkpoint is chunk {chunk} "
+        f"({chunk * train_config.env_steps_per_chunk} environment steps); set it to at least "
+        f"{chunk * train_config.env_steps_per_chunk} to resume, or evaluate the checkpoint "
+        "with scripts/evaluate.py"
+    )

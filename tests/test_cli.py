@@ -230,6 +230,23 @@ def test_bad_out_folder_fails_before_compiling(tmp_path, monkeypatch, capsys, sc
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]  # nothing written
 
 
+def test_resume_rejects_checkpoint_past_run_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_script.main(tiny_args(32) + ["--out", str(run)]) == 0  # 2 chunks of 16 steps
+    summary = (run / "summary.json").read_text()
+    config_path = run / "config.yaml"
+    config_path.write_text(
+        config_path.read_text().replace("total_env_steps: 32", "total_env_steps: 16")
+    )
+    capsys.readouterr()
+
+    assert train_script.main(["--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "invalid train.total_env_steps = 16" in err
+    assert "newest readable checkpoint is chunk 2 (32 environment steps)" in err
+    assert (run / "summary.json").read_text() == summary
+
+
 def test_replaced_reward_net_blocks_resume_and_evaluate(tmp_path, capsys, monkeypatch):
     import evaluate as evaluate_script  # scripts/evaluate.py
 
