@@ -531,13 +531,16 @@ def run_training(
         The summary also written to `summary.json` (by process 0).
 
     Raises:
-        ValueError: `run_dir` already contains a run and `resume` is False, another process
-            is training in `run_dir`, `run_dir` cannot be created or written, the
+        ValueError: the warm-up leaves no gradient step (`check_gradient_steps`), the
+            newest checkpoint lies past the run's last chunk, `run_dir` already contains a
+            run and `resume` is False, another process is training in `run_dir`,
+            `run_dir` cannot be created or written, the
             environments cannot be split over the devices, or in a multi-process run some
             process cannot see the files of `run_dir` (it is not shared).
         NonFiniteError: a loss, metric or parameter became NaN or infinite; the newest
             checkpoint is the last good state.
     """
+    check_gradient_steps(config)
     run_dir = Path(run_dir)
     check_run_location(run_dir)
     if not (run_dir / CONFIG_NAME).exists():  # a new run, not one started before this check
@@ -552,6 +555,24 @@ def run_training(
     finally:
         if lock is not None:
             lock.release()
+
+
+def check_gradient_steps(config: Config) -> None:
+    """Raise ValueError if the warm-up of `config` leaves no iteration for gradient steps.
+
+    Such a run would report the untrained initial policy as its result. The check is not a
+    `TrainConfig` rule, because `rlli_jax.benchmarking` builds programs whose warm-up is
+    longer than their configured run and times chunks past its end.
+    """
+    train_config = config.train
+    if train_config.num_updates >= 1:
+        return
+    raise ValueError(
+        f"invalid train.warmup_env_steps = {train_config.warmup_env_steps}: must be less than "
+        f"the {train_config.num_iterations * train_config.num_envs} environment steps of the "
+        f"run (train.total_env_steps = {train_config.total_env_steps}, rounded up to whole "
+        "chunks), or the run makes no gradient step; lower it or raise train.total_env_steps"
+    )
 
 
 class RunDirectoryLock:

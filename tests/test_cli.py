@@ -230,6 +230,16 @@ def test_bad_out_folder_fails_before_compiling(tmp_path, monkeypatch, capsys, sc
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]  # nothing written
 
 
+def test_warmup_without_gradient_steps_is_rejected(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [arg.replace("warmup_env_steps=8", "warmup_env_steps=32") for arg in tiny_args(32)]
+    args += ["--out", str(run)]
+    assert train_script.main(args) == 1
+    err = capsys.readouterr().err
+    assert "invalid train.warmup_env_steps = 32: must be less than the 32 environment steps" in err
+    assert not run.exists()
+
+
 def test_resume_rejects_checkpoint_past_run_end(tmp_path, capsys):
     run = tmp_path / "run"
     assert train_script.main(tiny_args(32) + ["--out", str(run)]) == 0  # 2 chunks of 16 steps
