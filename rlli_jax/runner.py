@@ -49,7 +49,13 @@ from rlli_jax.distributed import check_shared_directory, processes_that_differ
 from rlli_jax.env.params import EnvParams
 from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import check_evaluation_memory, evaluate_baselines, summarize
-from rlli_jax.metrics import CSV_NAME, JSONL_NAME, MetricsWriter, plot_learning_curves
+from rlli_jax.metrics import (
+    CSV_NAME,
+    JSONL_NAME,
+    TENSORBOARD_DIR,
+    MetricsWriter,
+    plot_learning_curves,
+)
 from rlli_jax.outputs import write_json_atomic, write_text_atomic
 from rlli_jax.qoe.reward_net import RewardNetQoE
 from rlli_jax.train import (
@@ -691,16 +697,22 @@ def _run_training(
     writer = (MetricsWriter(run_dir, tensorboard=config.logging.tensorboard) if primary
               else _NoMetricsWriter())  # fmt: skip
     try:
-        state, start_chunk, resumed_from = _initial_state(
-            program, placement, checkpointer, writer, resume
-        )
-        compile_start = time.perf_counter()
-        run_chunk = placement.run_chunk.lower(state, hyper).compile()
-        compile_s = time.perf_counter() - compile_start
-        if train_config.eval_episodes and (final_evaluation or train_config.eval_every_chunks):
-            # Before the first chunk, so an evaluation too large for memory stops the run now
-            # and not after its last chunk, where it would leave no summary.
-            check_policy_evaluation_memory(program, state.agent, train_config.seed)
+        try:
+            state, start_chunk, resumed_from = _initial_state(
+                program, placement, checkpointer, writer, resume
+            )
+            compile_start = time.perf_counter()
+            run_chunk = placement.run_chunk.lower(state, hyper).compile()
+            compile_s = time.perf_counter() - compile_start
+            if train_config.eval_episodes and (final_evaluation or train_config.eval_every_chunks):
+                # Before the first chunk, so an evaluation too large for memory stops the run
+                # now and not after its last chunk, where it would leave no summary.
+                check_policy_evaluation_memory(program, state.agent, train_config.seed)
+        except BaseException:
+            if primary and not resume:
+                # No chunk has run, so a retry with a corrected config may reuse run_dir.
+                _remove_unstarted_run(run_dir)
+            raise
 
         train_seconds = 0.0
         for chunk in range(start_chunk, train_config.num_chunks):
@@ -774,6 +786,21 @@ def _run_training(
     finally:
         writer.close()
         checkpointer.close()
+
+
+def _remove_unstarted_run(run_dir: Path) -> None:
+    """Remove the files a new run writes before its first chunk, and its empty folders.
+
+    Called when a new run fails before training. Without it, config.yaml would mark
+    `run_dir` as a run, a retry with a corrected config would be rejected, and --resume
+    would reload the failing config. Folders that are not empty are kept.
+    """
+    for name in (CONFIG_NAME, ENV_DATA_DIGEST_NAME, JSONL_NAME, CSV_NAME):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in (CHECKPOINT_DIR, TENSORBOARD_DIR):
+        folder = run_dir / name
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _last_good_state(checkpointer: Checkpointer) -> str:

@@ -342,6 +342,10 @@ def test_evaluation_memory_checked_before_training(tmp_path, monkeypatch, capsys
     assert "evaluating num_episodes = 2 at once needs" in capsys.readouterr().err
     checkpoints = run / "checkpoints"
     assert not checkpoints.exists() or not any(checkpoints.iterdir())  # no chunk was trained
+    assert not (run / "config.yaml").exists()
+
+    # The failed start leaves nothing that blocks a retry on the same --out.
+    assert train_script.main(tiny_args(32) + ["--out", str(run)]) == 0
 
 
 def load_run_config_with_episodes(run, episodes: int):
