@@ -679,3 +679,29 @@ def save_config(config: Config, path: str | Path) -> None:
         header.append(f"#   {key}: {value}")
     text = "\n".join(header) + "\n" + yaml.safe_dump(config.to_dict(), sort_keys=False)
     write_text_atomic(path, text)
+
+
+def check_gradient_steps(config: Config) -> None:
+    """Raise ValueError if `config` makes no gradient step: its warm-up covers the whole run,
+    or its environment steps never fill one batch.
+
+    Such a run would report the untrained initial policy as its result. The check is not a
+    `TrainConfig` rule, because `rlli_jax.benchmarking` builds programs whose warm-up is
+    longer than their configured run and times chunks past its end.
+    """
+    if config.num_updates >= 1:
+        return
+    train_config = config.train
+    run_env_steps = train_config.num_iterations * train_config.num_envs
+    if train_config.warmup_iterations < train_config.num_iterations:
+        raise ValueError(
+            f"invalid agent.batch_size = {config.agent.batch_size}: the run's {run_env_steps} "
+            "environment steps never fill one batch in the replay buffer, so the run makes no "
+            "gradient step; lower agent.batch_size or raise train.total_env_steps"
+        )
+    raise ValueError(
+        f"invalid train.warmup_env_steps = {train_config.warmup_env_steps}: must be less than "
+        f"the {run_env_steps} environment steps of the run (train.total_env_steps = "
+        f"{train_config.total_env_steps}, rounded up to whole chunks), or the run makes no "
+        "gradient step; lower it or raise train.total_env_steps"
+    )

@@ -44,7 +44,7 @@ except ImportError:  # Windows has no flock, so runs there are not locked
 
 from rlli_jax import sharding
 from rlli_jax.checkpoint import Checkpointer
-from rlli_jax.config import Config, load_config, save_config
+from rlli_jax.config import Config, check_gradient_steps, load_config, save_config
 from rlli_jax.distributed import check_shared_directory, processes_that_differ
 from rlli_jax.env.params import EnvParams
 from rlli_jax.env.service import DiffusionServiceEnv
@@ -561,24 +561,6 @@ def run_training(
     finally:
         if lock is not None:
             lock.release()
-
-
-def check_gradient_steps(config: Config) -> None:
-    """Raise ValueError if the warm-up of `config` leaves no iteration for gradient steps.
-
-    Such a run would report the untrained initial policy as its result. The check is not a
-    `TrainConfig` rule, because `rlli_jax.benchmarking` builds programs whose warm-up is
-    longer than their configured run and times chunks past its end.
-    """
-    train_config = config.train
-    if train_config.num_updates >= 1:
-        return
-    raise ValueError(
-        f"invalid train.warmup_env_steps = {train_config.warmup_env_steps}: must be less than "
-        f"the {train_config.num_iterations * train_config.num_envs} environment steps of the "
-        f"run (train.total_env_steps = {train_config.total_env_steps}, rounded up to whole "
-        "chunks), or the run makes no gradient step; lower it or raise train.total_env_steps"
-    )
 
 
 class RunDirectoryLock:

@@ -47,7 +47,7 @@ from scipy import stats
 
 import rlli_jax.train as train_module
 from rlli_jax.agents.baselines import BASELINE_NAMES, make_baseline_policy
-from rlli_jax.config import SEED_MAX, Config, load_config
+from rlli_jax.config import SEED_MAX, Config, check_gradient_steps, load_config
 from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import check_evaluation_memory, make_agent_policy, run_episodes
 from rlli_jax.qoe.model import QoEModel
@@ -252,7 +252,12 @@ def _load_entry_config(
 ) -> Config:
     # The entry's overrides replace the budget's, and `extra` replaces both, so a key may
     # repeat across the layers.
-    return load_config(config_path, study_overrides(entry, budget, extra), last_wins=True)
+    config = load_config(config_path, study_overrides(entry, budget, extra), last_wins=True)
+    try:
+        check_gradient_steps(config)
+    except ValueError as error:
+        raise ValueError(f"study entry {entry.name}: {error}") from None
+    return config
 
 
 def default_entries(

@@ -46,6 +46,7 @@ from rlli_jax.config import (
     Config,
     TrainConfig,
     apply_overrides,
+    check_gradient_steps,
     describe_overlap,
     find_overlapping_keys,
     parse_override,
@@ -331,6 +332,10 @@ def plan_sweep(sweep: SweepConfig) -> SweepPlan:
     for group_index, group_points in enumerate(points_by_static.values()):
         static = tuple((key, value) for key, value in group_points[0] if key not in TRACED_KEYS)
         group_config = _build_config(base_data, dict(static), f"group {group_index}")
+        try:
+            check_gradient_steps(group_config)
+        except ValueError as error:
+            raise ValueError(f"group {group_index}: {error}") from None
         static = _typed_values(group_config, static)
         members = []
         for point in group_points:

@@ -240,6 +240,16 @@ def test_warmup_without_gradient_steps_is_rejected(tmp_path, capsys):
     assert not run.exists()
 
 
+def test_batch_never_filled_is_rejected(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [arg.replace("batch_size=8", "batch_size=32") for arg in tiny_args(16)]
+    args += ["--out", str(run)]
+    assert train_script.main(args) == 1
+    err = capsys.readouterr().err
+    assert "invalid agent.batch_size = 32: the run's 16 environment steps never fill" in err
+    assert not run.exists()
+
+
 def test_resume_rejects_checkpoint_past_run_end(tmp_path, capsys):
     run = tmp_path / "run"
     assert train_script.main(tiny_args(32) + ["--out", str(run)]) == 0  # 2 chunks of 16 steps

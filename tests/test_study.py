@@ -26,6 +26,7 @@ from rlli_jax.study import (
     default_entries,
     mean_interval,
     relative_gain,
+    settings_digest,
     study_overrides,
 )
 
@@ -237,6 +238,12 @@ def test_script_rejects_bad_config_early(tmp_path):
     assert bad_value.returncode == 2
     assert "hyper.tau" in bad_value.stderr
     assert not out.exists()
+
+
+def test_entry_without_gradient_steps_is_rejected():
+    extra = ["train.warmup_env_steps=100000000"]
+    with pytest.raises(ValueError, match=r"study entry ddpg: invalid train\.warmup_env_steps"):
+        settings_digest(REPO / "configs" / "default.yaml", STUDY_ENTRIES["ddpg"], "cpu", [0], extra)
 
 
 def test_script_rejects_unknown_entry(tmp_path):

@@ -219,6 +219,12 @@ def test_plan_groups_by_static_values(base_path):
     assert all(m.config.train.seed == m.seed for m in plan.members)
 
 
+def test_plan_rejects_group_without_gradient_steps(base_path):
+    sweep = sweep_from(base_path, grid={"train.warmup_env_steps": [8, 64]})
+    with pytest.raises(ValueError, match=r"group 1: invalid train\.warmup_env_steps = 64"):
+        plan_sweep(sweep)
+
+
 def test_quoted_numbers_take_field_types(base_path):
     grid = {"env.horizon": ["8", 4], "hyper.actor_lr": ["1e-4"]}
     plan = plan_sweep(sweep_from(base_path, grid=grid))
