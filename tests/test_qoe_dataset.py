@@ -93,6 +93,8 @@ def test_validate_good_record():
         ({"prompt_id": 2**31}, "'prompt_id' must be at most 2147483647, got 2147483648"),
         ({"quality": 10**400}, "'quality' must be finite, got an integer of 401 digits"),
         ({"latency_s": 10**400}, "'latency_s' must be finite, got an integer of 401 digits"),
+        # Finite as a float64 but inf as the float32 that the loader stores.
+        ({"latency_s": 1e300}, r"'latency_s' must be in \(0.0, 3.4028\d*e\+38\], got 1e\+300"),
         ({"simulated": "yes"}, "'simulated' must be true or false"),
         ({"request_id": 7}, "'request_id' must be a non-empty string"),
         ({"rater": "simulator"}, "'rater' must be"),

@@ -7,7 +7,7 @@ One JSON object per line (files ending in .gz are gzip-compressed):
     rating            int    1-5 when status is "ok"; null when "failed"
     traits            object the five Big Five traits by name, each a number in [0, 1]
     quality           number image quality in [0, 1]
-    latency_s         number waiting time in seconds, > 0
+    latency_s         number waiting time in seconds, > 0 and at most the float32 maximum
     prompt_id         int    index of the request text in the prompt bank, >= 0
     rater             object {"backend": str, "model": str}
     simulated         bool   true when the rating comes from the analytic simulator
@@ -56,6 +56,9 @@ REQUIRED_FIELDS = (
 MAX_BAD_LINES_IN_ERROR = 10
 # Largest valid prompt_id, because the loader stores prompt ids as int32.
 MAX_PROMPT_ID = np.iinfo(np.int32).max
+# Largest valid latency_s, because the loader stores latencies as float32, where a larger value
+# becomes inf and turns the reward network's training loss into NaN.
+MAX_LATENCY_S = float(np.finfo(np.float32).max)
 
 
 def make_record(result: RatingResult, rater: Rater, timestamp: str | None = None) -> dict:
@@ -208,7 +211,7 @@ def validate_record(record) -> None:
         except ValueError as error:
             raise ValueError(f"in field 'traits': {error}") from None
     _check_number(record, "quality", 0.0, 1.0)
-    _check_number(record, "latency_s", 0.0, math.inf, low_open=True)
+    _check_number(record, "latency_s", 0.0, MAX_LATENCY_S, low_open=True)
 
     rating = record["rating"]
     if record["status"] == "ok":
