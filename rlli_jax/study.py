@@ -53,6 +53,9 @@ from rlli_jax.evaluation import check_evaluation_memory, make_agent_policy, run_
 from rlli_jax.qoe.model import QoEModel
 from rlli_jax.runner import env_data_digest
 
+# Config fields added after study entry files began to store a settings digest, each as
+# (section, name, the value that keeps the behaviour from before the field existed).
+FIELDS_ADDED_AFTER_DIGEST = (("train", "bootstrap_at_horizon", True),)
 # Discount of every entry without an energy budget. With the budget off no action changes a
 # later slot, so gamma 0 is the exact objective, and it learned faster than 0.99 on this
 # environment (measured with configs/default.yaml). Applied equally to G-DDPG and DDPG.
@@ -320,8 +323,18 @@ def settings_digest(
     compiles. A reward network file named by the config enters by its path, not its contents.
     """
     config = _load_entry_config(config_path, entry, budget, extra_overrides)
-    text = f"{config!r};seeds={list(seeds)};persona_blind={entry.persona_blind}"
+    text = f"{_config_digest_text(config)};seeds={list(seeds)};persona_blind={entry.persona_blind}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _config_digest_text(config: Config) -> str:
+    """Return `repr(config)` without the fields of `FIELDS_ADDED_AFTER_DIGEST` that have their
+    earlier value, so entry files written before such a field existed still match."""
+    text = repr(config)
+    for section, name, earlier_value in FIELDS_ADDED_AFTER_DIGEST:
+        if getattr(getattr(config, section), name) == earlier_value:
+            text = text.replace(f", {name}={earlier_value!r}", "", 1)
+    return text
 
 
 def run_entry(

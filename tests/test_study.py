@@ -4,6 +4,7 @@ The end-to-end tests check that the script runs and writes its outputs at the `t
 not that any method wins.
 """
 
+import hashlib
 import json
 import math
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from scipy import stats
 
 from rlli_jax.agents.baselines import BASELINE_NAMES
+from rlli_jax.config import load_config
 from rlli_jax.qoe.model import SimulatorQoE
 from rlli_jax.study import (
     REPORTED_METRICS,
@@ -244,6 +246,22 @@ def test_entry_without_gradient_steps_is_rejected():
     extra = ["train.warmup_env_steps=100000000"]
     with pytest.raises(ValueError, match=r"study entry ddpg: invalid train\.warmup_env_steps"):
         settings_digest(REPO / "configs" / "default.yaml", STUDY_ENTRIES["ddpg"], "cpu", [0], extra)
+
+
+def test_digest_matches_files_before_new_field():
+    # Entry files written before train.bootstrap_at_horizon existed store the digest of a
+    # config repr without it. Its default, true, keeps that behaviour, so they still match.
+    config_path = REPO / "configs" / "default.yaml"
+    entry = STUDY_ENTRIES["ddpg"]
+    config = load_config(config_path, study_overrides(entry, "cpu"), last_wins=True)
+    earlier_repr = repr(config).replace(", bootstrap_at_horizon=True", "")
+    assert earlier_repr != repr(config)
+    earlier_text = f"{earlier_repr};seeds=[0];persona_blind=False"
+    earlier_digest = hashlib.sha256(earlier_text.encode()).hexdigest()[:16]
+
+    assert settings_digest(config_path, entry, "cpu", [0]) == earlier_digest
+    terminal = ["train.bootstrap_at_horizon=false"]
+    assert settings_digest(config_path, entry, "cpu", [0], terminal) != earlier_digest
 
 
 def test_script_rejects_unknown_entry(tmp_path):
