@@ -81,6 +81,15 @@ CHECKPOINT_DIR = "checkpoints"
 LOCK_NAME = ".lock"
 # SHA-256 of the environment data read from files (reward network weights, prompt bank).
 ENV_DATA_DIGEST_NAME = "env_data.sha256"
+# Files, then folders, that a new run writes in its directory before its first chunk.
+_NEW_RUN_PATHS = (
+    CONFIG_NAME,
+    ENV_DATA_DIGEST_NAME,
+    JSONL_NAME,
+    CSV_NAME,
+    CHECKPOINT_DIR,
+    TENSORBOARD_DIR,
+)
 
 
 class NonFiniteError(RuntimeError):
@@ -669,17 +678,22 @@ def _run_training(
         raise
     if resume:
         check_env_data(run_dir, program.env, write_missing=primary)
-    elif primary:
-        save_env_data_digest(run_dir, program.env)
-        save_config(config, run_dir / CONFIG_NAME)
 
     train_config = config.train
     hyper = placement.hyper
-    checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, train_config.max_checkpoints)
-    writer = (MetricsWriter(run_dir, tensorboard=config.logging.tensorboard) if primary
-              else _NoMetricsWriter())  # fmt: skip
+    new_run = primary and not resume
+    # Run files already in run_dir, left by a user or an earlier run, which a failed start keeps.
+    found_before = {name for name in _NEW_RUN_PATHS if (run_dir / name).exists()}
+    checkpointer = None
+    writer = None
     try:
         try:
+            if new_run:
+                save_env_data_digest(run_dir, program.env)
+                save_config(config, run_dir / CONFIG_NAME)
+            checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, train_config.max_checkpoints)
+            writer = (MetricsWriter(run_dir, tensorboard=config.logging.tensorboard) if primary
+                      else _NoMetricsWriter())  # fmt: skip
             state, start_chunk, resumed_from = _initial_state(
                 program, placement, checkpointer, writer, resume
             )
@@ -691,9 +705,9 @@ def _run_training(
                 # now and not after its last chunk, where it would leave no summary.
                 check_policy_evaluation_memory(program, state.agent, train_config.seed)
         except BaseException:
-            if primary and not resume:
+            if new_run:
                 # No chunk has run, so a retry with a corrected config may reuse run_dir.
-                _remove_unstarted_run(run_dir)
+                _remove_unstarted_run(run_dir, keep=found_before)
             raise
 
         train_seconds = 0.0
@@ -766,23 +780,29 @@ def _run_training(
         summary["final_state"] = state
         return summary
     finally:
-        writer.close()
-        checkpointer.close()
+        if writer is not None:
+            writer.close()
+        if checkpointer is not None:
+            checkpointer.close()
 
 
-def _remove_unstarted_run(run_dir: Path) -> None:
+def _remove_unstarted_run(run_dir: Path, keep: set[str]) -> None:
     """Remove the files a new run writes before its first chunk, and its empty folders.
 
     Called when a new run fails before training. Without it, config.yaml would mark
     `run_dir` as a run, a retry with a corrected config would be rejected, and --resume
-    would reload the failing config. Folders that are not empty are kept.
+    would reload the failing config. Names in `keep`, which existed before the start, and
+    folders that are not empty are kept.
     """
-    for name in (CONFIG_NAME, ENV_DATA_DIGEST_NAME, JSONL_NAME, CSV_NAME):
-        (run_dir / name).unlink(missing_ok=True)
-    for name in (CHECKPOINT_DIR, TENSORBOARD_DIR):
-        folder = run_dir / name
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+    for name in _NEW_RUN_PATHS:
+        path = run_dir / name
+        if name in keep:
+            continue
+        if name in (CHECKPOINT_DIR, TENSORBOARD_DIR):
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _last_good_state(checkpointer: Checkpointer) -> str:

@@ -358,6 +358,37 @@ def test_evaluation_memory_checked_before_training(tmp_path, monkeypatch, capsys
     assert train_script.main(tiny_args(32) + ["--out", str(run)]) == 0
 
 
+def test_failed_start_keeps_files_found_in_out(tmp_path, monkeypatch, capsys):
+    from rlli_jax import runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # a Ctrl-C while the checkpoint manager is created
+
+    monkeypatch.setattr(runner, "Checkpointer", interrupted)
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "metrics.csv").write_text("a user's file\n")
+    (out / "notes.txt").write_text("another\n")
+    assert train_script.main(tiny_args(32) + ["--out", str(out)]) == train_script.INTERRUPTED
+    assert "the run had not started" in capsys.readouterr().err
+
+    # config.yaml is removed, so a retry on the same --out is not rejected as an existing run,
+    # and what was there before the start is kept.
+    names = sorted(path.name for path in out.iterdir())
+    assert names == ["checkpoints", "metrics.csv", "notes.txt"]
+    assert (out / "metrics.csv").read_text() == "a user's file\n"
+
+
+def test_failed_metrics_writer_removes_config(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tensorboard").write_text("a file where the TensorBoard folder goes\n")
+    args = tiny_args(32) + ["--set=logging.tensorboard=true", "--out", str(out)]
+    assert train_script.main(args) == 1
+    assert "error:" in capsys.readouterr().err
+    assert sorted(path.name for path in out.iterdir()) == ["tensorboard"]
+
+
 def load_run_config_with_episodes(run, episodes: int):
     from rlli_jax.config import Config, apply_overrides
     from rlli_jax.runner import load_run_config
