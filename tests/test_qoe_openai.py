@@ -334,6 +334,24 @@ def test_ctrl_c_while_storing_keeps_result(server):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_second_ctrl_c_interrupts_callback(server):
+    rater = make_test_rater(server, concurrency=2)
+    delivered = []
+
+    def blocked_callback(result):
+        delivered.append(result.request.request_id)
+        # The first Ctrl-C waits for this callback to return. A callback that blocks (a hung
+        # disk, say) must still yield to a second Ctrl-C, which raises at once.
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        delivered.append("callback returned")
+
+    with pytest.raises(KeyboardInterrupt):
+        rater.rate([make_request("ok"), make_request("slow")], on_result=blocked_callback)
+    assert delivered == ["t-ok-0"]  # the slow request in flight is dropped, not awaited
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_failing_callback_drops_requests_in_flight(server):
     rater = make_test_rater(server, concurrency=2)
     delivered = []

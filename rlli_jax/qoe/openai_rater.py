@@ -56,12 +56,14 @@ class _DeferredInterrupt:
     Python's default handler raises KeyboardInterrupt between any two bytecodes, so it could
     fall between taking a result from the workers' queue and storing it, and that result would
     be lost. With this handler the main thread raises it at `raise_if_received`, between two
-    deliveries. It is installed only in the main thread and only over Python's default
+    deliveries. A second Ctrl-C before that raises at once, so a blocked `on_result` can still
+    be interrupted. It is installed only in the main thread and only over Python's default
     handler, so a handler that the caller set up is kept.
     """
 
     def __init__(self):
         self.received = threading.Event()
+        self.repeated = False  # True once a second Ctrl-C raised before the first took effect
         self._previous = None
         if threading.current_thread() is not threading.main_thread():
             return
@@ -70,6 +72,9 @@ class _DeferredInterrupt:
 
     def _record(self, signum, frame) -> None:
         del signum, frame
+        if self.received.is_set():
+            self.repeated = True
+            raise KeyboardInterrupt
         self.received.set()
 
     def raise_if_received(self) -> None:
@@ -369,7 +374,8 @@ class OpenAIRater:
                 stop.set()
                 # A second Ctrl-C interrupts at once, and drops the requests still in flight.
                 ctrl_c.restore()
-                self._finish_in_flight(workers, finished, results, on_result)
+                if not ctrl_c.repeated:
+                    self._finish_in_flight(workers, finished, results, on_result)
                 raise
             finally:
                 ctrl_c.restore()
