@@ -357,7 +357,7 @@ def run_entry(
     (`curves[metric]`, lists [num_seeds][num_chunks]) against `curve_env_steps`.
     """
     overrides = study_overrides(entry, budget, extra_overrides)
-    config = load_config(config_path, overrides, last_wins=True)
+    config = _load_entry_config(config_path, entry, budget, extra_overrides)
     eval_env = train_module.make_env(config)
     train_env = eval_env
     if entry.persona_blind:

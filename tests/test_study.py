@@ -28,6 +28,7 @@ from rlli_jax.study import (
     default_entries,
     mean_interval,
     relative_gain,
+    run_entry,
     settings_digest,
     study_overrides,
 )
@@ -246,6 +247,20 @@ def test_entry_without_gradient_steps_is_rejected():
     extra = ["train.warmup_env_steps=100000000"]
     with pytest.raises(ValueError, match=r"study entry ddpg: invalid train\.warmup_env_steps"):
         settings_digest(REPO / "configs" / "default.yaml", STUDY_ENTRIES["ddpg"], "cpu", [0], extra)
+
+
+def test_run_entry_rejects_no_gradient_steps(monkeypatch):
+    import rlli_jax.train as train_module
+
+    def fail_make_train(*args, **kwargs):
+        raise AssertionError("run_entry built the training program before checking the config")
+
+    # run_entry is public, so it checks the config itself, before anything compiles.
+    monkeypatch.setattr(train_module, "make_train", fail_make_train)
+    extra = ["train.warmup_env_steps=100000000"]
+    config_path = REPO / "configs" / "default.yaml"
+    with pytest.raises(ValueError, match=r"study entry ddpg: invalid train\.warmup_env_steps"):
+        run_entry(config_path, STUDY_ENTRIES["ddpg"], "cpu", [0], extra)
 
 
 def test_digest_matches_files_before_new_field():
