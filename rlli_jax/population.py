@@ -346,10 +346,13 @@ def _check_group_config(plan: SweepPlan, group: SweepGroup, path: Path) -> None:
     saved = _flatten_config(read_yaml(path))
     # A YAML round trip, so that the values compare in the form the saved file holds.
     current = _flatten_config(yaml.safe_load(yaml.safe_dump(group.config.to_dict())))
+    # A field missing from the saved file was added after the sweep started. The config loader
+    # gives such a field its default, which keeps the earlier behaviour, so it is compared as that.
+    defaults = _flatten_config(yaml.safe_load(yaml.safe_dump(Config().to_dict())))
     for key in [*current, *(key for key in saved if key not in current)]:
         if key in ignored:
             continue
-        before = saved.get(key, "unset")
+        before = saved.get(key, defaults.get(key, "unset"))
         now = current.get(key, "unset")
         if before != now and key == "env.reward_net":
             raise ValueError(

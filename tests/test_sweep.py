@@ -697,3 +697,26 @@ def test_resume_names_a_moved_reward_net(finished_copy, tmp_path, monkeypatch):
     base_path.write_text(yaml.safe_dump(changed))
     with pytest.raises(ValueError, match=r"env\.reward_net of group-000 resolves to '/.*net' now"):
         run_sweep(_plan_for(base_path), out_dir, mesh=make_mesh(devices=jax.devices()[:1]))
+
+
+def test_resume_accepts_group_config_without_new_field(base_path, tmp_path):
+    from rlli_jax.config import save_config
+    from rlli_jax.population import _check_group_config
+
+    plan = plan_sweep(sweep_from(base_path, grid={"hyper.actor_lr": [1e-4, 1e-3]}))
+    group = plan.groups[0]
+    path = tmp_path / "config.yaml"
+    save_config(group.config, path)
+    lines = path.read_text().splitlines()
+
+    # A group config saved before train.bootstrap_at_horizon existed lacks the field. The
+    # loader gives it the default, true, which is the behaviour of that earlier code.
+    path.write_text("\n".join(line for line in lines if "bootstrap_at_horizon" not in line))
+    _check_group_config(plan, group, path)
+
+    # A saved value that differs from the current one still blocks the resume.
+    path.write_text(
+        "\n".join(lines).replace("bootstrap_at_horizon: true", "bootstrap_at_horizon: false")
+    )
+    with pytest.raises(ValueError, match=r"train\.bootstrap_at_horizon = False saved, True now"):
+        _check_group_config(plan, group, path)
