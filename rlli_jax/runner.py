@@ -572,6 +572,29 @@ def run_training(
             lock.release()
 
 
+def check_no_run_files(run_dir: Path) -> None:
+    """Raise ValueError if `run_dir`, without a config, contains files that a new run writes.
+
+    Such files come from a run whose config.yaml was removed, or belong to the user. A new
+    run would truncate the metrics files and mix its checkpoints with the ones found.
+    Empty folders are allowed.
+    """
+    found = []
+    for name in (*_NEW_RUN_PATHS, SUMMARY_NAME, CURVES_NAME):
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            if any(path.iterdir()):
+                found.append(name)
+        elif path.exists() or path.is_symlink():
+            found.append(name)
+    if found:
+        raise ValueError(
+            f"{str(run_dir)!r} contains {', '.join(found)} but no {CONFIG_NAME}, so it is not a "
+            "run that --resume can continue, and a new run would overwrite these files; "
+            "choose a new output directory or move them away"
+        )
+
+
 class RunDirectoryLock:
     """An exclusive `flock` on `LOCK_NAME` in a run directory, held while a run trains.
 
@@ -657,6 +680,8 @@ def _run_training(
             f"{str(run_dir)!r} already contains a run; pass --resume to continue it or choose "
             "a new output directory"
         )
+    if not resume:
+        check_no_run_files(run_dir)
     # Build (and so validate) the program and its placement before writing anything, so a
     # failed start leaves no run directory that would block the retry.
     program = make_train(config, env=env)

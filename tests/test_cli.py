@@ -201,6 +201,19 @@ def test_existing_run_dir_requires_resume(tmp_path, capsys):
     assert "already contains a run" in capsys.readouterr().err
 
 
+def test_run_files_without_config_are_kept(tmp_path, capsys):
+    (tmp_path / "metrics.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "tensorboard").mkdir()
+    code = train_script.main(tiny_args(64) + ["--out", str(tmp_path)])
+    assert code == 1
+    err = capsys.readouterr().err
+    # Only the non-empty metrics file is named; the empty folders are allowed.
+    assert "contains metrics.csv but no config.yaml" in err
+    assert (tmp_path / "metrics.csv").read_text() == "a,b\n1,2\n"
+    assert not (tmp_path / "config.yaml").exists()
+
+
 def test_out_that_is_a_file_fails_cleanly(tmp_path, capsys):
     path = tmp_path / "file"
     path.write_text("not a folder")
