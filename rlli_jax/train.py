@@ -90,7 +90,7 @@ def make_env(config: Config) -> DiffusionServiceEnv:
 
     Raises:
         ValueError: naming env.reward_net, when the checkpoint cannot be loaded (wrong format,
-            version or shapes, or metadata that is not valid JSON).
+            version or shapes, metadata that is not valid JSON, or damaged files).
     """
     qoe_model = None
     if config.env.reward_net is not None:

@@ -243,6 +243,37 @@ def test_load_hidden_sizes_string(tmp_path):
     assert str(path) in str(error.value)
 
 
+def _cut_params_files(path):
+    for data_file in (path / "params").rglob("d/*"):
+        data_file.write_bytes(data_file.read_bytes()[:10])
+
+
+def _remove_params_metadata(path):
+    (path / "params" / "_METADATA").unlink()
+
+
+def _remove_metadata_file(path):
+    (path / "metadata" / "metadata").unlink()
+
+
+@pytest.mark.parametrize(
+    "damage, item",
+    [
+        (_cut_params_files, "params"),
+        (_remove_params_metadata, "params"),
+        (_remove_metadata_file, "metadata"),
+    ],
+)
+def test_load_damaged_checkpoint_names_it(tmp_path, damage, item):
+    path = tmp_path / "reward_net"
+    save_tiny_checkpoint(path)
+    damage(path)
+    with pytest.raises(ValueError, match=f"is damaged: failed to read {item}") as error:
+        load_reward_net(path)
+    assert str(path) in str(error.value)
+    assert "tensorstore_spec" not in str(error.value)
+
+
 def test_env_config_garbled_metadata_names_field(tmp_path):
     from rlli_jax.config import load_config
     from rlli_jax.train import make_env

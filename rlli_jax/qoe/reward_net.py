@@ -256,7 +256,8 @@ def load_reward_net(
     Raises:
         ValueError: naming the file and the problem: not found, not a reward-net checkpoint,
             metadata that is not valid JSON, another format version, hidden sizes that are
-            invalid or differ from the expected ones, or arrays of the wrong shape.
+            invalid or differ from the expected ones, arrays of the wrong shape, or files
+            that are missing or cut short.
     """
     import orbax.checkpoint as ocp
 
@@ -278,6 +279,8 @@ def load_reward_net(
                 f"reward-net checkpoint {path}: metadata file {path / 'metadata' / 'metadata'} "
                 f"is not valid JSON: {error}"
             ) from None
+        except (OSError, ValueError) as error:
+            raise _damaged_checkpoint_error(path, "metadata", error) from None
         metadata = restored["metadata"]
         if not isinstance(metadata, dict) or metadata.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(
@@ -308,14 +311,31 @@ def load_reward_net(
             )
 
         model = RewardNetQoE(hidden_sizes=stored_sizes, checkpoint=str(path))
-        params = checkpointer.restore(path, ocp.args.Composite(params=ocp.args.StandardRestore()))[
-            "params"
-        ]
+        try:
+            restored = checkpointer.restore(
+                path, ocp.args.Composite(params=ocp.args.StandardRestore())
+            )
+        except (OSError, ValueError) as error:
+            # A file of params/ is missing or cut short: orbax 0.12 raises FileNotFoundError
+            # or TensorStore's ValueError, neither of which names the checkpoint.
+            raise _damaged_checkpoint_error(path, "params", error) from None
+        params = restored["params"]
 
     expected = _tree_shapes(jax.eval_shape(model.init_params, jax.random.key(0)))
     _check_shapes(path, _tree_shapes(params), expected, stored_sizes)
     params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, jnp.float32), params)
     return model, params, metadata
+
+
+def _damaged_checkpoint_error(path: Path, item: str, error: Exception) -> ValueError:
+    """Build the error for an orbax item of a checkpoint that cannot be read."""
+    # TensorStore appends its whole JSON spec to the message; the text before it names the file.
+    reason = str(error).split(" [tensorstore_spec=")[0]
+    return ValueError(
+        f"reward-net checkpoint {path} is damaged: failed to read {item} "
+        f"({type(error).__name__}: {reason}); copy the checkpoint again or distil it again "
+        "with scripts/distill_reward.py"
+    )
 
 
 def _load_cached(path: str, hidden_sizes: tuple[int, ...] | None):
