@@ -300,6 +300,29 @@ def test_overwrite_replaces_checkpoint_or_empty_dir(tmp_path):
     assert load_reward_net(empty)[0].hidden_sizes == (2,)
 
 
+def test_failed_overwrite_keeps_old_checkpoint(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    checkpoint = tmp_path / "reward_net"
+    save_tiny_checkpoint(checkpoint)
+    _, old_params, _ = load_reward_net(checkpoint)
+
+    def fail_save(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ocp.CompositeCheckpointHandler, "save", fail_save)
+    model = RewardNetQoE(hidden_sizes=(2,))
+    with pytest.raises(OSError, match="No space left"):
+        save_reward_net(checkpoint, model, model.init_params(jax.random.key(1)), overwrite=True)
+    monkeypatch.undo()
+
+    model, params, _ = load_reward_net(checkpoint)
+    assert model.hidden_sizes == (4,)
+    for old, new in zip(jax.tree.leaves(old_params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(old), np.asarray(new))
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["reward_net"]
+
+
 def test_overwrite_rejects_other_folder(tmp_path):
     model = RewardNetQoE(hidden_sizes=(4,))
     params = model.init_params(jax.random.key(0))

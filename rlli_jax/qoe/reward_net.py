@@ -15,6 +15,8 @@ format name and version, hidden sizes, input names, training config, dataset has
 import dataclasses
 import functools
 import json
+import secrets
+import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -154,7 +156,8 @@ def save_reward_net(
 
     `metadata` is merged under the format fields this module writes (format, version, hidden
     sizes, input names); it must be JSON-serialisable. With `overwrite`, an existing `path` is
-    deleted and written anew, but only when `check_checkpoint_destination` accepts it.
+    replaced, but only when `check_checkpoint_destination` accepts it. The new checkpoint is
+    written to a hidden folder beside `path` first, so a failed save keeps the old one.
 
     Raises:
         ValueError: `path` exists and `overwrite` is False, `path` is something other than an
@@ -175,14 +178,30 @@ def save_reward_net(
         input_names=list(INPUT_NAMES),
     )
     params = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf, np.float32), params)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        checkpointer.save(
-            path,
-            ocp.args.Composite(
-                params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(document)
-            ),
-            force=overwrite,
-        )
+    # orbax's `force=True` deletes the old directory before writing the new one, so a failed
+    # or killed save would lose it. The new checkpoint is written beside it and swapped in.
+    token = secrets.token_hex(4)
+    target = path.with_name(f".partial.{path.name}.{token}") if path.exists() else path
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+            checkpointer.save(
+                target,
+                ocp.args.Composite(
+                    params=ocp.args.StandardSave(params), metadata=ocp.args.JsonSave(document)
+                ),
+            )
+    except BaseException:
+        if target != path:
+            # orbax 0.12 writes into `<target>.orbax-checkpoint-tmp` before renaming it.
+            for partial in path.parent.glob(f"{target.name}*"):
+                shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if target != path:
+        replaced = path.with_name(f".replaced.{path.name}.{token}")
+        # NOTE: a kill between these two renames leaves both checkpoints under hidden names.
+        path.rename(replaced)
+        target.rename(path)
+        shutil.rmtree(replaced)
     return path
 
 
