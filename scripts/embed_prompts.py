@@ -17,8 +17,10 @@ sentence-transformers model folder. The committed matrix was computed on the CPU
 
 import argparse
 import importlib
+import io
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -175,6 +177,27 @@ def cosine_similarity_matrix(embeddings: np.ndarray) -> np.ndarray:
     return np.clip(similarity, -1.0, 1.0).astype(np.float32)
 
 
+def save_matrix_atomic(path: Path, matrix: np.ndarray) -> None:
+    """Write `matrix` as a .npy file that replaces `path` in one rename.
+
+    The default --out is the packaged matrix, so a failed or killed write must leave the old
+    file whole. This repeats `rlli_jax.outputs.write_bytes_atomic`, because this script runs in
+    an environment that need not have rlli_jax installed.
+    """
+    buffer = io.BytesIO()
+    np.save(buffer, matrix)
+    temporary = path.with_name(f".partial.{path.name}.{secrets.token_hex(4)}")
+    try:
+        with open(temporary, "xb") as stream:
+            stream.write(buffer.getvalue())
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def print_summary(similarity: np.ndarray, topics: np.ndarray) -> None:
     num_prompts = similarity.shape[0]
     off_diagonal = ~np.eye(num_prompts, dtype=bool)
@@ -211,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     embeddings = embed_texts(texts, model_path)
     similarity = cosine_similarity_matrix(embeddings)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(args.out, similarity)
+    save_matrix_atomic(args.out, similarity)
     print(f"wrote {similarity.shape} float32 similarity matrix to {args.out}")
     print_summary(similarity, topics)
     return 0

@@ -1,5 +1,6 @@
 """Command-line scripts: bad input fails before compiling; kill -9 and resume is bit-identical."""
 
+import io
 import json
 import os
 import re
@@ -718,6 +719,39 @@ def test_embed_prompts_missing_package(tmp_path, monkeypatch, missing, installed
     assert f"missing Python package {missing!r}" in str(error.value)
     assert 'pip install -e ".[embed]" torch sentence-transformers' in str(error.value)
     assert not out.exists()
+
+
+def test_embed_prompts_failed_write_keeps_old_matrix(tmp_path, monkeypatch):
+    import embed_prompts as embed_script  # scripts/embed_prompts.py
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # main sets it; restore it after the test
+    monkeypatch.setattr(embed_script, "import_encoder_package", lambda name: None)
+    monkeypatch.setattr(embed_script, "default_model_path", lambda: tmp_path)
+    monkeypatch.setattr(embed_script, "embed_texts", lambda texts, path: np.eye(len(texts)))
+
+    def fail_save(file, array):
+        # A full disk: the first bytes of the header are written, then the write fails.
+        if isinstance(file, str | Path):
+            Path(file).write_bytes(b"\x93NUMPY")
+        else:
+            file.write(b"\x93NUMPY")
+        raise OSError("No space left on device")
+
+    prompts = _write_prompt_bank(tmp_path, json.dumps(VALID_PROMPT_BANK))
+    out = tmp_path / "s.npy"
+    old_matrix = np.full((2, 2), 0.5, np.float32)
+    out.write_bytes(_npy_bytes(old_matrix))
+    monkeypatch.setattr(embed_script.np, "save", fail_save)
+    with pytest.raises(OSError, match="No space left"):
+        embed_script.main(["--prompts", str(prompts), "--out", str(out)])
+    np.testing.assert_array_equal(np.load(out), old_matrix)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["prompts.json", "s.npy"]
+
+
+def _npy_bytes(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def test_embed_prompts_error_is_one_line(tmp_path):
