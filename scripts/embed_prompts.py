@@ -44,7 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prompts", type=Path, default=DEFAULT_PROMPTS, help="prompt bank JSON file to read"
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="output .npy file for the K x K matrix"
+        "--out",
+        type=Path,
+        default=None,
+        help="output .npy file for the K x K matrix (default: the packaged matrix, which only "
+        "the packaged --prompts file may replace)",
     )
     parser.add_argument(
         "--model-path",
@@ -222,6 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     # The model is local, so keep the Hugging Face hub from trying the network.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     texts, topics = read_prompts(args.prompts)
+    if args.out is None:
+        if args.prompts.resolve() != DEFAULT_PROMPTS.resolve():
+            # The environment reads the packaged matrix with the packaged prompts, so a matrix
+            # of another bank there would break it (another K) or mislabel the prompts.
+            raise ValueError(
+                f"--prompts {args.prompts} is not the packaged prompt bank, so its matrix must "
+                f"not replace the packaged {DEFAULT_OUT}; pass --out with another .npy path"
+            )
+        args.out = DEFAULT_OUT
     check_out_file(args.out)
     if args.model_path is not None and not args.model_path.is_dir():
         raise ValueError(

@@ -721,6 +721,23 @@ def test_embed_prompts_missing_package(tmp_path, monkeypatch, missing, installed
     assert not out.exists()
 
 
+def test_embed_prompts_other_bank_needs_out(tmp_path, monkeypatch):
+    import embed_prompts as embed_script  # scripts/embed_prompts.py
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # main sets it; restore it after the test
+
+    def fail_if_called(*args, **kwargs):
+        raise AssertionError("the encoder ran although the output path is invalid")
+
+    monkeypatch.setattr(embed_script, "embed_texts", fail_if_called)
+    prompts = _write_prompt_bank(tmp_path, json.dumps(VALID_PROMPT_BANK))
+    packaged = embed_script.DEFAULT_OUT.read_bytes()
+    with pytest.raises(ValueError, match="is not the packaged prompt bank") as error:
+        embed_script.main(["--prompts", str(prompts)])
+    assert "pass --out" in str(error.value)
+    assert embed_script.DEFAULT_OUT.read_bytes() == packaged
+
+
 def test_embed_prompts_failed_write_keeps_old_matrix(tmp_path, monkeypatch):
     import embed_prompts as embed_script  # scripts/embed_prompts.py
 
