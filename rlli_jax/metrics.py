@@ -68,8 +68,7 @@ class MetricsWriter:
         """Add a row's scalars to TensorBoard as `kind/name` at its `env_step`."""
         for name, value in row.items():
             # Warm-up chunks have no losses yet (NaN or null): TensorBoard gets no point.
-            is_number = isinstance(value, int | float) and not isinstance(value, bool)
-            if name != "env_step" and is_number and math.isfinite(value):
+            if name != "env_step" and is_number(value) and math.isfinite(value):
                 kind = row.get("kind", "train")
                 self._tensorboard.add_scalar(f"{kind}/{name}", value, row["env_step"])
 
@@ -124,6 +123,11 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tensorboard is not None:
             self._tensorboard.close()
+
+
+def is_number(value: Any) -> bool:
+    """Tell whether a metric value can be plotted: an int or a float, NaN included, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _read_csv_header(path: Path) -> list[str] | None:
@@ -205,11 +209,12 @@ def plot_learning_curves(
         train_rows = read_metrics(run_dir, "train")
         eval_rows = read_metrics(run_dir, "eval")
         for axis, name in zip(axes, names, strict=True):
-            points = [(r["env_step"], r[name]) for r in train_rows if r.get(name) is not None]
+            # A value that is not a number (null, or a line edited by hand) is left out.
+            points = [(r["env_step"], r[name]) for r in train_rows if is_number(r.get(name))]
             if points:
                 steps, values = zip(*points, strict=True)
                 (line,) = axis.plot(steps, values, label=label)
-                evaluated = [(r["env_step"], r[name]) for r in eval_rows if name in r]
+                evaluated = [(r["env_step"], r[name]) for r in eval_rows if is_number(r.get(name))]
                 if evaluated:
                     eval_steps, eval_values = zip(*evaluated, strict=True)
                     axis.plot(eval_steps, eval_values, "o", color=line.get_color())

@@ -8,7 +8,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from rlli_jax.metrics import JSONL_NAME, plot_learning_curves, read_metrics, unreadable_lines
+from rlli_jax.metrics import (
+    JSONL_NAME,
+    is_number,
+    plot_learning_curves,
+    read_metrics,
+    unreadable_lines,
+)
 from rlli_jax.outputs import check_output_file
 from rlli_jax.runner import check_not_a_run_file
 
@@ -53,12 +59,13 @@ def main(argv=None) -> int:
             )
             return 2
         for row in rows:
-            known.update(row)
+            known.update(name for name, value in row.items() if is_number(value))
+    known.discard("env_step")  # the x axis of every panel
     unknown = [name for name in args.metrics if name not in known]
     if unknown:
         print(
             f"error: --metrics {unknown} not found in the runs' metrics; known names: "
-            f"{sorted(known - {'env_step', 'kind'})}",
+            f"{sorted(known)}",
             file=sys.stderr,
         )
         return 2

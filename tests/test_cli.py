@@ -571,6 +571,16 @@ def test_plot_checks_out_and_metric_names(tmp_path, capsys):
         stream.write(b"garbage\n\xff\xfe\n")
     assert plot_script.main(argv) == 0
     assert "skipped 2 unreadable lines of" in capsys.readouterr().err
+    for name in ("env_step", "kind"):
+        argv_not_metric = [str(run_dir), "--metrics", name, "--out", str(tmp_path / "c.png")]
+        assert plot_script.main(argv_not_metric) == 2
+        assert f"--metrics ['{name}'] not found" in capsys.readouterr().err
+    # A row edited by hand with values that are not numbers: those points are left out.
+    with (run_dir / "metrics.jsonl").open("a") as stream:
+        stream.write('{"env_step": 24, "kind": "train", "qoe": "x", "episode_return": [1]}\n')
+        stream.write('{"env_step": 24, "kind": "eval", "qoe": {"a": 1}}\n')
+    names = ["--metrics", "qoe", "episode_return"]
+    assert plot_script.main([str(run_dir), *names, "--out", str(tmp_path / "c.png")]) == 0
     (run_dir / "metrics.jsonl").write_text("")
     assert plot_script.main(argv) == 2
     assert "metrics.jsonl has no training rows yet" in capsys.readouterr().err
