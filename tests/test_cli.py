@@ -180,7 +180,11 @@ def test_train_evaluate_plot_end_to_end(tmp_path):
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout)
-    assert result["policy"]["qoe"] == pytest.approx(evaluation["policy"]["qoe"])
+    # The same checkpoint, seed and episodes as the run's final evaluation: the same numbers.
+    assert result["policy"] == pytest.approx(evaluation["policy"])
+    assert result["baselines"].keys() == evaluation["baselines"].keys()
+    for name, baseline in evaluation["baselines"].items():
+        assert result["baselines"][name] == pytest.approx(baseline), name
     assert result["run"] == str(run_dir)
     assert result["seed"] == 0
     assert result["env_steps"] == 128
