@@ -195,7 +195,8 @@ def plot_learning_curves(
 ) -> None:
     """Draw training curves of one or more runs against environment steps into a PNG.
 
-    Evaluation rows, where present, are drawn as markers on the QoE and return panels.
+    Evaluation rows, where present, are drawn as markers on every panel whose metric they
+    contain (such as qoe, reward and episode_return).
     """
     import matplotlib
 

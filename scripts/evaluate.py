@@ -2,6 +2,9 @@
 
 Example:
     python scripts/evaluate.py --run runs/gddpg-seed0 --episodes 1024
+
+Exit status: 0 on success, 2 for an invalid option or a directory that contains no readable run
+or checkpoint, 1 when the result was printed but --out could not be written.
 """
 
 import argparse

@@ -2,6 +2,9 @@
 
 Example:
     python scripts/plot.py runs/ddpg-seed0 runs/gddpg-seed0 --out curves.png
+
+Exit status: 0 on success, 2 for an invalid option, a run without training rows in its
+metrics.jsonl or an unknown --metrics name, 1 when --out could not be written.
 """
 
 import argparse
