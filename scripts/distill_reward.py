@@ -5,6 +5,9 @@ Example:
 
 Prints the validation metrics and writes them, with the config and the dataset hash, into the
 checkpoint's metadata and into OUT/metrics.json.
+
+Exit status: 0 on success, 2 for an invalid option or ratings file or a training run that
+diverged, 1 when the checkpoint could not be written.
 """
 
 import argparse
@@ -182,8 +185,13 @@ def main(argv=None) -> int:
         # A metric is NaN when it is undefined, such as a correlation over one rating.
         "validation_metrics": _finite_or_none(result.metrics),
     }
-    path = save_reward_net(out, result.model, result.params, metadata, overwrite=args.overwrite)
-    write_json_atomic(path / "metrics.json", metadata, allow_nan=False)
+    try:
+        path = save_reward_net(out, result.model, result.params, metadata, overwrite=args.overwrite)
+        write_json_atomic(path / "metrics.json", metadata, allow_nan=False)
+    except OSError as error:
+        # A full disk or a folder made read-only during training, found only after it.
+        print(f"error: failed to write --out {out}: {error}", file=sys.stderr)
+        return 1
 
     print(f"best epoch {result.best_epoch} of {result.num_epochs}; validation{label}:")
     for name, value in result.metrics.items():

@@ -506,6 +506,23 @@ def test_distill_script_diverged_saves_nothing(small_dataset, tmp_path):
     assert not out.exists()
 
 
+def test_distill_script_failed_write_exits_1(small_dataset, tmp_path, capsys, monkeypatch):
+    distill_script = load_script("distill_reward")
+    ratings = tmp_path / "ratings.jsonl"
+    lines = small_dataset.path.read_text(encoding="utf-8").splitlines()[:200]
+    ratings.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def fail_save(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(distill_script, "save_reward_net", fail_save)
+    out = tmp_path / "net"
+    argv = ["--ratings", str(ratings), "--out", str(out), "--epochs", "2", "--hidden-sizes", "8"]
+    assert distill_script.main(argv) == 1
+    error = capsys.readouterr().err
+    assert f"error: failed to write --out {out}: [Errno 28] No space left on device" in error
+
+
 def test_distill_script_out_under_file(tmp_path):
     # The ratings file does not exist, so the error must come before the dataset loads.
     distill_main = load_script("distill_reward").main
