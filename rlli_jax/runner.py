@@ -280,6 +280,12 @@ def load_run_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / CONFIG_NAME
     if Path(run_dir).exists() and not Path(run_dir).is_dir():
         raise ValueError(f"{str(run_dir)!r} is a file, not a run directory")
+    if not path.is_file() and (Path(run_dir) / SWEEP_CONFIG_NAME).is_file():
+        raise ValueError(
+            f"{str(run_dir)!r} contains a sweep ({SWEEP_CONFIG_NAME}), not a training run: "
+            "its results.csv has one row of results per member, and rerunning scripts/sweep.py "
+            "with this --out continues the sweep"
+        )
     if not path.is_file():
         raise ValueError(f"{str(path)!r} not found: {str(run_dir)!r} is not a run directory")
     return load_config(path)

@@ -285,6 +285,17 @@ def test_resume_rejects_checkpoint_past_run_end(tmp_path, capsys):
     assert (run / "summary.json").read_text() == summary
 
 
+def test_evaluate_sweep_folder_says_sweep(tmp_path, capsys):
+    import evaluate as evaluate_script  # scripts/evaluate.py
+
+    (tmp_path / "sweep.yaml").write_text("grid: {}\n")
+    (tmp_path / "groups").mkdir()
+    assert evaluate_script.main(["--run", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "contains a sweep (sweep.yaml), not a training run" in error
+    assert "Traceback" not in error
+
+
 def test_replaced_reward_net_blocks_resume_and_evaluate(tmp_path, capsys, monkeypatch):
     import evaluate as evaluate_script  # scripts/evaluate.py
 
