@@ -161,6 +161,17 @@ class SweepConfig:
             [dict(p) for p in self.points],
             "every point must set the same keys",
         )
+        seen: dict[frozenset, int] = {}
+        for index, point in enumerate(self.points):
+            # Key order does not matter: {a: 1, b: 2} and {b: 2, a: 1} are one combination.
+            combination = frozenset((key, _hashable(value)) for key, value in point)
+            _require(
+                combination not in seen,
+                f"points[{index}]",
+                dict(point),
+                f"repeats points[{seen.get(combination)}]; list each combination once",
+            )
+            seen[combination] = index
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -356,7 +367,12 @@ def _expand_points(sweep: SweepConfig) -> list[tuple[tuple[str, Any], ...]]:
         tuple(zip(grid_keys, values, strict=True))
         for values in itertools.product(*(values for _, values in sweep.grid))
     ]
-    explicit = list(sweep.points) or [()]
+    # Every point takes the key order of `swept_keys`, so that points that list the same
+    # static values in different orders share one group.
+    order = {key: position for position, key in enumerate(sweep.swept_keys)}
+    explicit = [
+        tuple(sorted(point, key=lambda item: order[item[0]])) for point in sweep.points
+    ] or [()]
     return [grid_point + point for grid_point in grid_points for point in explicit]
 
 

@@ -133,6 +133,15 @@ def sweep_from(base_path: Path, **fields) -> SweepConfig:
             {"points": [{"hyper.tau": 0.2}, {"hyper.gamma": 0.5}]},
             r"every point must set the same keys",
         ),
+        (
+            {
+                "points": [
+                    {"hyper.tau": 0.2, "hyper.gamma": 0.5},
+                    {"hyper.gamma": 0.5, "hyper.tau": 0.2},
+                ]
+            },
+            r"invalid points\[1\] = .*: repeats points\[0\]; list each combination once",
+        ),
         ({"set": "train.num_envs=4"}, r"set = 'train\.num_envs=4': must be a list"),
     ],
 )
@@ -266,6 +275,17 @@ def test_points_cross_grid(base_path):
         "hyper.tau": 0.1,
         "hyper.gamma": 0.9,
     }
+
+
+def test_point_key_order_ignored_by_groups(base_path):
+    points = [
+        {"agent.batch_size": 8, "train.num_envs": 4, "hyper.tau": 0.1},
+        {"train.num_envs": 4, "agent.batch_size": 8, "hyper.tau": 0.2},
+    ]
+    plan = plan_sweep(sweep_from(base_path, points=points))
+    assert plan.num_programs == 1
+    assert plan.groups[0].size == 2
+    assert dict(plan.members[1].values) == points[1]
 
 
 def test_stacked_hyperparams_follow_members(base_path):
