@@ -603,11 +603,23 @@ def _check_overrides(overrides: list[str], swept: set[str]) -> None:
             raise ValueError(
                 f"invalid set[{index}] = {text!r}: seeds are set by num_seeds and first_seed"
             )
-        if key in swept:
+        # A mapping such as env.params={...} contains every swept key below it, and the
+        # swept value would silently replace the one it gives.
+        covered = sorted(
+            name
+            for name in swept
+            if _is_prefix(keys, name.split(".")) or _is_prefix(name.split("."), keys)
+        )
+        if covered:
+            verb = "is" if len(covered) == 1 else "are"
             raise ValueError(
-                f"invalid set[{index}] = {text!r}: {key} is also swept in grid or points, "
-                "which would override it; set it in one place"
+                f"invalid set[{index}] = {text!r}: {', '.join(covered)} {verb} also swept in "
+                "grid or points, which would override it; set it in one place"
             )
+
+
+def _is_prefix(prefix: list[str], path: list[str]) -> bool:
+    return list(path[: len(prefix)]) == list(prefix)
 
 
 def _check_key(key: str, field: str) -> None:

@@ -112,6 +112,10 @@ def sweep_from(base_path: Path, **fields) -> SweepConfig:
             r"invalid set\[1\] = 'train\.num_envs=8': train\.num_envs is already set by set\[0\]",
         ),
         (
+            {"grid": {"env.params.energy_weight": [0.1]}, "set": ["env.params={energy_weight: 1}"]},
+            r"invalid set\[0\] = .*: env\.params\.energy_weight is also swept",
+        ),
+        (
             {"set": ["env.params.energy_weight=0.5", "env.params={energy_weight: 1}"]},
             r"invalid set\[1\] = .*: env\.params overlaps env\.params\.energy_weight, set by set",
         ),
