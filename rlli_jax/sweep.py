@@ -347,6 +347,12 @@ def plan_sweep(sweep: SweepConfig) -> SweepPlan:
             check_gradient_steps(group_config)
         except ValueError as error:
             raise ValueError(f"group {group_index}: {error}") from None
+        if group_config.train.eval_every_chunks:
+            raise ValueError(
+                f"group {group_index}: invalid train.eval_every_chunks = "
+                f"{group_config.train.eval_every_chunks}: a sweep evaluates each member once, "
+                "after its last chunk, and writes no periodic evaluation; set it to 0"
+            )
         static = _typed_values(group_config, static)
         members = []
         for point in group_points:

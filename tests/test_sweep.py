@@ -238,6 +238,12 @@ def test_plan_rejects_group_without_gradient_steps(base_path):
         plan_sweep(sweep)
 
 
+def test_plan_rejects_periodic_evaluation(base_path):
+    sweep = sweep_from(base_path, grid={"train.eval_every_chunks": [0, 2]})
+    with pytest.raises(ValueError, match=r"group 1: invalid train\.eval_every_chunks = 2: a sweep"):
+        plan_sweep(sweep)
+
+
 def test_quoted_numbers_take_field_types(base_path):
     grid = {"env.horizon": ["8", 4], "hyper.actor_lr": ["1e-4"]}
     plan = plan_sweep(sweep_from(base_path, grid=grid))
