@@ -541,6 +541,30 @@ def test_members_keep_own_metrics(sweep_runs):
     assert len(failed_rows) < 4  # the curve stops at the chunk where the member diverged
 
 
+def test_member_matches_single_run(sweep_runs, tmp_path):
+    """A member trains and evaluates like `run_training` of its own config, up to float
+    reassociation: same keys, hyperparameters, curves and evaluation episodes."""
+    from rlli_jax.runner import run_training
+
+    member = sweep_runs["plan"].members[1]  # seed 1, critic_lr 1e-3
+    swept = sweep_runs["reference"].members[1]
+    single = run_training(member.config, tmp_path / "single", shard_envs=False)
+    expected = {
+        "policy": single["evaluation"]["policy"],
+        "greedy": single["evaluation"]["baselines"]["greedy"],
+    }
+    for name, values in expected.items():
+        assert swept["evaluation"][name]["qoe"] == pytest.approx(values["qoe"], rel=1e-5)
+        assert swept["evaluation"][name]["reward"] == pytest.approx(values["reward"], rel=1e-5)
+    curve = sweep_runs["root"] / "reference" / MEMBERS_DIR / member.name / "metrics.jsonl"
+    swept_rows = [json.loads(line) for line in curve.open()]
+    single_rows = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").open()]
+    assert len(swept_rows) == len(single_rows) == 4
+    for swept_row, single_row in zip(swept_rows, single_rows, strict=True):
+        for name in ("reward", "qoe", "critic_loss", "actor_loss"):
+            assert swept_row[name] == pytest.approx(single_row[name], rel=1e-4), name
+
+
 def test_resume_continues_from_checkpoint(sweep_runs):
     events = sweep_runs["events"]
     chunks = [event.chunk for event in events if event.kind == "chunk"]
