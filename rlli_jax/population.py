@@ -731,9 +731,10 @@ def rank_points(
 ) -> list[dict[str, Any]]:
     """Aggregate `results_table` rows over seeds, one entry per point, best mean first.
 
-    Each entry: `values` (swept key -> value), `mean` and `std` (over the seeds that finished,
-    ddof=0), `finished` and `members` counts, and `baselines` (baseline -> mean of
-    `BASELINE_<metric>` over the same members).
+    Each entry: `values` (swept key -> value), `mean` and `std` (over the evaluations of the
+    seeds that finished, ddof=0; NaN when none has one, as with train.eval_episodes 0),
+    `finished` (members that trained to the end) and `members` counts, and `baselines`
+    (baseline -> mean of `BASELINE_<metric>` over the same members).
     """
     column = f"eval_{metric}"
     points: dict[tuple, list[dict[str, Any]]] = {}
@@ -742,8 +743,8 @@ def rank_points(
         points.setdefault(key, []).append(row)
     ranked = []
     for members in points.values():
-        finished = [row for row in members if row["status"] == STATUS_OK and column in row]
-        scores = np.asarray([row[column] for row in finished], np.float64)
+        finished = [row for row in members if row["status"] == STATUS_OK]
+        scores = np.asarray([row[column] for row in finished if column in row], np.float64)
         baselines = {}
         for name in BASELINE_NAMES:
             values = [row[f"{name}_{metric}"] for row in finished if f"{name}_{metric}" in row]

@@ -221,7 +221,7 @@ def _print_ranking(points, sweep, top: int) -> None:
         table.append(
             [str(rank)]
             + [_format_value(point["values"][key]) for key in keys]
-            + [_format_float(point["mean"]), _format_float(point["std"])]
+            + [_format_score(point, point["mean"]), _format_score(point, point["std"])]
             + [f"{point['finished']}/{point['members']}", best]
         )
     widths = [max(len(header[i]), *(len(row[i]) for row in table)) for i in range(len(header))]
@@ -236,8 +236,12 @@ def _format_value(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _format_float(value: float) -> str:
-    return f"{value:.4g}" if math.isfinite(value) else "failed"
+def _format_score(point: dict, value: float) -> str:
+    """Format a point's mean or std. Finished members have no score when they were not
+    evaluated (train.eval_episodes 0) or their evaluation is not finite."""
+    if math.isfinite(value):
+        return f"{value:.4g}"
+    return "n/a" if point["finished"] else "failed"
 
 
 def _plot(path: Path, rows: list[dict], sweep) -> None:

@@ -740,6 +740,25 @@ def test_results_table_and_ranking(sweep_runs):
     assert points[0]["mean"] == pytest.approx(expected)
 
 
+def test_ranking_without_evaluation_is_not_failed(base_path, capsys):
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "sweep.py"
+    spec = importlib.util.spec_from_file_location("sweep_script", script)
+    sweep_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep_script)
+    # Members that trained to the end with train.eval_episodes 0 have no eval_ columns.
+    rows = [{"member": index, "status": "ok", "hyper.tau": 0.1} for index in range(2)]
+    sweep = sweep_from(base_path, grid={"hyper.tau": [0.1]})
+    (point,) = rank_points(rows, sweep.swept_keys, "qoe", "max")
+    assert (point["finished"], point["members"]) == (2, 2)
+    assert np.isnan(point["mean"])
+    sweep_script._print_ranking([point], sweep, top=5)
+    table = capsys.readouterr().out
+    assert "n/a" in table
+    assert "failed" not in table
+
+
 def test_resume_names_a_moved_reward_net(finished_copy, tmp_path, monkeypatch):
     from rlli_jax.qoe.reward_net import RewardNetQoE, save_reward_net
 
