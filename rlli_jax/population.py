@@ -5,6 +5,8 @@
     groups/group-NNN/config.yaml    the group's training config (base config, overrides and
                                     static values), written at the first call; a resume
                                     must match it except in the seed and the swept keys
+    groups/group-NNN/env_data.sha256  digest of the reward network and prompt bank at the
+                                    first call; a resume must match it
     groups/group-NNN/checkpoints/   orbax checkpoints of the whole population state, padded
                                     for the device count; a resume on another device count
                                     pads the members again (`Checkpointer.restore_latest`)

@@ -2,10 +2,12 @@
 
 `run_training` owns a run directory:
     config.yaml        resolved config (read back by `--resume` and `scripts/evaluate.py`)
+    env_data.sha256    digest of the reward network and prompt bank at the first start
     metrics.jsonl/csv  one training row per chunk, evaluation rows in the JSONL
     checkpoints/       orbax checkpoints of the whole `TrainState`
     summary.json       final evaluation of the policy and of the baselines, timings
     curves.png         learning curves
+    tensorboard/       TensorBoard event files, with `logging.tensorboard: true`
     .lock              locked while a single-process run trains there (POSIX systems)
 
 A resumed run restores the newest readable checkpoint, drops metric rows written after it and
