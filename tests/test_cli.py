@@ -395,17 +395,17 @@ def test_failed_start_keeps_files_found_in_out(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(runner, "Checkpointer", interrupted)
     out = tmp_path / "out"
+    # An empty run folder and a file of the user's are allowed in a new run's --out.
     (out / "checkpoints").mkdir(parents=True)
-    (out / "metrics.csv").write_text("a user's file\n")
-    (out / "notes.txt").write_text("another\n")
+    (out / "notes.txt").write_text("a user's file\n")
     assert train_script.main(tiny_args(32) + ["--out", str(out)]) == train_script.INTERRUPTED
     assert "the run had not started" in capsys.readouterr().err
 
     # config.yaml is removed, so a retry on the same --out is not rejected as an existing run,
     # and what was there before the start is kept.
     names = sorted(path.name for path in out.iterdir())
-    assert names == ["checkpoints", "metrics.csv", "notes.txt"]
-    assert (out / "metrics.csv").read_text() == "a user's file\n"
+    assert names == ["checkpoints", "notes.txt"]
+    assert (out / "notes.txt").read_text() == "a user's file\n"
 
 
 def test_failed_metrics_writer_removes_config(tmp_path, capsys):

@@ -259,5 +259,8 @@ def test_chain_penalty_positive_for_saturated_chain(small_actor):
     key = jax.random.key(2)
     obs = 100.0 * jax.random.normal(jax.random.key(1), (64, 7))
     action, penalty = jax.jit(actor.apply_with_penalty)(params, obs, key)
-    np.testing.assert_array_equal(np.asarray(action), np.asarray(actor.apply(params, obs, key)))
+    # The jitted chain and the one run op by op may round differently in the last bits.
+    np.testing.assert_allclose(
+        np.asarray(action), np.asarray(actor.apply(params, obs, key)), rtol=1e-5, atol=1e-6
+    )
     assert float(penalty) > 0.0
