@@ -393,6 +393,33 @@ def test_unhashable_qoe_model_raises():
         DiffusionServiceEnv(qoe_model=MutableQoE())
 
 
+class _ScaledRewardEnv(DiffusionServiceEnv):
+    """A subclass whose constructor argument changes the reward, as a researcher's would."""
+
+    def __init__(self, reward_scale: float, **kwargs):
+        super().__init__(**kwargs)
+        self.reward_scale = reward_scale
+
+    def step_env(self, key, state, action, params):
+        obs, state, reward, terminated, info = super().step_env(key, state, action, params)
+        return obs, state, self.reward_scale * reward, terminated, info
+
+
+def test_subclass_attributes_enter_jit_cache_key():
+    # gymnax jits `step` with the environment static, so instances that compare equal share
+    # one compiled program.
+    env_one = _ScaledRewardEnv(1.0, num_users=2, horizon=4)
+    env_ten = _ScaledRewardEnv(10.0, num_users=2, horizon=4)
+    assert env_one != env_ten
+    assert env_one == _ScaledRewardEnv(1.0, num_users=2, horizon=4)
+    params = env_one.default_params
+    _, state = env_one.reset(jax.random.key(0), params)
+    action = jnp.zeros(env_one.num_actions)
+    reward_one = env_one.step(jax.random.key(1), state, action, params)[2]
+    reward_ten = env_ten.step(jax.random.key(1), state, action, params)[2]
+    np.testing.assert_allclose(reward_ten, 10.0 * reward_one, rtol=1e-5)
+
+
 def test_prompt_bank_file_missing_raises(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         load_prompt_bank(tmp_path / "missing.json", tmp_path / "missing.npy")

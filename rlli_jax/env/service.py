@@ -157,6 +157,37 @@ def _check_qoe_params(qoe_params: Any, expected: Any, model_name: str) -> None:
                 )
 
 
+# Attributes that `DiffusionServiceEnv.__init__` sets. The static key lists the static ones
+# itself, and the rest (the prompt bank's data, which steps read from `EnvParams`, and what
+# `num_users` determines) do not change the compiled program.
+_BASE_ATTRIBUTES = frozenset(
+    {
+        "num_users",
+        "horizon",
+        "prompt_bank",
+        "num_prompts",
+        "num_topics",
+        "qoe_model",
+        "layout",
+        "_upper_rows",
+        "_upper_cols",
+    }
+)
+
+
+def _static_value(value: Any) -> Any:
+    """Return `value` if it is hashable, else its identity, for the environment's static key.
+
+    An unhashable attribute (an array, a list) then makes the environment equal only to
+    itself, which can cost a recompilation but never reuses a program built for other values.
+    """
+    try:
+        hash(value)
+    except TypeError:
+        return ("object id", id(value))
+    return value
+
+
 class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
     """Shared-denoising diffusion image service at one edge server (gymnax 1.0 API).
 
@@ -194,8 +225,17 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
         self.layout = ObservationLayout(self.num_users)
         self._upper_rows, self._upper_cols = np.triu_indices(self.num_users, k=1)
 
-    # The environment is a static argument of jit: hash and compare by its static facts.
+    # The environment is a static argument of jit (gymnax's `step` and `reset` are jitted with
+    # `self` static): hash and compare by its static facts. Attributes that a subclass adds,
+    # such as a reward weight taken by its constructor, count too, because its `step_env` may
+    # read them. Without them two instances that differ there would compare equal, and jit
+    # would reuse the program compiled for the first one.
     def _static_key(self) -> tuple:
+        added = tuple(
+            (name, _static_value(value))
+            for name, value in sorted(vars(self).items())
+            if name not in _BASE_ATTRIBUTES
+        )
         return (
             type(self),
             self.num_users,
@@ -203,6 +243,7 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
             self.num_prompts,
             self.num_topics,
             self.qoe_model,
+            added,
         )
 
     def __hash__(self) -> int:
