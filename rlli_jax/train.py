@@ -45,7 +45,7 @@ from rlli_jax.agents.replay import (
 from rlli_jax.config import Config
 from rlli_jax.env.params import EnvParams
 from rlli_jax.env.service import DiffusionServiceEnv, EnvState
-from rlli_jax.evaluation import make_agent_policy, run_episodes
+from rlli_jax.evaluation import EPISODE_METRICS, make_agent_policy, run_episodes
 
 # Per-slot `info` entries logged as training metrics (means over environments).
 ENV_METRICS = ("qoe", "quality", "latency_s", "energy_j", "shared_steps", "total_steps")
@@ -314,6 +314,7 @@ def make_train(
                 f" = {getattr(config.env, name)}; build the environment from the same values"
             )
     hyper = make_hyperparams(config, env)
+    check_env_outputs(env, hyper.env)
     agent = make_agent(config.agent)
     train_config = config.train
     replay = make_replay_buffer(
@@ -379,6 +380,49 @@ def make_train(
         evaluate=jax.jit(evaluate),
         trace_counts=trace_counts,
     )
+
+
+def check_env_outputs(env: DiffusionServiceEnv, env_params: EnvParams) -> None:
+    """Check by abstract evaluation that `reset_env` and `step_env` return what training reads.
+
+    A subclass that changes the observation must change `obs_dim` with it, because the
+    networks, the replay buffer and `observation_space` are sized from it; otherwise the
+    mismatch would surface later as a shape error inside the actor. Training and evaluation
+    also read a scalar float reward and the `info` entries of the service environment.
+
+    Raises:
+        ValueError: naming the environment class and what it returned.
+    """
+    name = type(env).__qualname__
+    key = jax.random.key(0)
+    obs, state = jax.eval_shape(env.reset_env, key, env_params)
+    action = jax.ShapeDtypeStruct((env.num_actions,), jnp.float32)
+    next_obs, _, reward, _, info = jax.eval_shape(env.step_env, key, state, action, env_params)
+    for method, returned in (("reset_env", obs), ("step_env", next_obs)):
+        if returned.shape != (env.obs_dim,) or returned.dtype != jnp.float32:
+            raise ValueError(
+                f"invalid environment {name}: {method} returned an observation of shape "
+                f"{returned.shape} and dtype {returned.dtype}, but its obs_dim is {env.obs_dim} "
+                "and training expects float32; a subclass that changes get_obs must override "
+                "obs_dim to match"
+            )
+    space_shape = env.observation_space(env_params).shape
+    if tuple(space_shape) != (env.obs_dim,):
+        raise ValueError(
+            f"invalid environment {name}: observation_space has shape {space_shape}, but obs_dim "
+            f"is {env.obs_dim}; make the two agree"
+        )
+    if reward.shape != () or not jnp.issubdtype(reward.dtype, jnp.floating):
+        raise ValueError(
+            f"invalid environment {name}: step_env returned a reward of shape {reward.shape} and "
+            f"dtype {reward.dtype}, expected a floating-point scalar"
+        )
+    missing = sorted(set(ENV_METRICS + EPISODE_METRICS) - set(info))
+    if missing:
+        raise ValueError(
+            f"invalid environment {name}: the info of step_env lacks {missing}, which training "
+            "and evaluation log; keep the entries of DiffusionServiceEnv's info"
+        )
 
 
 def _update_metric_names(

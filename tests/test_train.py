@@ -195,6 +195,44 @@ def test_make_train_rejects_env_of_other_shape():
         make_train(config, env=DiffusionServiceEnv(num_users=3, horizon=5))
 
 
+def test_make_train_rejects_env_with_wrong_outputs():
+    from rlli_jax.env.service import DiffusionServiceEnv
+
+    class ExtraObsEnv(DiffusionServiceEnv):
+        """Appends a feature to the observation but keeps the base obs_dim."""
+
+        def get_obs(self, state, params, key=None):
+            obs = super().get_obs(state, params)
+            return jnp.concatenate([obs, state.energy_used_j[None]])
+
+    class VectorRewardEnv(DiffusionServiceEnv):
+        """Returns the per-user reward vector instead of a scalar."""
+
+        def step_env(self, key, state, action, params):
+            obs, state, reward, terminated, info = super().step_env(key, state, action, params)
+            return obs, state, jnp.full((self.num_users,), reward), terminated, info
+
+    class NoInfoEnv(DiffusionServiceEnv):
+        """Drops the info entries that training logs."""
+
+        def step_env(self, key, state, action, params):
+            obs, state, reward, terminated, _ = super().step_env(key, state, action, params)
+            return obs, state, reward, terminated, {}
+
+    config = load_config(overrides=TINY_OVERRIDES)
+    obs_dim = DiffusionServiceEnv(num_users=3, horizon=4).obs_dim
+    with pytest.raises(
+        ValueError,
+        match=rf"ExtraObsEnv: reset_env returned an observation of shape \({obs_dim + 1},\).*"
+        rf"obs_dim is {obs_dim}.*override obs_dim",
+    ):
+        make_train(config, env=ExtraObsEnv(num_users=3, horizon=4))
+    with pytest.raises(ValueError, match=r"VectorRewardEnv: .* reward of shape \(3,\)"):
+        make_train(config, env=VectorRewardEnv(num_users=3, horizon=4))
+    with pytest.raises(ValueError, match=r"NoInfoEnv: the info of step_env lacks \['energy_j'"):
+        make_train(config, env=NoInfoEnv(num_users=3, horizon=4))
+
+
 def test_run_training_takes_a_custom_env(tmp_path):
     from rlli_jax.env.service import DiffusionServiceEnv
     from rlli_jax.qoe.model import SimulatorQoE
