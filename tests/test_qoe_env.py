@@ -1,5 +1,7 @@
 """The reward network inside the service environment: same QoE as outside, swappable params."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,3 +168,45 @@ def test_make_params_accepts_stacked_qoe_params(env):
     ragged = dict(stacked, input_std=shipped["input_std"])
     with pytest.raises(ValueError, match=r"qoe_params\['input_std'\] .*leading batch axes \(2,\)"):
         env.make_params(qoe_params=ragged)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BroadcastQoE:
+    """A QoE model with a broadcasting bug: MOS [N, N] instead of [N]."""
+
+    name: str = "broadcast"
+
+    def __call__(self, qoe_params, traits, quality, latency_s):
+        return 1.0 + 4.0 * quality[:, None] * jnp.exp(-latency_s[None, :] / 10.0)
+
+    def default_params(self):
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class _BoolQoE:
+    """A QoE model that returns whether each user is satisfied, not a MOS."""
+
+    name: str = "bool"
+
+    def __call__(self, qoe_params, traits, quality, latency_s):
+        return quality > 0.5
+
+    def default_params(self):
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (_BroadcastQoE(), r"'broadcast': it returned shape \(3, 3\) and dtype float32"),
+        (_BoolQoE(), r"'bool': it returned shape \(3,\) and dtype bool"),
+    ],
+)
+def test_step_rejects_wrong_qoe_output(model, match):
+    env = DiffusionServiceEnv(num_users=3, horizon=4, qoe_model=model)
+    params = env.default_params
+    _, state = env.reset(jax.random.key(0), params)
+    expected = r", expected a real-valued MOS of shape \(3,\)"
+    with pytest.raises(ValueError, match=match + expected):
+        env.step(jax.random.key(1), state, jnp.zeros(env.num_actions), params)

@@ -435,6 +435,7 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
         latency = compute_latency + transmit_latency
 
         qoe = self.qoe_model(params.qoe_params, state.traits, quality, latency)
+        self._check_qoe_output(qoe)
         energy = (gpu_energy + transmit_energy) * jnp.where(
             over_budget, params.overbudget_factor, 1.0
         )
@@ -467,6 +468,27 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
         }
         terminated = self.is_terminated(next_state, params)
         return self.get_obs(next_state, params), next_state, reward, terminated, info
+
+    def _check_qoe_output(self, qoe: Any) -> None:
+        """Raise ValueError unless the QoE model returned one real-valued MOS per user.
+
+        Checked while tracing, so it costs nothing at run time. A wrong shape would otherwise
+        pass silently, because the reward and `info` take its mean whatever its shape.
+        Integer ratings are accepted; bool and complex values are not.
+        """
+        shape = np.shape(qoe)
+        dtype = dtype_of(qoe)
+        real = dtype is not None and (
+            jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+        )
+        if shape == (self.num_users,) and real:
+            return
+        raise ValueError(
+            f"invalid output of the QoE model {self.qoe_model.name!r}: it returned shape {shape} "
+            f"and dtype {dtype or 'unknown (not an array)'}, expected a real-valued MOS of "
+            f"shape ({self.num_users},), one per user, for traits [{self.num_users}, "
+            f"{NUM_TRAITS}] and quality and latency [{self.num_users}]"
+        )
 
     def get_obs(self, state: EnvState, params: EnvParams, key: jax.Array | None = None):
         """Return the flat observation [obs_dim]; the layout is in the module docstring."""
