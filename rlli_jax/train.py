@@ -386,9 +386,10 @@ def check_env_outputs(env: DiffusionServiceEnv, env_params: EnvParams) -> None:
     """Check by abstract evaluation that `reset_env` and `step_env` return what training reads.
 
     A subclass that changes the observation must change `obs_dim` with it, because the
-    networks, the replay buffer and `observation_space` are sized from it; otherwise the
-    mismatch would surface later as a shape error inside the actor. Training and evaluation
-    also read a scalar float reward and the `info` entries of the service environment.
+    networks, the replay buffer and `observation_space` are sized from it. Without this check
+    the mismatch would surface later as a shape error inside the actor. Training and
+    evaluation also read a scalar float reward and the `info` entries of the service
+    environment.
 
     Raises:
         ValueError: naming the environment class and what it returned.

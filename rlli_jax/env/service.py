@@ -225,8 +225,8 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
         self.layout = ObservationLayout(self.num_users)
         self._upper_rows, self._upper_cols = np.triu_indices(self.num_users, k=1)
 
-    # The environment is a static argument of jit (gymnax's `step` and `reset` are jitted with
-    # `self` static): hash and compare by its static facts. Attributes that a subclass adds,
+    # gymnax jits `step` and `reset` with the environment as a static argument, so it hashes
+    # and compares by its static facts. Attributes that a subclass adds,
     # such as a reward weight taken by its constructor, count too, because its `step_env` may
     # read them. Without them two instances that differ there would compare equal, and jit
     # would reuse the program compiled for the first one.
