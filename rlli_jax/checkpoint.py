@@ -209,7 +209,12 @@ class Checkpointer:
         for path in sorted(set(saved) | set(expected)):
             if saved.get(path) != expected.get(path):
                 name = "/".join(path)
-                cause = "was the run's config.yaml edited after the checkpoint was written?"
+                # A run started from Python also depends on code outside its config.
+                cause = (
+                    "was the run's config.yaml edited after the checkpoint was written? For a "
+                    "run started from Python: is its ACTOR_FACTORIES entry, or the environment "
+                    "passed with env=, built the same way as when it was trained?"
+                )
                 if _differ_in_width_only(saved.get(path), expected.get(path)):
                     cause = "is jax_enable_x64 (JAX_ENABLE_X64) set differently than in the run?"
                 return (

@@ -253,5 +253,7 @@ def test_width_only_mismatch_names_x64(tmp_path):
     with pytest.raises(ValueError, match=r"float64 for this config \(is jax_enable_x64"):
         checkpointer.restore_latest(target)
     other_shape = {"w": np.zeros((4, 3), np.float64)}
-    with pytest.raises(ValueError, match=r"was the run's config.yaml edited"):
+    with pytest.raises(ValueError, match=r"was the run's config.yaml edited") as raised:
         checkpointer.restore_latest(other_shape)
+    # A custom actor or environment re-registered with other sizes gives the same mismatch.
+    assert "ACTOR_FACTORIES entry, or the environment passed with env=" in str(raised.value)
