@@ -420,6 +420,26 @@ def test_subclass_attributes_enter_jit_cache_key():
     np.testing.assert_allclose(reward_ten, 10.0 * reward_one, rtol=1e-5)
 
 
+def test_prompt_bank_data_enter_jit_cache_key():
+    bank = load_prompt_bank()
+    no_similarity = dataclasses.replace(bank, similarity=np.eye(bank.num_prompts, dtype=np.float32))
+    env = DiffusionServiceEnv(num_users=NUM_USERS, horizon=4)
+    env_no_similarity = DiffusionServiceEnv(
+        num_users=NUM_USERS, horizon=4, prompt_bank=no_similarity
+    )
+    assert env == DiffusionServiceEnv(num_users=NUM_USERS, horizon=4)
+    assert env != env_no_similarity
+    # Without params, gymnax's step compiles the environment's default_params in.
+    _, state = env.reset(jax.random.key(0))
+    action = jnp.zeros(env.num_actions)
+    obs = env.step(jax.random.key(1), state, action)[0]
+    obs_no_similarity = env_no_similarity.step(jax.random.key(1), state, action)[0]
+    assert not np.array_equal(obs, obs_no_similarity)
+    # An identity similarity matrix gives 0 to a pair of users with different prompts, else 1.
+    pair_similarity = obs_no_similarity[env.layout.pair_similarity]
+    assert np.all(np.isin(pair_similarity, [0.0, 1.0]))
+
+
 def test_prompt_bank_file_missing_raises(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         load_prompt_bank(tmp_path / "missing.json", tmp_path / "missing.npy")

@@ -29,6 +29,7 @@ Observation layout (float32, `ObservationLayout` holds the slices):
 """
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import jax
@@ -158,8 +159,7 @@ def _check_qoe_params(qoe_params: Any, expected: Any, model_name: str) -> None:
 
 
 # Attributes that `DiffusionServiceEnv.__init__` sets. The static key lists the static ones
-# itself, and the rest (the prompt bank's data, which steps read from `EnvParams`, and what
-# `num_users` determines) do not change the compiled program.
+# itself (the prompt bank through its digest), and the rest follow from `num_users`.
 _BASE_ATTRIBUTES = frozenset(
     {
         "num_users",
@@ -167,6 +167,7 @@ _BASE_ATTRIBUTES = frozenset(
         "prompt_bank",
         "num_prompts",
         "num_topics",
+        "_prompt_bank_digest",
         "qoe_model",
         "layout",
         "_upper_rows",
@@ -222,6 +223,12 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
                 "@dataclasses.dataclass(frozen=True) whose fields are hashable "
                 f"({error})"
             ) from None
+        # gymnax's `step` and `reset` without params compile `default_params`, and with it the
+        # bank's data, into the program. Two banks of one size must therefore compare unequal.
+        self._prompt_bank_digest = hashlib.sha256(
+            np.ascontiguousarray(self.prompt_bank.similarity, np.float32).tobytes()
+            + np.ascontiguousarray(self.prompt_bank.topics, np.int64).tobytes()
+        ).hexdigest()
         self.layout = ObservationLayout(self.num_users)
         self._upper_rows, self._upper_cols = np.triu_indices(self.num_users, k=1)
 
@@ -242,6 +249,7 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
             self.horizon,
             self.num_prompts,
             self.num_topics,
+            self._prompt_bank_digest,
             self.qoe_model,
             added,
         )
