@@ -447,8 +447,11 @@ def make_agent(config: AgentConfig) -> Agent:
 
         # Actor step through the freshly updated critics; for the diffusion actor the gradient
         # flows through every denoising step of the chain.
+        # Static: without the bound loss the penalty is not computed, and not reported.
+        uses_penalty = actor.apply_with_penalty is not None and config.bound_loss_coef != 0.0
+
         def actor_loss_fn(actor_params):
-            if actor.apply_with_penalty is None or config.bound_loss_coef == 0.0:
+            if not uses_penalty:
                 action = actor.apply(actor_params, batch.obs, key_actor_loss)
                 penalty = jnp.zeros((), jnp.float32)
             else:
@@ -481,12 +484,13 @@ def make_agent(config: AgentConfig) -> Agent:
         metrics = {
             "critic_loss": critic_loss,
             "actor_loss": actor_loss,
-            "actor_penalty": actor_penalty,
             "q_mean": jnp.mean(0.5 * (q1 + q2)),
             "target_q_mean": jnp.mean(target),
             "critic_grad_norm": optax.tree.norm(critic_grads),
             "actor_grad_norm": optax.tree.norm(actor_grads),
         }
+        if uses_penalty:
+            metrics["actor_penalty"] = actor_penalty
         return new_state, metrics
 
     return Agent(config=config, init=init, act=act, update=update)
