@@ -125,8 +125,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--retry-failed",
         action="store_true",
-        help="send the requests stored as failed in --out again (HTTP errors, timeouts, replies "
-        "that are not chat completions); their old records are kept",
+        help="send the requests stored as failed in --out again (HTTP and connection errors, "
+        "timeouts, bodies that cannot be decoded or are not chat completions); their old "
+        "records are kept",
     )
     parser.add_argument(
         "--retry-unparsable",

@@ -165,7 +165,8 @@ def read_request_statuses(path: str | Path) -> dict[str, str]:
     """Return the status ("ok", "failed" or "unparsable") of each request in a ratings file.
 
     "unparsable" marks a failed record whose reply arrived without a valid rating. "failed"
-    marks the other failures: HTTP errors, timeouts, replies that are not chat completions.
+    marks the other failures: HTTP and connection errors, timeouts, and bodies that cannot be
+    decoded or are not chat completions.
 
     A request retried after a failure has several records, and any "ok" one wins. Lines that
     `parse_record_line` rejects (invalid UTF-8 or JSON, invalid records) are ignored, so their
