@@ -166,8 +166,8 @@ def collect_step(
     )(step_keys, state.env_state, action, hyper.env)
     truncated = jax.vmap(static.env.is_truncated, in_axes=(0, None))(env_state, hyper.env)
     done = terminated | truncated  # [num_envs]
-    # The critic target bootstraps unless the stored transition is terminal; with
-    # bootstrap_at_horizon off the horizon ends the task (the slot index is observed).
+    # The critic target bootstraps unless the stored transition is terminal. With
+    # bootstrap_at_horizon off, the horizon ends the task (the slot index is observed).
     stored_terminated = terminated if static.bootstrap_at_horizon else done
 
     replay_state = static.replay.add(
