@@ -593,7 +593,7 @@ def _check_overrides(overrides: list[str], swept: set[str]) -> None:
     paths = []
     for index, text in enumerate(overrides):
         try:
-            keys, _ = parse_override(text)
+            keys, value = parse_override(text)
         except ValueError as error:
             raise ValueError(f"invalid set[{index}]: {error}") from None
         paths.append(keys)
@@ -609,13 +609,8 @@ def _check_overrides(overrides: list[str], swept: set[str]) -> None:
             raise ValueError(
                 f"invalid set[{index}] = {text!r}: seeds are set by num_seeds and first_seed"
             )
-        # A mapping such as env.params={...} contains every swept key below it, and the
-        # swept value would silently replace the one it gives.
-        covered = sorted(
-            name
-            for name in swept
-            if _is_prefix(keys, name.split(".")) or _is_prefix(name.split("."), keys)
-        )
+        # A swept value would silently replace what the entry gives for the same key.
+        covered = sorted(name for name in swept if _sets_swept_key(keys, value, name.split(".")))
         if covered:
             verb = "is" if len(covered) == 1 else "are"
             raise ValueError(
@@ -626,6 +621,27 @@ def _check_overrides(overrides: list[str], swept: set[str]) -> None:
 
 def _is_prefix(prefix: list[str], path: list[str]) -> bool:
     return list(path[: len(prefix)]) == list(prefix)
+
+
+def _sets_swept_key(keys: list[str], value: Any, swept: list[str]) -> bool:
+    """Tell whether the set entry `keys`=`value` gives a value for the swept key path `swept`.
+
+    An entry at or inside the swept key does. A mapping above it, such as env.params={...},
+    does only if it contains the swept key, because members merge their swept values into it.
+    Any other value above it would be replaced, so it counts as giving one.
+    """
+    if _is_prefix(swept, keys):
+        return True
+    if not _is_prefix(keys, swept):
+        return False
+    node = value
+    for part in swept[len(keys) :]:
+        if not isinstance(node, Mapping):
+            return True
+        if part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _check_key(key: str, field: str) -> None:

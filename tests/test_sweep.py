@@ -159,6 +159,20 @@ def test_missing_base_rejected():
         SweepConfig.from_dict({"grid": {"hyper.tau": [0.1]}})
 
 
+def test_set_mapping_without_swept_key_accepted(base_path):
+    # Members merge their swept value into the mapping, so its own entry survives.
+    sweep = sweep_from(
+        base_path,
+        grid={"env.params.tx_power_w": [0.5, 1.0]},
+        set=["env.params={energy_weight: 0.7}"],
+    )
+    params = [dict(member.config.env.params) for member in plan_sweep(sweep).members]
+    assert params == [
+        {"energy_weight": 0.7, "tx_power_w": 0.5},
+        {"energy_weight": 0.7, "tx_power_w": 1.0},
+    ]
+
+
 def test_seed_range_edges_accepted(base_path):
     sweep = sweep_from(base_path, grid={"hyper.tau": [0.1]}, first_seed=2**32 - 2, num_seeds=2)
     assert sweep.seeds == (2**32 - 2, 2**32 - 1)
