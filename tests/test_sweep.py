@@ -204,6 +204,19 @@ def test_invalid_static_value_rejected(base_path):
         plan_sweep(sweep)
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"points": [{"hyper.tau": {"a": 1}}, {"hyper.tau": 0.1}]},
+        {"grid": {"hyper.tau": [{"a": 1}, 0.1]}},
+        {"grid": {"agent.batch_size": [{"a": 1}, 8]}},
+    ],
+)
+def test_mapping_value_rejected_by_name(base_path, fields):
+    with pytest.raises(ValueError, match=r"invalid (hyper\.tau|agent\.batch_size) = \{'a': 1\}"):
+        plan_sweep(sweep_from(base_path, **fields))
+
+
 def test_sweep_file_errors_name_the_file(tmp_path, base_path):
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"base": str(base_path), "grid": {"hyper.lr": [1e-3]}}))
