@@ -282,7 +282,11 @@ def load_run_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / CONFIG_NAME
     if Path(run_dir).exists() and not Path(run_dir).is_dir():
         raise ValueError(f"{str(run_dir)!r} is a file, not a run directory")
-    if not path.is_file() and (Path(run_dir) / SWEEP_CONFIG_NAME).is_file():
+    # A sweep file alone may be the user's own sweep definition, as in `check_outside_sweeps`.
+    is_sweep = (Path(run_dir) / SWEEP_CONFIG_NAME).is_file() and (
+        Path(run_dir) / SWEEP_GROUPS_DIR
+    ).is_dir()
+    if not path.is_file() and is_sweep:
         raise ValueError(
             f"{str(run_dir)!r} contains a sweep ({SWEEP_CONFIG_NAME}), not a training run: "
             "its results.csv has one row of results per member, and rerunning scripts/sweep.py "

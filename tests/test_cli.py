@@ -296,6 +296,17 @@ def test_evaluate_sweep_folder_says_sweep(tmp_path, capsys):
     assert "Traceback" not in error
 
 
+def test_evaluate_own_sweep_file_not_a_sweep(tmp_path, capsys):
+    import evaluate as evaluate_script  # scripts/evaluate.py
+
+    # A folder with the user's sweep definition but no groups is no sweep output.
+    (tmp_path / "sweep.yaml").write_text("grid: {}\n")
+    assert evaluate_script.main(["--run", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "is not a run directory" in error
+    assert "contains a sweep" not in error
+
+
 def test_replaced_reward_net_blocks_resume_and_evaluate(tmp_path, capsys, monkeypatch):
     import evaluate as evaluate_script  # scripts/evaluate.py
 
