@@ -132,9 +132,12 @@ def check_out_file(path: Path) -> None:
     existing = next(folder for folder in path.parents if folder.exists())
     if not existing.is_dir():
         raise ValueError(f"invalid --out {path}: {existing} is a file, not a folder")
-    target = path if path.exists() else existing
-    if not os.access(target, os.W_OK):
-        raise ValueError(f"invalid --out {path}: {target} is not writable")
+    # The matrix is written to a new file beside `path` and renamed over it, so the folder
+    # must be writable even when `path` exists.
+    targets = [path, path.parent] if path.exists() else [existing]
+    for target in targets:
+        if not os.access(target, os.W_OK):
+            raise ValueError(f"invalid --out {path}: {target} is not writable")
 
 
 def import_encoder_package(name: str):

