@@ -440,6 +440,21 @@ def test_prompt_bank_data_enter_jit_cache_key():
     assert np.all(np.isin(pair_similarity, [0.0, 1.0]))
 
 
+class _CachedTableEnv(DiffusionServiceEnv):
+    @functools.cached_property
+    def table(self):
+        return (1.0, 2.0)
+
+
+def test_cached_property_keeps_hash():
+    # jit holds the environment as a static argument, so its hash must not change on use.
+    env = _CachedTableEnv(num_users=2, horizon=4)
+    before = hash(env)
+    assert env.table == (1.0, 2.0)
+    assert hash(env) == before
+    assert env == _CachedTableEnv(num_users=2, horizon=4)
+
+
 def test_prompt_bank_file_missing_raises(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         load_prompt_bank(tmp_path / "missing.json", tmp_path / "missing.npy")

@@ -29,6 +29,7 @@ Observation layout (float32, `ObservationLayout` holds the slices):
 """
 
 import dataclasses
+import functools
 import hashlib
 from typing import Any
 
@@ -238,10 +239,14 @@ class DiffusionServiceEnv(environment.Environment[EnvState, EnvParams]):
     # read them. Without them two instances that differ there would compare equal, and jit
     # would reuse the program compiled for the first one.
     def _static_key(self) -> tuple:
+        # A `functools.cached_property` stores its value in `vars(self)` on first use, which
+        # would change the hash of an environment that jit already holds. It derives from
+        # the other attributes, so leaving it out loses nothing.
         added = tuple(
             (name, _static_value(value))
             for name, value in sorted(vars(self).items())
             if name not in _BASE_ATTRIBUTES
+            and not isinstance(getattr(type(self), name, None), functools.cached_property)
         )
         return (
             type(self),
