@@ -690,7 +690,7 @@ def _plain(value: Any) -> Any:
 
 
 def _hashable(value: Any) -> Any:
-    # A mapping is no valid sweep value, but it must reach the config's check, which names it.
+    # A mapping is not a valid sweep value, but it must reach the config's check, which names it.
     if isinstance(value, Mapping):
         return frozenset((key, _hashable(item)) for key, item in value.items())
     if isinstance(value, list | tuple):
