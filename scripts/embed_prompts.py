@@ -17,10 +17,10 @@ sentence-transformers model folder. The committed matrix was computed on the CPU
 
 import argparse
 import importlib
+import importlib.util
 import io
 import json
 import os
-import secrets
 import sys
 from pathlib import Path
 
@@ -188,21 +188,17 @@ def save_matrix_atomic(path: Path, matrix: np.ndarray) -> None:
     """Write `matrix` as a .npy file that replaces `path` in one rename.
 
     The default --out is the packaged matrix, so a failed or killed write must leave the old
-    file whole. This repeats `rlli_jax.outputs.write_bytes_atomic`, because this script runs in
-    an environment that need not have rlli_jax installed.
+    file whole. This script runs in an environment that need not have rlli_jax installed, so it
+    loads the project's writer from its file, which imports only the standard library.
     """
+    spec = importlib.util.spec_from_file_location(
+        "rlli_jax_outputs", REPO_ROOT / "rlli_jax" / "outputs.py"
+    )
+    outputs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(outputs)
     buffer = io.BytesIO()
     np.save(buffer, matrix)
-    temporary = path.with_name(f".partial.{path.name}.{secrets.token_hex(4)}")
-    try:
-        with open(temporary, "xb") as stream:
-            stream.write(buffer.getvalue())
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    outputs.write_bytes_atomic(path, buffer.getvalue())
 
 
 def print_summary(similarity: np.ndarray, topics: np.ndarray) -> None:

@@ -743,7 +743,7 @@ def test_embed_prompts_needs_writable_out_folder(tmp_path, monkeypatch):
     folder.mkdir()
     out = folder / "s.npy"
     out.write_bytes(b"old")
-    # Tests may run as root, for whom every path is writable, so os.access is replaced.
+    # As root every path is writable, so os.access is replaced to act as an ordinary user.
     real_access = os.access
     monkeypatch.setattr(
         embed_script.os,

@@ -711,7 +711,7 @@ def test_rate_script_reports_full_disk(tmp_path, capsys, monkeypatch):
 
 @dataclasses.dataclass(frozen=True)
 class UnparsableRater(FailingRater):
-    """A simulator-named rater whose every reply arrives but holds no rating."""
+    """A simulator-named rater whose every reply arrives without a rating."""
 
     def rate(self, requests, on_result=None):
         results = []

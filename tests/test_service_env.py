@@ -447,7 +447,7 @@ class _CachedTableEnv(DiffusionServiceEnv):
 
 
 def test_cached_property_keeps_hash():
-    # jit holds the environment as a static argument, so its hash must not change on use.
+    # jit keeps the environment as a static argument, so its hash must not change on use.
     env = _CachedTableEnv(num_users=2, horizon=4)
     before = hash(env)
     assert env.table == (1.0, 2.0)
