@@ -248,23 +248,31 @@ def test_bad_out_folder_fails_before_compiling(tmp_path, monkeypatch, capsys, sc
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]  # nothing written
 
 
-def test_warmup_without_gradient_steps_is_rejected(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("old", "new", "total_env_steps", "message"),
+    [
+        (
+            "warmup_env_steps=8",
+            "warmup_env_steps=32",
+            32,
+            "invalid train.warmup_env_steps = 32: must be less than the 32 environment steps",
+        ),
+        (
+            "batch_size=8",
+            "batch_size=32",
+            16,
+            "invalid agent.batch_size = 32: the run's 16 environment steps never fill",
+        ),
+    ],
+)
+def test_run_without_gradient_steps_is_rejected(
+    tmp_path, capsys, old, new, total_env_steps, message
+):
     run = tmp_path / "run"
-    args = [arg.replace("warmup_env_steps=8", "warmup_env_steps=32") for arg in tiny_args(32)]
+    args = [arg.replace(old, new) for arg in tiny_args(total_env_steps)]
     args += ["--out", str(run)]
     assert train_script.main(args) == 1
-    err = capsys.readouterr().err
-    assert "invalid train.warmup_env_steps = 32: must be less than the 32 environment steps" in err
-    assert not run.exists()
-
-
-def test_batch_never_filled_is_rejected(tmp_path, capsys):
-    run = tmp_path / "run"
-    args = [arg.replace("batch_size=8", "batch_size=32") for arg in tiny_args(16)]
-    args += ["--out", str(run)]
-    assert train_script.main(args) == 1
-    err = capsys.readouterr().err
-    assert "invalid agent.batch_size = 32: the run's 16 environment steps never fill" in err
+    assert message in capsys.readouterr().err
     assert not run.exists()
 
 
