@@ -459,16 +459,20 @@ class QueuedDevice:
         self.chunks_per_wait = []
 
     def wait(self):
-        self.chunks_per_wait.append(self.queued)
+        # A second wait with nothing queued (on another output of the same call) adds no entry.
+        if self.queued:
+            self.chunks_per_wait.append(self.queued)
         self.queued = 0
 
 
 class QueuedResult:
     def __init__(self, device):
         self.device = device
+        self.waited = False
 
     def block_until_ready(self):
         self.device.wait()
+        self.waited = True
         return self
 
 
@@ -477,6 +481,7 @@ class QueuedChunk:
 
     def __init__(self, device):
         self.device = device
+        self.outputs = []
 
     def lower(self, state, hyper):
         return self
@@ -486,7 +491,9 @@ class QueuedChunk:
 
     def __call__(self, state, hyper):
         self.device.queued += 1
-        return QueuedResult(self.device), QueuedResult(self.device)
+        outputs = (QueuedResult(self.device), QueuedResult(self.device))
+        self.outputs.append(outputs)
+        return outputs
 
 
 def test_timed_chunks_exclude_warmup():
@@ -498,3 +505,14 @@ def test_timed_chunks_exclude_warmup():
     )
     assert len(times) == 3
     assert device.chunks_per_wait[-3:] == [1, 1, 1]
+
+
+def test_timed_chunks_wait_for_state_and_metrics():
+    # The clock stops only when every output of the timed chunk is ready: the new training
+    # state as well as its metrics.
+    chunk = QueuedChunk(QueuedDevice())
+    benchmarking._time_chunks(chunk, QueuedResult(chunk.device), None, repeats=3, warmup=1)
+    timed_outputs = chunk.outputs[-3:]
+    assert all(state.waited for state, _ in timed_outputs)
+    assert all(metrics.waited for _, metrics in timed_outputs)
+
