@@ -77,8 +77,19 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-# Packages whose version can change the timings, recorded with every benchmark.
-TIMED_PACKAGES = ("jaxlib", "jax-cuda12-plugin", "flax", "optax", "numpy", "rlli_jax")
+# Packages whose version can change the timings, recorded with every benchmark. A CUDA build of
+# jax comes with a plugin and a PJRT package for CUDA 12 or for CUDA 13.
+TIMED_PACKAGES = (
+    "jaxlib",
+    "jax-cuda12-plugin",
+    "jax-cuda12-pjrt",
+    "jax-cuda13-plugin",
+    "jax-cuda13-pjrt",
+    "flax",
+    "optax",
+    "numpy",
+    "rlli_jax",
+)
 
 
 def _package_versions() -> dict[str, str | None]:

@@ -345,6 +345,9 @@ def test_machine_info_records_versions():
     assert info["packages"]["jaxlib"] == jaxlib.__version__
     assert info["packages"]["flax"] == flax.__version__
     assert set(info["packages"]) == set(benchmarking.TIMED_PACKAGES)
+    # A CUDA jax installs the plugin of CUDA 12 or of CUDA 13, and the GPU record names either.
+    for plugin in ("jax-cuda12-plugin", "jax-cuda12-pjrt", "jax-cuda13-plugin", "jax-cuda13-pjrt"):
+        assert plugin in info["packages"]
     document = {
         "command": "python scripts/benchmark.py",
         "time_utc": "2026-01-01T00:00:00+00:00",
