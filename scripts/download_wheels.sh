@@ -44,8 +44,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 names = [
-    "flax", "optax", "chex", "orbax-checkpoint", "distrax", "tfp-nightly", "decorator", "gast",
-    "dm-tree", "gymnax", "gymnasium", "farama-notifications", "flashbax", "tensorboardX",
+    "flax", "optax", "chex", "toolz", "orbax-checkpoint", "distrax", "tfp-nightly", "decorator",
+    "gast", "dm-tree", "gymnax", "gymnasium", "farama-notifications", "flashbax", "tensorboardX",
 ]
 missing = []
 for name in names:

@@ -5,6 +5,7 @@ records it.
 """
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -519,3 +520,74 @@ def test_timed_chunks_wait_for_state_and_metrics():
     assert all(state.waited for state, _ in timed_outputs)
     assert all(metrics.waited for _, metrics in timed_outputs)
 
+
+# Modules that a benchmark run imports: the script, every suite's code and the plot backend.
+BENCHMARK_IMPORTS = """
+import sys
+started_with = set(sys.modules)
+sys.path.insert(0, "scripts")
+import benchmark
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot
+import rlli_jax.agents.ddpg, rlli_jax.benchmarking, rlli_jax.cli, rlli_jax.config
+import rlli_jax.env.numpy_reference, rlli_jax.outputs, rlli_jax.train
+print("\\n".join(sorted({name.split(".")[0] for name in set(sys.modules) - started_with})))
+"""
+
+
+def wheel_script_packages() -> tuple[set[str], set[str]]:
+    """Return (downloaded, expected on the GPU host) package names from download_wheels.sh."""
+    from packaging.utils import canonicalize_name
+
+    text = (REPO / "scripts" / "download_wheels.sh").read_text()
+    names_block = text.split("names = [", 1)[1].split("]", 1)[0]
+    downloaded = {canonicalize_name(name) for name in re.findall(r'"([^"]+)"', names_block)}
+    host_comment = text.split("must already have", 1)[1].split(". There", 1)[0]
+    host_text = " ".join(line.lstrip("# ") for line in host_comment.splitlines())
+    host_list = host_text.split("these:", 1)[1]
+    host = {canonicalize_name(name.strip()) for name in host_list.split(",")}
+    host |= {"jax", "jaxlib"}
+    return downloaded, host
+
+
+def test_wheel_list_covers_benchmark_imports():
+    # A GPU host without network has only the packages the script names, so every package
+    # that a benchmark run imports must be downloaded, be on that list, or be a dependency
+    # of a package on it.
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    downloaded, host = wheel_script_packages()
+    covered = set(downloaded)
+    pending = list(host)
+    while pending:
+        name = pending.pop()
+        if name in covered:
+            continue
+        covered.add(name)
+        try:
+            requirements = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue  # not installed here, so a benchmark run here cannot import it either
+        for line in requirements:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(canonicalize_name(requirement.name))
+
+    modules = subprocess.run(
+        [sys.executable, "-c", BENCHMARK_IMPORTS],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    distributions = metadata.packages_distributions()
+    # uvloop: orbax-checkpoint imports it only if installed and falls back to asyncio.
+    optional = {"rlli-jax", "uvloop"}
+    imported = {
+        canonicalize_name(distribution)
+        for module in modules
+        for distribution in distributions.get(module, [])
+    }
+    uncovered = imported - covered - optional
+    assert not uncovered, f"imported but neither downloaded nor on the host list: {uncovered}"
