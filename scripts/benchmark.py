@@ -350,6 +350,9 @@ def describe_versions(machine: dict) -> list[str]:
     return ["", f"Packages: {installed}. Commit: {commit}."]
 
 
+PLOT_MARKERS = ("o", "s", "^", "D")
+
+
 def plot(records: list[dict], file) -> None:
     """Draw throughput against num_envs (log-log) as a PNG into `file`, a path or binary stream."""
     import matplotlib
@@ -358,7 +361,10 @@ def plot(records: list[dict], file) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    for case in sorted({r["case"] for r in records}):
+    # The default color cycle has 10 colors and a full run has about 20 cases, so each case
+    # gets its own pair of color and marker.
+    colors = plt.get_cmap("tab10").colors
+    for index, case in enumerate(sorted({r["case"] for r in records})):
         rows = sorted((r for r in records if r["case"] == case), key=lambda r: r["num_envs"])
         axis.errorbar(
             [r["num_envs"] for r in rows],
@@ -367,7 +373,8 @@ def plot(records: list[dict], file) -> None:
                 [r["throughput_median"] - r["throughput_min"] for r in rows],
                 [r["throughput_max"] - r["throughput_median"] for r in rows],
             ],
-            marker="o",
+            color=colors[index % len(colors)],
+            marker=PLOT_MARKERS[index // len(colors) % len(PLOT_MARKERS)],
             label=case,
         )
     axis.set_xscale("log")

@@ -4,6 +4,7 @@ Speed itself is never asserted; `scripts/benchmark.py` measures it and `docs/ben
 records it.
 """
 
+import io
 import json
 import re
 import shutil
@@ -591,3 +592,26 @@ def test_wheel_list_covers_benchmark_imports():
     }
     uncovered = imported - covered - optional
     assert not uncovered, f"imported but neither downloaded nor on the host list: {uncovered}"
+
+
+def test_plot_gives_each_case_its_own_style(monkeypatch):
+    # A full run has about 20 cases, more than the 10 colors of matplotlib's default cycle.
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    records = [
+        {
+            "case": f"case {index}",
+            "num_envs": 8,
+            "throughput_median": 2.0,
+            "throughput_min": 1.0,
+            "throughput_max": 3.0,
+        }
+        for index in range(25)
+    ]
+    benchmark_script.plot(records, io.BytesIO())
+    (figure,) = figures
+    styles = [(line.get_color(), line.get_marker()) for line in figure.axes[0].get_lines()]
+    assert len(styles) == 25
+    assert len(set(styles)) == 25
