@@ -726,8 +726,11 @@ def _run_training(
     try:
         try:
             if new_run:
-                save_env_data_digest(run_dir, program.env)
+                # The config first: a kill between the two writes then leaves a run that
+                # --resume continues (it writes the missing digest). A digest alone would
+                # block both a new run (`check_no_run_files`) and --resume.
                 save_config(config, run_dir / CONFIG_NAME)
+                save_env_data_digest(run_dir, program.env)
             checkpointer = Checkpointer(run_dir / CHECKPOINT_DIR, train_config.max_checkpoints)
             writer = (MetricsWriter(run_dir, tensorboard=config.logging.tensorboard) if primary
                       else _NoMetricsWriter())  # fmt: skip

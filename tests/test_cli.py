@@ -906,3 +906,30 @@ def test_sweep_script_yaml_error_is_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith(f"error: config file {str(config)!r} is not valid YAML: line 2, ")
     assert len(error.splitlines()) == 1
+
+
+class SimulatedKill(BaseException):
+    """A kill -9 at an injected point: nothing after it runs, cleanup included."""
+
+
+@pytest.mark.parametrize("kill_point", ["save_config", "save_env_data_digest"])
+def test_killed_first_start_stays_usable(tmp_path, monkeypatch, kill_point):
+    from rlli_jax import runner
+
+    def kill(*args, **kwargs):
+        raise SimulatedKill
+
+    monkeypatch.setattr(runner, kill_point, kill)
+    # A killed process removes nothing and keeps its lock file.
+    monkeypatch.setattr(runner, "_remove_unstarted_run", lambda run_dir, keep: None)
+    monkeypatch.setattr(runner.RunDirectoryLock, "release", lambda lock: lock._file.close())
+    out = tmp_path / "run"
+    with pytest.raises(SimulatedKill):
+        train_script.main(tiny_args(32) + ["--out", str(out)])
+    monkeypatch.undo()
+
+    # Either --resume continues the run, or the same command starts it again.
+    if (out / "config.yaml").exists():
+        runner.load_run_config(out)
+    else:
+        runner.check_no_run_files(out)
