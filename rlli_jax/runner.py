@@ -81,6 +81,23 @@ SUMMARY_NAME = "summary.json"
 CURVES_NAME = "curves.png"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_NAME = ".lock"
+# Config keys that may change between two starts of a run without changing its training:
+# the run's length, how often it evaluates and checkpoints, logging, and the reward network's
+# path, whose data `ENV_DATA_DIGEST_NAME` checks.
+RESUME_EDITABLE_KEYS = frozenset(
+    {
+        "env.reward_net",
+        "train.total_env_steps",
+        "train.eval_episodes",
+        "train.eval_every_chunks",
+        "train.checkpoint_every_chunks",
+        "train.max_checkpoints",
+        "logging.tensorboard",
+        "logging.progress_bar",
+    }
+)
+# Checkpoint metadata key of `training_settings`, compared on resume.
+TRAINING_SETTINGS_KEY = "training_settings"
 # SHA-256 of the environment data read from files (reward network weights, prompt bank).
 ENV_DATA_DIGEST_NAME = "env_data.sha256"
 # Files, then folders, that a new run writes in its directory before its first chunk.
@@ -781,7 +798,11 @@ def _run_training(
                 checkpointer.save(
                     chunk + 1,
                     state_to_checkpoint(state),
-                    {"chunk": chunk + 1, "env_steps": env_steps},
+                    {
+                        "chunk": chunk + 1,
+                        "env_steps": env_steps,
+                        TRAINING_SETTINGS_KEY: training_settings(config),
+                    },
                 )
             if on_chunk is not None:
                 on_chunk(
@@ -897,12 +918,59 @@ def _initial_state(
         if restored is not None:
             state, metadata = restored
             _check_chunk_within_run(int(metadata["chunk"]), program.config, checkpointer)
+            _check_training_settings(metadata, program.config, checkpointer)
             writer.truncate_after(int(metadata["env_steps"]))
+            metadata.pop(TRAINING_SETTINGS_KEY, None)
             return state, int(metadata["chunk"]), metadata
         logger.warning("no checkpoint in %s; starting the run from the beginning",
                        checkpointer.directory)  # fmt: skip
     writer.truncate_after(0)
     return placement.init(placement.key_data, placement.hyper), 0, None
+
+
+def training_settings(config: Config) -> dict[str, Any]:
+    """Return the config values that a resumed run must share with its checkpoint, flattened
+    to `section.key` names, as JSON values.
+
+    These are all values except `RESUME_EDITABLE_KEYS`. A value changed between two starts of
+    a run would make the resumed chunks differ from an uninterrupted run, and most of them
+    (learning rates, noise, warm-up, batch size) leave every array shape as it was, so the
+    checkpoint would restore without error.
+    """
+    settings = {
+        f"{section}.{name}": value
+        for section, values in config.to_dict().items()
+        for name, value in values.items()
+        if f"{section}.{name}" not in RESUME_EDITABLE_KEYS
+    }
+    return json.loads(json.dumps(settings))
+
+
+def _check_training_settings(
+    metadata: dict[str, Any], config: Config, checkpointer: Checkpointer
+) -> None:
+    """Raise ValueError if `config` differs from the settings saved with the checkpoint.
+
+    A checkpoint written before these settings were saved has none, and passes.
+    """
+    saved = metadata.get(TRAINING_SETTINGS_KEY)
+    if not isinstance(saved, dict):
+        return
+    current = training_settings(config)
+    differences = [
+        f"{name} = {saved.get(name, '(not set)')!r} in the checkpoint, "
+        f"{current.get(name, '(not set)')!r} now"
+        for name in sorted(saved.keys() | current.keys())
+        if saved.get(name) != current.get(name)
+    ]
+    if not differences:
+        return
+    run_dir = checkpointer.directory.parent
+    raise ValueError(
+        f"invalid resume: {str(run_dir / CONFIG_NAME)!r} differs from the config that "
+        f"checkpoint {metadata['chunk']} was trained with: {'; '.join(differences)}. Restore "
+        "those values to resume the run, or start a new run with the new values"
+    )
 
 
 def _check_chunk_within_run(chunk: int, config: Config, checkpointer: Checkpointer) -> None:

@@ -293,6 +293,33 @@ def test_resume_rejects_checkpoint_past_run_end(tmp_path, capsys):
     assert (run / "summary.json").read_text() == summary
 
 
+def test_resume_rejects_edited_training_config(tmp_path, capsys):
+    import yaml
+
+    run = tmp_path / "run"
+    assert train_script.main(tiny_args(32) + ["--out", str(run)]) == 0  # 2 chunks of 16 steps
+    config_path = run / "config.yaml"
+    original = yaml.safe_load(config_path.read_text())
+    edited = yaml.safe_load(config_path.read_text())
+    # Neither value changes an array shape, so the checkpoint itself restores.
+    edited["hyper"]["exploration_std"] = 0.3
+    edited["agent"]["batch_size"] = 4
+    config_path.write_text(yaml.safe_dump(edited))
+    capsys.readouterr()
+
+    assert train_script.main(["--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "invalid resume" in err
+    assert "agent.batch_size = 8 in the checkpoint, 4 now" in err
+    assert "hyper.exploration_std" in err
+
+    # A longer run is an allowed edit: the resume trains the third chunk.
+    original["train"]["total_env_steps"] = 48
+    config_path.write_text(yaml.safe_dump(original))
+    assert train_script.main(["--resume", str(run)]) == 0
+    assert json.loads((run / "summary.json").read_text())["env_steps"] == 48
+
+
 def test_evaluate_sweep_folder_says_sweep(tmp_path, capsys):
     import evaluate as evaluate_script  # scripts/evaluate.py
 
