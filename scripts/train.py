@@ -75,10 +75,23 @@ def build_config(args: argparse.Namespace):
                 raise ValueError(f"{option} and --set {key}=... both set {key}: use one of them")
             overrides.append(f"{key}={value}")
     if args.resume:
-        if overrides or args.config or args.out is not None:
+        conflicting = [
+            option
+            for option, value in (
+                ("--config", args.config),
+                ("--out", args.out),
+                ("--set", args.set or None),
+                ("--algo", args.algo),
+                ("--num-envs", args.num_envs),
+                ("--total-env-steps", args.total_env_steps),
+                ("--seed", args.seed),
+            )
+            if value is not None
+        ]
+        if conflicting:
             raise ValueError(
-                "--resume continues a run with its saved config; do not combine it with "
-                "--config, --out, --set or other overrides"
+                f"--resume continues a run with its saved config; do not combine it with "
+                f"{', '.join(conflicting)}; start a new run with --out to change a setting"
             )
         return load_run_config(args.resume)
     if args.out is not None:
