@@ -951,17 +951,18 @@ def _check_training_settings(
 ) -> None:
     """Raise ValueError if `config` differs from the settings saved with the checkpoint.
 
-    A checkpoint written before these settings were saved has none, and passes.
+    A checkpoint written before these settings were saved has none, and passes. Only the
+    names in both are compared, so a config field added or removed by a later version of
+    the library does not block resuming older runs.
     """
     saved = metadata.get(TRAINING_SETTINGS_KEY)
     if not isinstance(saved, dict):
         return
     current = training_settings(config)
     differences = [
-        f"{name} = {saved.get(name, '(not set)')!r} in the checkpoint, "
-        f"{current.get(name, '(not set)')!r} now"
-        for name in sorted(saved.keys() | current.keys())
-        if saved.get(name) != current.get(name)
+        f"{name} = {saved[name]!r} in the checkpoint, {current[name]!r} now"
+        for name in sorted(saved.keys() & current.keys())
+        if saved[name] != current[name]
     ]
     if not differences:
         return

@@ -321,6 +321,27 @@ def test_resume_rejects_edited_training_config(tmp_path, capsys):
     assert json.loads((run / "summary.json").read_text())["env_steps"] == 48
 
 
+def test_resume_ignores_settings_one_side_lacks(tmp_path):
+    from rlli_jax.checkpoint import Checkpointer
+    from rlli_jax.config import load_config
+    from rlli_jax.runner import (
+        TRAINING_SETTINGS_KEY,
+        _check_training_settings,
+        training_settings,
+    )
+
+    config = load_config(overrides=TINY_SETTINGS)
+    checkpointer = Checkpointer(tmp_path / "run" / "checkpoints")
+    # A checkpoint of an older version without a field added since, and with one removed.
+    saved = training_settings(config)
+    del saved["train.bootstrap_at_horizon"]
+    saved["train.removed_field"] = 1
+    _check_training_settings({"chunk": 1, TRAINING_SETTINGS_KEY: saved}, config, checkpointer)
+    saved["agent.batch_size"] = 4
+    with pytest.raises(ValueError, match="agent.batch_size = 4 in the checkpoint, 8 now"):
+        _check_training_settings({"chunk": 1, TRAINING_SETTINGS_KEY: saved}, config, checkpointer)
+
+
 def test_evaluate_sweep_folder_says_sweep(tmp_path, capsys):
     import evaluate as evaluate_script  # scripts/evaluate.py
 
