@@ -606,13 +606,17 @@ def check_no_run_files(run_dir: Path) -> None:
 
     Such files come from a run whose config.yaml was removed, or belong to the user. A new
     run would truncate the metrics files and mix its checkpoints with the ones found.
-    Empty folders are allowed.
+    Folders that are empty or contain only hidden files (such as .DS_Store) are allowed, and
+    so is a lone env_data.sha256: a start killed before writing config.yaml leaves it, and
+    the new run rewrites it from its own data.
     """
     found = []
     for name in (*_NEW_RUN_PATHS, SUMMARY_NAME, CURVES_NAME):
         path = run_dir / name
+        if name == ENV_DATA_DIGEST_NAME:
+            continue
         if path.is_dir() and not path.is_symlink():
-            if any(path.iterdir()):
+            if any(not entry.name.startswith(".") for entry in path.iterdir()):
                 found.append(name)
         elif path.exists() or path.is_symlink():
             found.append(name)

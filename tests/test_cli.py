@@ -220,6 +220,17 @@ def test_run_files_without_config_are_kept(tmp_path, capsys):
     assert not (tmp_path / "config.yaml").exists()
 
 
+def test_new_run_ignores_digest_and_hidden_files(tmp_path):
+    # A start killed between writing env_data.sha256 and config.yaml leaves the digest alone,
+    # and a Finder or editor may leave hidden files in the folders.
+    (tmp_path / "env_data.sha256").write_text("0" * 64 + "\n")
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "tensorboard" / ".DS_Store").write_text("x")
+    assert train_script.main(tiny_args(32) + ["--out", str(tmp_path)]) == 0
+    assert (tmp_path / "config.yaml").is_file()
+    assert (tmp_path / "env_data.sha256").read_text().strip() != "0" * 64
+
+
 def test_out_that_is_a_file_fails_cleanly(tmp_path, capsys):
     path = tmp_path / "file"
     path.write_text("not a folder")
