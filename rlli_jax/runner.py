@@ -6,6 +6,7 @@
     metrics.jsonl/csv  one training row per chunk, evaluation rows in the JSONL
     checkpoints/       orbax checkpoints of the whole `TrainState`
     summary.json       final evaluation of the policy and of the baselines, timings
+                       (train_s and env_steps_per_s cover every segment of a resumed run)
     curves.png         learning curves
     tensorboard/       TensorBoard event files, with `logging.tensorboard: true`
     .lock              locked while a single-process run trains there (POSIX systems)
@@ -758,6 +759,11 @@ def _run_training(
             state, start_chunk, resumed_from = _initial_state(
                 program, placement, checkpointer, writer, resume
             )
+            # Training seconds of the chunks before start_chunk, from earlier segments of the
+            # run. A checkpoint written before the runner stored them has none, so the
+            # summary then times this segment's chunks only.
+            earlier_train_s = (resumed_from or {}).get("train_s")
+            timed_from_chunk = start_chunk if earlier_train_s is None else 0
             compile_start = time.perf_counter()
             run_chunk = placement.run_chunk.lower(state, hyper).compile()
             compile_s = time.perf_counter() - compile_start
@@ -771,7 +777,7 @@ def _run_training(
                 _remove_unstarted_run(run_dir, keep=found_before)
             raise
 
-        train_seconds = 0.0
+        train_seconds = 0.0 if earlier_train_s is None else float(earlier_train_s)
         for chunk in range(start_chunk, train_config.num_chunks):
             chunk_start = time.perf_counter()
             state, metrics = run_chunk(state, hyper)
@@ -805,6 +811,7 @@ def _run_training(
                     {
                         "chunk": chunk + 1,
                         "env_steps": env_steps,
+                        "train_s": train_seconds,
                         TRAINING_SETTINGS_KEY: training_settings(config),
                     },
                 )
@@ -819,7 +826,7 @@ def _run_training(
                     )
                 )
 
-        chunks_run = train_config.num_chunks - start_chunk
+        timed_chunks = train_config.num_chunks - timed_from_chunk
         summary: dict[str, Any] = {
             "algo": config.agent.algo,
             "env_steps": train_config.num_chunks * train_config.env_steps_per_chunk,
@@ -827,7 +834,7 @@ def _run_training(
             "compile_s": compile_s,
             "train_s": train_seconds,
             "env_steps_per_s": (
-                chunks_run * train_config.env_steps_per_chunk / train_seconds
+                timed_chunks * train_config.env_steps_per_chunk / train_seconds
                 if train_seconds
                 else None
             ),

@@ -1,5 +1,6 @@
 """Training program: one trace per static config, determinism, resume, non-finite detection."""
 
+import json
 import math
 
 import jax
@@ -246,6 +247,38 @@ def test_run_training_takes_a_custom_env(tmp_path):
     # Resuming with the configured environment (the reward network) changes the QoE model.
     with pytest.raises(ValueError, match="environment data differ"):
         run_training(config, tmp_path / "run", resume=True, final_evaluation=False)
+
+
+def test_summary_times_every_segment(tmp_path):
+    from rlli_jax.runner import SUMMARY_NAME, run_training
+
+    overrides = ["logging.progress_bar=false", "train.checkpoint_every_chunks=1"]
+    config = load_config(overrides=TINY_OVERRIDES + overrides)
+    run_dir = tmp_path / "run"
+
+    def stop_after_chunk_2(progress):
+        if progress.chunk == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config, run_dir, on_chunk=stop_after_chunk_2, final_evaluation=False)
+    summary = run_training(config, run_dir, resume=True, final_evaluation=False)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    rows = [row for row in map(json.loads, lines) if row["kind"] == "train"]
+    steps_per_chunk = config.train.env_steps_per_chunk
+    # Each metrics row times one chunk, and the summary adds the chunks of both segments.
+    chunk_seconds = [steps_per_chunk / row["env_steps_per_s"] for row in rows]
+    assert len(chunk_seconds) == config.train.num_chunks
+    assert summary["train_s"] == pytest.approx(sum(chunk_seconds), rel=1e-6)
+    assert summary["env_steps_per_s"] == pytest.approx(
+        summary["env_steps"] / summary["train_s"], rel=1e-6
+    )
+
+    # Resuming the finished run keeps its timings.
+    again = run_training(config, run_dir, resume=True, final_evaluation=False)
+    assert again["train_s"] == summary["train_s"]
+    assert again["env_steps_per_s"] == summary["env_steps_per_s"]
+    assert json.loads((run_dir / SUMMARY_NAME).read_text())["train_s"] == summary["train_s"]
 
 
 def test_env_data_mismatch_names_custom_env(tmp_path):
