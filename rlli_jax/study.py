@@ -54,7 +54,8 @@ from rlli_jax.qoe.model import QoEModel
 from rlli_jax.runner import env_data_digest
 
 # Config fields added after study entry files began to store a settings digest, each as
-# (section, name, the value that keeps the behaviour from before the field existed).
+# (section, name, the value that keeps the behaviour from before the field existed). A test
+# in tests/test_study.py fails when a config field is in neither this list nor its snapshot.
 FIELDS_ADDED_AFTER_DIGEST = (("train", "bootstrap_at_horizon", True),)
 # Discount of every entry without an energy budget. With the budget off no action changes a
 # later slot, so gamma 0 is the exact objective, and it learned faster than 0.99 on this

@@ -4,6 +4,7 @@ The end-to-end tests check that the script runs and writes its outputs at the `t
 not that any method wins.
 """
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -21,6 +22,7 @@ from rlli_jax.agents.baselines import BASELINE_NAMES
 from rlli_jax.config import load_config
 from rlli_jax.qoe.model import SimulatorQoE
 from rlli_jax.study import (
+    FIELDS_ADDED_AFTER_DIGEST,
     REPORTED_METRICS,
     STUDY_ENTRIES,
     PersonaBlindQoE,
@@ -277,6 +279,44 @@ def test_digest_matches_files_before_new_field():
     assert settings_digest(config_path, entry, "cpu", [0]) == earlier_digest
     terminal = ["train.bootstrap_at_horizon=false"]
     assert settings_digest(config_path, entry, "cpu", [0], terminal) != earlier_digest
+
+
+# Every config field when study entry files began to store a settings digest, plus the fields
+# of FIELDS_ADDED_AFTER_DIGEST. A field added later changes repr(config) and so the digest of
+# every finished entry, which then reruns.
+FIELDS_AT_DIGEST = {
+    "env": ("id", "num_users", "horizon", "params", "reward_net"),
+    "agent": (
+        "algo", "actor_hidden_sizes", "critic_hidden_sizes", "encoder_hidden_sizes",
+        "time_embedding_dim", "diffusion_steps", "beta_min", "beta_max", "batch_size",
+        "max_grad_norm", "bound_loss_coef",
+    ),
+    "hyper": ("actor_lr", "critic_lr", "tau", "gamma", "exploration_std"),
+    "train": (
+        "seed", "num_envs", "total_env_steps", "steps_per_chunk", "warmup_env_steps",
+        "buffer_size", "updates_per_step", "eval_episodes", "eval_every_chunks",
+        "checkpoint_every_chunks", "max_checkpoints",
+    ),
+    "logging": ("tensorboard", "progress_bar"),
+}  # fmt: skip
+
+
+def test_new_config_fields_keep_old_digests():
+    config = load_config(REPO / "configs" / "default.yaml")
+    added = {(section, name) for section, name, _ in FIELDS_ADDED_AFTER_DIGEST}
+    for section in dataclasses.fields(config):
+        names = [field.name for field in dataclasses.fields(getattr(config, section.name))]
+        new = [
+            f"{section.name}.{name}"
+            for name in names
+            if name not in FIELDS_AT_DIGEST.get(section.name, ())
+            and (section.name, name) not in added
+        ]
+        assert not new, (
+            f"config fields {', '.join(new)} are not in FIELDS_ADDED_AFTER_DIGEST: add "
+            "each with the value that keeps the behaviour from before it existed, so finished "
+            "study entries keep their digest"
+        )
 
 
 def test_script_rejects_unknown_entry(tmp_path):
