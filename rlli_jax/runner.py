@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -762,7 +763,7 @@ def _run_training(
             # Training seconds of the chunks before start_chunk, from earlier segments of the
             # run. A checkpoint written before the runner stored them has none, so the
             # summary then times this segment's chunks only.
-            earlier_train_s = (resumed_from or {}).get("train_s")
+            earlier_train_s = _seconds_or_none((resumed_from or {}).get("train_s"))
             timed_from_chunk = start_chunk if earlier_train_s is None else 0
             compile_start = time.perf_counter()
             run_chunk = placement.run_chunk.lower(state, hyper).compile()
@@ -777,7 +778,7 @@ def _run_training(
                 _remove_unstarted_run(run_dir, keep=found_before)
             raise
 
-        train_seconds = 0.0 if earlier_train_s is None else float(earlier_train_s)
+        train_seconds = 0.0 if earlier_train_s is None else earlier_train_s
         for chunk in range(start_chunk, train_config.num_chunks):
             chunk_start = time.perf_counter()
             state, metrics = run_chunk(state, hyper)
@@ -875,6 +876,13 @@ def _remove_unstarted_run(run_dir: Path, keep: set[str]) -> None:
                 path.rmdir()
         else:
             path.unlink(missing_ok=True)
+
+
+def _seconds_or_none(value: Any) -> float | None:
+    """Return `value` as seconds when it is a finite number >= 0, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 def _last_good_state(checkpointer: Checkpointer) -> str:
