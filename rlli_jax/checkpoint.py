@@ -6,12 +6,15 @@ writes into a temporary directory and renames it when the write has finished, so
 killed mid-write leaves no step directory, only a temporary one that the next manager removes.
 A step directory damaged later (a truncated or deleted file) fails to restore; `restore_latest`
 then reports it, renames it to `corrupt-<step>` so the resumed run can write that step again,
-and falls back to the previous checkpoint. A checkpoint whose arrays differ in shape or dtype
-from the restore target (a config edited after the checkpoints were written) is skipped
-without reading its data, and the error names the first array that differs. A read-only
-`Checkpointer` (used to evaluate a run) creates nothing and renames nothing. A sweep's
-population checkpoint padded for another device count is padded again for the current one
-(`restore_latest(population_size=...)`).
+and falls back to the previous checkpoint. Orbax 0.12 verifies no checksum on restore, so a
+changed byte inside a data file restores silently as a different value. Each save therefore
+stores a checksum of the state's bits in the metadata (`state_checksum`), and a restored
+state that differs from it is treated as damaged too. Checkpoints saved without one restore
+unchecked. A checkpoint whose arrays differ in shape or dtype from the restore target (a
+config edited after the checkpoints were written) is skipped without reading its data, and
+the error names the first array that differs. A read-only `Checkpointer` (used to evaluate a
+run) creates nothing and renames nothing. A sweep's population checkpoint padded for another
+device count is padded again for the current one (`restore_latest(population_size=...)`).
 
 Saves are synchronous: `save` returns after the checkpoint is final on disk.
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
@@ -91,12 +95,18 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, metadata: dict[str, Any]) -> None:
-        """Write `state` (a pytree of arrays) and JSON-serialisable `metadata` as `step`."""
+        """Write `state` (a pytree of arrays) and JSON-serialisable `metadata` as `step`.
+
+        The metadata is stored with the state's checksum under `CHECKSUM_KEY`, a name the
+        caller must not use.
+        """
         if self.read_only:
             raise ValueError(f"checkpoint directory {self.directory} was opened read-only")
+        if CHECKSUM_KEY in metadata:
+            raise ValueError(f"metadata key {CHECKSUM_KEY!r} is reserved for the checksum")
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            metadata=ocp.args.JsonSave(metadata),
+            metadata=ocp.args.JsonSave({**metadata, CHECKSUM_KEY: state_checksum(state)}),
         )
         self._manager.save(step, args=args, force=True)
         self._manager.wait_until_finished()
@@ -148,13 +158,26 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(step_target),
                 metadata=ocp.args.JsonRestore(),
             )
+            metadata = None
             if message is None:
                 try:
                     restored = self._manager.restore(step, args=args)
                 except Exception as error:  # noqa: BLE001  (orbax raises many types on bad files)
                     message = _error_summary(error)
+            if message is None:
+                metadata = restored.metadata
+                saved_checksum = None
+                if isinstance(metadata, dict):
+                    metadata = dict(metadata)
+                    saved_checksum = metadata.pop(CHECKSUM_KEY, None)
+                if saved_checksum is not None and saved_checksum != state_checksum(restored.state):
+                    message = (
+                        f"the restored arrays differ from the checksum saved with them "
+                        f"({saved_checksum!r}), so a data file of the checkpoint was changed "
+                        "or damaged after it was written"
+                    )
             if message is None and check_metadata is not None:
-                message = check_metadata(step, restored.metadata)
+                message = check_metadata(step, metadata)
             # Each process reads its own shards, so one process can fail alone; then every
             # process skips this step.
             if not _all_processes_agree(message is None) and message is None:
@@ -187,7 +210,7 @@ class Checkpointer:
             return RestoredCheckpoint(
                 step=step,
                 state=state,
-                metadata=dict(restored.metadata),
+                metadata=dict(metadata),
                 skipped=tuple(skipped),
             )
         if steps:
@@ -275,6 +298,55 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+# Metadata key of the state checksum that `Checkpointer.save` stores.
+CHECKSUM_KEY = "state_checksum"
+
+
+def state_checksum(state: Any) -> str:
+    """Return a 64-bit checksum of the bits of every array in `state`, as 16 hex digits.
+
+    Each array's bits are read as 32-bit words and summed twice, modulo 2**32, weighted by two
+    odd multipliers of the word's position, so any single changed bit changes both sums. It
+    detects damage, not deliberate edits. The sums run on the arrays' devices, so a sharded
+    state is not gathered to one host.
+    """
+    high, low = _word_sums(state)
+    return f"{int(_host_scalar(high)):08x}{int(_host_scalar(low)):08x}"
+
+
+@jax.jit
+def _word_sums(state: Any) -> tuple[jax.Array, jax.Array]:
+    high = jnp.uint32(0)
+    low = jnp.uint32(0)
+    for index, leaf in enumerate(jax.tree.leaves(state)):
+        words = _as_words(jnp.asarray(leaf)).ravel()
+        position = jnp.arange(words.size, dtype=jnp.uint32)
+        # The leaf index enters the weights too, so two swapped arrays change the sums.
+        odd = position * jnp.uint32(2) + jnp.uint32(2 * index + 1)
+        high = high + jnp.sum(words * (odd * jnp.uint32(0x9E3779B1)), dtype=jnp.uint32)
+        low = low + jnp.sum(words * (odd * jnp.uint32(0x85EBCA77)), dtype=jnp.uint32)
+    return high, low
+
+
+def _as_words(leaf: jax.Array) -> jax.Array:
+    """Return the bits of `leaf` as uint32 words: one per element, two per 64-bit element."""
+    if leaf.dtype == jnp.bool_:
+        return leaf.astype(jnp.uint32)
+    size = leaf.dtype.itemsize
+    if size >= 4:
+        return jax.lax.bitcast_convert_type(leaf, jnp.uint32)
+    unsigned = jnp.uint16 if size == 2 else jnp.uint8
+    return jax.lax.bitcast_convert_type(leaf, unsigned).astype(jnp.uint32)
+
+
+def _host_scalar(value: jax.Array) -> np.ndarray:
+    """Return a replicated scalar as a NumPy value, read from this process's own copy.
+
+    In a multi-process run only part of a global array is addressable by each process.
+    """
+    return np.asarray(value.addressable_data(0))
 
 
 def _leading_rows(tree: Any) -> int:

@@ -6,7 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlli_jax.checkpoint import MAX_ERROR_CHARS, Checkpointer, _error_summary
+from rlli_jax.checkpoint import (
+    CHECKSUM_KEY,
+    MAX_ERROR_CHARS,
+    Checkpointer,
+    _error_summary,
+    state_checksum,
+)
 from rlli_jax.metrics import MetricsWriter, read_metrics
 
 
@@ -257,3 +263,71 @@ def test_width_only_mismatch_names_x64(tmp_path):
         checkpointer.restore_latest(other_shape)
     # A custom actor or environment re-registered with other sizes gives the same mismatch.
     assert "ACTOR_FACTORIES entry, or the environment passed with env=" in str(raised.value)
+
+
+def test_changed_data_bits_fall_back(tmp_path):
+    directory = tmp_path / "ckpt"
+    tree = {"w": jnp.arange(20_000, dtype=jnp.float32), "n": jnp.arange(500, dtype=jnp.int32)}
+    checkpointer = Checkpointer(directory)
+    checkpointer.save(1, tree, {"chunk": 1})
+    checkpointer.save(2, tree, {"chunk": 2})
+    data_files = [path for path in (directory / "2" / "state").rglob("*") if path.is_file()]
+    largest = max(data_files, key=lambda path: path.stat().st_size)
+    original = largest.read_bytes()
+    restored_changed = 0
+    # Orbax checks no checksum on restore, so most flipped bits restore as other values.
+    for position in range(len(original) // 10, len(original), len(original) // 10):
+        damaged = bytearray(original)
+        damaged[position] ^= 0x10
+        largest.write_bytes(bytes(damaged))
+        restored = Checkpointer(directory, read_only=True).restore_latest(tree)
+        if restored.step == 2:
+            for name in tree:
+                np.testing.assert_array_equal(restored.state[name], tree[name])
+        else:
+            assert restored.step == 1
+            assert "differ from the checksum saved with them" in restored.skipped[0][1]
+            restored_changed += 1
+    assert restored_changed > 0
+
+
+def test_checksum_sees_each_bit_and_dtype():
+    tree = {
+        "f": jnp.linspace(-1.0, 1.0, 7),
+        "i8": jnp.arange(5, dtype=jnp.int8),
+        "u16": jnp.arange(4, dtype=jnp.uint16),
+        "flag": jnp.array([True, False]),
+        "key": jnp.arange(4, dtype=jnp.uint32),
+    }
+    reference = state_checksum(tree)
+    assert len(reference) == 16
+    assert state_checksum(dict(tree)) == reference
+    for name, leaf in tree.items():
+        values = np.asarray(leaf).copy()
+        bits = values.view(np.uint8)
+        for bit in range(8):
+            changed = bits.copy()
+            changed[-1] ^= 1 << bit
+            if values.dtype == np.bool_ and changed[-1] > 1:
+                continue  # a bool stores one bit
+            mutated = {**tree, name: jnp.asarray(changed.view(values.dtype))}
+            assert state_checksum(mutated) != reference, (name, bit)
+    swapped = {**tree, "i8": tree["i8"][::-1]}
+    assert state_checksum(swapped) != reference
+
+
+def test_checkpoint_without_checksum_restores(tmp_path):
+    import orbax.checkpoint as ocp
+
+    checkpointer = Checkpointer(tmp_path / "ckpt")
+    # What a save before checksums existed wrote: the metadata without CHECKSUM_KEY.
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(make_tree(1.0)), metadata=ocp.args.JsonSave({"chunk": 1})
+    )
+    checkpointer._manager.save(1, args=args, force=True)
+    checkpointer._manager.wait_until_finished()
+    restored = checkpointer.restore_latest(make_tree(0.0))
+    assert restored.step == 1
+    assert restored.metadata == {"chunk": 1}
+    with pytest.raises(ValueError, match=f"metadata key '{CHECKSUM_KEY}' is reserved"):
+        checkpointer.save(2, make_tree(2.0), {CHECKSUM_KEY: "x"})
