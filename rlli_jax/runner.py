@@ -609,8 +609,8 @@ def check_no_run_files(run_dir: Path) -> None:
     Such files come from a run whose config.yaml was removed, or belong to the user. A new
     run would truncate the metrics files and mix its checkpoints with the ones found.
     Folders that are empty or contain only hidden files (such as .DS_Store) are allowed, and
-    so is a lone env_data.sha256: a start killed before writing config.yaml leaves it, and
-    the new run rewrites it from its own data.
+    so is a lone env_data.sha256, which the new run rewrites from its own data. Earlier
+    code wrote it before config.yaml, so a start killed between the two left it alone.
     """
     found = []
     for name in (*_NEW_RUN_PATHS, SUMMARY_NAME, CURVES_NAME):

@@ -221,7 +221,7 @@ def test_run_files_without_config_are_kept(tmp_path, capsys):
 
 
 def test_new_run_ignores_digest_and_hidden_files(tmp_path):
-    # A start killed between writing env_data.sha256 and config.yaml leaves the digest alone,
+    # Earlier code wrote env_data.sha256 before config.yaml, so a killed start left it alone,
     # and a Finder or editor may leave hidden files in the folders.
     (tmp_path / "env_data.sha256").write_text("0" * 64 + "\n")
     (tmp_path / "tensorboard").mkdir()
