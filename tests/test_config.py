@@ -6,7 +6,10 @@ import jax
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from rlli_jax.agents.ddpg import HYPERPARAM_RULES
 from rlli_jax.config import (
     Config,
     apply_overrides,
@@ -198,11 +201,40 @@ def test_repeated_override_key_with_last_wins():
         ("train.eval_episodes=3e9", r"invalid train\.eval_episodes = 3000000000: .*int32"),
         ("agent.beta_max=.inf", r"invalid agent\.beta_min = 0\.1, beta_max = inf: both must"),
         ("agent.max_grad_norm=.inf", r"invalid agent\.max_grad_norm = inf"),
+        # Finite in float64 but not in float32, the type of the training program.
+        ("hyper.actor_lr=1e39", r"invalid hyper\.actor_lr = 1e\+39: it exceeds the float32"),
+        ("hyper.tau=1e-40", r"invalid hyper\.tau = 1e-40: it becomes 0\.0 in float32"),
+        ("hyper.gamma=0.99999999999", r"hyper\.gamma = 0\.99999999999: it becomes 1\.0"),
+        ("env.params.tx_power_w=1e39", r"tx_power_w = 1e\+39 is invalid: it exceeds the float32"),
+        ("env.params.energy_budget_j=1e39", r"energy_budget_j = 1e\+39 is invalid: it exceeds"),
+        ("env.params.image_bits=1e-46", r"image_bits = 1e-46 is invalid: it becomes 0\.0"),
+        ("agent.max_grad_norm=1e-46", r"max_grad_norm = 1e-46: .*float32.* makes it 0\.0"),
+        ("agent.bound_loss_coef=1e39", r"bound_loss_coef = 1e\+39: .*float32.* makes it inf"),
     ],
 )
 def test_bad_override_raises(override, match):
     with pytest.raises(ValueError, match=match):
         load_config(overrides=[override])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.sampled_from(sorted(HYPERPARAM_RULES)),
+    value=st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_accepted_hyperparameter_obeys_rule_in_float32(name, value):
+    # The program computes in float32, so a value accepted in float64 must keep its rule
+    # after rounding, with subnormals flushed to 0 as XLA on CPU does.
+    try:
+        config = load_config(overrides=[f"hyper.{name}={value!r}"])
+    except ValueError:
+        return
+    rounded = np.float32(config.hyper.resolve(config.agent.algo)[name])
+    if abs(rounded) < np.finfo(np.float32).tiny:
+        rounded = np.float32(0.0)
+    _, predicate = HYPERPARAM_RULES[name]
+    assert np.isfinite(rounded)
+    assert predicate(float(rounded))
 
 
 def test_unknown_key_in_file_names_file_and_path(tmp_path):

@@ -26,6 +26,7 @@ from flax import struct
 
 from rlli_jax.agents.diffusion import check_schedule, make_diffusion_actor
 from rlli_jax.agents.networks import Actor, TwinCritic, make_mlp_actor
+from rlli_jax.env.params import as_float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,18 +89,27 @@ class AgentConfig:
             raise ValueError(message) from None
         if self.batch_size < 1:
             raise ValueError(f"invalid AgentConfig.batch_size = {self.batch_size}: must be >= 1")
-        if self.max_grad_norm is not None and not (
-            math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0
-        ):
-            raise ValueError(
-                f"invalid AgentConfig.max_grad_norm = {self.max_grad_norm}: must be a finite "
-                "number > 0, or None for no clipping"
-            )
-        if not (math.isfinite(self.bound_loss_coef) and self.bound_loss_coef >= 0.0):
+        if self.max_grad_norm is not None:
+            rounded = as_float32(self.max_grad_norm)
+            if not (math.isfinite(rounded) and rounded > 0):
+                raise ValueError(
+                    f"invalid AgentConfig.max_grad_norm = {self.max_grad_norm}: must be a finite "
+                    f"number > 0, or None for no clipping{_float32_note(self.max_grad_norm)}"
+                )
+        rounded = as_float32(self.bound_loss_coef)
+        if not (math.isfinite(rounded) and rounded >= 0.0):
             raise ValueError(
                 f"invalid AgentConfig.bound_loss_coef = {self.bound_loss_coef}: must be a "
-                "finite number >= 0"
+                f"finite number >= 0{_float32_note(self.bound_loss_coef)}"
             )
+
+
+def _float32_note(value: float) -> str:
+    """Return a note for an error message when float32 rounding changes `value`, else ''."""
+    rounded = as_float32(value)
+    if not math.isfinite(value) or rounded == value:
+        return ""
+    return f" (float32, the type of the training program, makes it {rounded!r})"
 
 
 def _is_integer(value: Any) -> bool:
@@ -206,6 +216,18 @@ def check_hyperparam(name: str, value: Any, path: str | None = None) -> None:
         number = math.inf
     if not (math.isfinite(number) and predicate(number)):
         raise ValueError(f"invalid {label} = {value!r}: {rule} (a finite number)")
+    rounded = as_float32(number)
+    if math.isinf(rounded):
+        raise ValueError(
+            f"invalid {label} = {value!r}: it exceeds the float32 range (max "
+            f"{np.finfo(np.float32).max:.4g}) of the training program, which would make it "
+            f"{rounded!r}"
+        )
+    if not predicate(rounded):
+        raise ValueError(
+            f"invalid {label} = {value!r}: it becomes {rounded!r} in float32, the type of "
+            f"the training program, and {rule} there"
+        )
 
 
 def _describe_type(value: Any) -> str:

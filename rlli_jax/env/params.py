@@ -85,6 +85,25 @@ class EnvParams:
 # At 30 the share stays normal for num_users < 7e11, and the latency (about 1e26 s) is finite.
 MAX_LOGIT_SCALE = 30.0
 
+# Smallest normal float32. XLA on CPU flushes smaller (subnormal) float32 values to 0.
+_FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def as_float32(value: float) -> float:
+    """Return `value` as the training program sees it: rounded to float32, with an overflow
+    giving +-inf and a subnormal result giving 0.
+
+    A value can pass a rule in float64 and break it in float32, such as 1e39 (inf) or a
+    learning rate of 1e-40 (0), so traced constants are checked in both.
+    """
+    with np.errstate(over="ignore", under="ignore"):
+        rounded = float(np.float32(value))
+    if abs(rounded) < _FLOAT32_TINY:
+        return math.copysign(0.0, rounded)
+    return rounded
+
+
 # (field, rule text, predicate on a float). Checked in this order; NaN fails every rule.
 _SCALAR_RULES: tuple[tuple[str, str, Any], ...] = (
     ("topic_zipf_exponent", "must be >= 0", lambda x: x >= 0),
@@ -184,6 +203,20 @@ def validate_env_params(params: EnvParams) -> None:
             if math.isinf(value) and not infinite_allowed:
                 raise ValueError(
                     f"EnvParams.{name} = {float(value)!r} is invalid: {name} must be finite"
+                )
+            if math.isinf(value):
+                continue
+            rounded = as_float32(value)
+            if math.isinf(rounded):
+                raise ValueError(
+                    f"EnvParams.{name} = {float(value)!r} is invalid: it exceeds the float32 "
+                    f"range (max {_FLOAT32_MAX:.4g}) of the training program, which would "
+                    f"make it {rounded!r}"
+                )
+            if not predicate(rounded):
+                raise ValueError(
+                    f"EnvParams.{name} = {float(value)!r} is invalid: it becomes {rounded!r} "
+                    f"in float32, the type of the training program, and {name} {rule} there"
                 )
 
     for low_name, high_name in _ORDER_RULES:
