@@ -203,18 +203,20 @@ class SweepConfig:
             )
         # An absolute path, so that the copy saved in an output directory names the same file.
         base = (Path(directory) / data["base"]).resolve()
-        overrides = data.get("set") or []
+        # Only null stands for an empty value: a false, 0 or a list in place of the grid
+        # mapping is a mistake, not an empty sweep key.
+        overrides = _or_empty(data.get("set"), [])
         _require(
             isinstance(overrides, list) and all(isinstance(item, str) for item in overrides),
             "set",
             overrides,
             "must be a list of SECTION.KEY=VALUE strings",
         )
-        grid = data.get("grid") or {}
+        grid = _or_empty(data.get("grid"), {})
         _require(isinstance(grid, Mapping), "grid", grid, "must map keys to lists of values")
         for key, values in grid.items():
             _require(isinstance(values, list), f"grid.{key}", values, "must be a list of values")
-        points = data.get("points") or []
+        points = _or_empty(data.get("points"), [])
         _require(isinstance(points, list), "points", points, "must be a list of mappings")
         for index, point in enumerate(points):
             _require(isinstance(point, Mapping), f"points[{index}]", point, "must be a mapping")
@@ -577,6 +579,10 @@ def check_sweep_memory(
 def _require(condition: bool, field: str, value: Any, rule: str) -> None:
     if not condition:
         raise ValueError(f"invalid {field} = {value!r}: {rule}")
+
+
+def _or_empty(value: Any, empty: Any) -> Any:
+    return empty if value is None else value
 
 
 def _is_int(value: Any) -> bool:
