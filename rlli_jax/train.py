@@ -37,6 +37,7 @@ from rlli_jax.agents.ddpg import Agent, AgentHyperparams, AgentState, Transition
 from rlli_jax.agents.replay import (
     Replay,
     ReplayState,
+    available_device_bytes,
     check_replay_memory,
     estimate_replay_bytes,
     example_transition,
@@ -323,9 +324,9 @@ def make_train(
         min_size=config.agent.batch_size,
     )
     if check_memory:
-        check_replay_memory(
-            estimate_replay_bytes(train_config.buffer_size, env.obs_dim, env.num_actions)
-        )
+        replay_bytes = estimate_replay_bytes(train_config.buffer_size, env.obs_dim, env.num_actions)
+        check_replay_memory(replay_bytes)
+        check_network_memory(config, agent, env, hyper.agent, replay_bytes)
 
     update_metric_names = _update_metric_names(agent, env, hyper, config.agent.batch_size)
     static = _Static(
@@ -379,6 +380,42 @@ def make_train(
         run_chunk=jax.jit(run_chunk, donate_argnums=0),
         evaluate=jax.jit(evaluate),
         trace_counts=trace_counts,
+    )
+
+
+def check_network_memory(
+    config: Config,
+    agent: Agent,
+    env: DiffusionServiceEnv,
+    agent_hyper: AgentHyperparams,
+    replay_bytes: int,
+) -> None:
+    """Raise ValueError if the agent state and the replay buffer do not fit in free memory.
+
+    The agent state (both networks, their target copies and Adam moments) is sized with
+    `jax.eval_shape`, which compiles and allocates nothing. Without this check an oversized
+    hidden layer fails only when `init` runs, with an out-of-memory error from XLA.
+    """
+    shapes = jax.eval_shape(
+        lambda key: agent.init(key, env.obs_dim, env.num_actions, agent_hyper),
+        jax.random.key(0),
+    )
+    network_bytes = sum(
+        math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(shapes)
+    )
+    free_bytes, source = available_device_bytes()
+    if network_bytes + replay_bytes <= free_bytes:
+        return
+    agent_config = config.agent
+    sizes = ", ".join(
+        f"agent.{name} = {list(getattr(agent_config, name))}"
+        for name in ("actor_hidden_sizes", "critic_hidden_sizes", "encoder_hidden_sizes")
+    )
+    raise ValueError(
+        f"invalid network sizes ({sizes}): the networks with their target copies and Adam "
+        f"moments need {network_bytes / 2**20:.1f} MiB, and with the replay buffer "
+        f"({replay_bytes / 2**20:.1f} MiB) more than the {free_bytes / 2**20:.1f} MiB free "
+        f"according to {source}; reduce the hidden sizes"
     )
 
 

@@ -196,6 +196,21 @@ def test_make_train_rejects_env_of_other_shape():
         make_train(config, env=DiffusionServiceEnv(num_users=3, horizon=5))
 
 
+def test_make_train_rejects_oversized_networks(monkeypatch):
+    # 2**30 free bytes hold the tiny replay buffer but not a critic layer of 10**8 units, which
+    # XLA would fail to allocate only when `init` runs.
+    monkeypatch.setattr(
+        "rlli_jax.train.available_device_bytes", lambda device=None: (2**30, "a test limit")
+    )
+    config = load_config(overrides=[*TINY_OVERRIDES[:4], "agent.critic_hidden_sizes=[100000000]"])
+    with pytest.raises(
+        ValueError,
+        match=r"invalid network sizes \(.*agent\.critic_hidden_sizes = \[100000000\].*\): "
+        r"the networks .* need .* MiB free according to a test limit",
+    ):
+        make_train(config)
+
+
 def test_make_train_rejects_env_with_wrong_outputs():
     from rlli_jax.env.service import DiffusionServiceEnv
 
