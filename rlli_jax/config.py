@@ -90,6 +90,13 @@ class EnvConfig:
         object.__setattr__(self, "params", tuple(sorted(checked.items())))
         _validate_env_overrides(self.param_overrides)
         if self.reward_net is not None:
+            # Path("") is the working folder, which would pass the folder check below.
+            _require(
+                self.reward_net.strip() != "",
+                "env.reward_net",
+                self.reward_net,
+                "must be a checkpoint directory path, or null for the packaged reward network",
+            )
             _require(
                 Path(self.reward_net).expanduser().is_dir(),
                 "env.reward_net",

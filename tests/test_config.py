@@ -209,6 +209,7 @@ def test_repeated_override_key_with_last_wins():
         ("env.params.energy_budget_j=1e39", r"energy_budget_j = 1e\+39 is invalid: it exceeds"),
         ("env.params.image_bits=1e-46", r"image_bits = 1e-46 is invalid: it becomes 0\.0"),
         ("agent.max_grad_norm=1e-46", r"max_grad_norm = 1e-46: .*float32.* makes it 0\.0"),
+        ("env.reward_net=''", r"invalid env\.reward_net = '': must be a checkpoint directory"),
         ("agent.bound_loss_coef=1e39", r"bound_loss_coef = 1e\+39: .*float32.* makes it inf"),
     ],
 )
