@@ -45,7 +45,12 @@ from rlli_jax.agents.replay import (
 )
 from rlli_jax.config import Config
 from rlli_jax.env.params import EnvParams
-from rlli_jax.env.service import DiffusionServiceEnv, EnvState
+from rlli_jax.env.service import (
+    NUM_ACTIONS_PER_USER,
+    DiffusionServiceEnv,
+    EnvState,
+    ObservationLayout,
+)
 from rlli_jax.evaluation import EPISODE_METRICS, make_agent_policy, run_episodes
 
 # Per-slot `info` entries logged as training metrics (means over environments).
@@ -307,6 +312,8 @@ def make_train(
             `check_memory`).
     """
     if env is None:
+        if check_memory:
+            check_users_memory(config)
         env = make_env(config)
     for name in ("num_users", "horizon"):
         if getattr(env, name) != getattr(config.env, name):
@@ -381,6 +388,30 @@ def make_train(
         evaluate=jax.jit(evaluate),
         trace_counts=trace_counts,
     )
+
+
+def check_users_memory(config: Config) -> None:
+    """Raise ValueError if the replay buffer for `config.env.num_users` users cannot fit in
+    free memory, before the environment builds its user-pair index arrays.
+
+    The observation has num_users * (num_users - 1) / 2 pair similarities, so its size and the
+    environment's host arrays grow with the square of num_users.
+    NOTE: those host arrays take about 9 * num_users**2 bytes (numpy.triu_indices), which this
+    check covers only when train.buffer_size >= 2.
+    """
+    num_users = config.env.num_users
+    obs_dim = ObservationLayout(num_users).size
+    replay_bytes = estimate_replay_bytes(
+        config.train.buffer_size, obs_dim, NUM_ACTIONS_PER_USER * num_users
+    )
+    free_bytes, source = available_device_bytes()
+    if replay_bytes > free_bytes:
+        raise ValueError(
+            f"invalid env.num_users = {num_users}: observations have {obs_dim} entries, so a "
+            f"replay buffer of train.buffer_size = {config.train.buffer_size} transitions needs "
+            f"{replay_bytes / 2**20:.1f} MiB but only {free_bytes / 2**20:.1f} MiB are free "
+            f"according to {source}; reduce env.num_users or train.buffer_size"
+        )
 
 
 def check_network_memory(

@@ -211,6 +211,20 @@ def test_make_train_rejects_oversized_networks(monkeypatch):
         make_train(config)
 
 
+def test_make_train_rejects_too_many_users(monkeypatch):
+    # 20000 users give about 2e8 observation entries, so 64 replay transitions need ~95 GiB.
+    monkeypatch.setattr(
+        "rlli_jax.train.available_device_bytes", lambda device=None: (2**30, "a test limit")
+    )
+    config = load_config(overrides=[*TINY_OVERRIDES[1:], "env.num_users=20000"])
+    with pytest.raises(
+        ValueError,
+        match=r"invalid env\.num_users = 20000: observations have \d+ entries, so a replay "
+        r"buffer of train\.buffer_size = 64 transitions needs .* according to a test limit",
+    ):
+        make_train(config)
+
+
 def test_make_train_rejects_env_with_wrong_outputs():
     from rlli_jax.env.service import DiffusionServiceEnv
 
