@@ -4,6 +4,7 @@ Library code only: it returns records; `scripts/benchmark.py` prints and writes 
 """
 
 import dataclasses
+import gc
 import math
 import platform
 import re
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlli_jax.agents.replay import ReplayMemoryError
 from rlli_jax.env.batched import step_batch
 from rlli_jax.env.service import DiffusionServiceEnv
 
@@ -59,6 +61,70 @@ class Measurement:
             throughput_max=self.throughput_max,
         )
         return record
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedCase:
+    """A benchmark case that ran out of memory, with the error that stopped it as `reason`."""
+
+    suite: str
+    case: str
+    num_envs: int
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Characters of an out-of-memory message kept as a skipped case's reason. XLA appends its
+# buffer assignment statistics (many lines) to the first line, which names the allocation.
+MAX_REASON_CHARS = 300
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Return whether `error` means that a case did not fit in memory.
+
+    These are XLA's RESOURCE_EXHAUSTED or "Out of memory" errors, raised at compile or at run
+    time as `jax.errors.JaxRuntimeError`, a Python MemoryError, and the `ReplayMemoryError`
+    that `make_train` raises before compiling. Any other error is a bug or an invalid input.
+    """
+    if isinstance(error, MemoryError | ReplayMemoryError):
+        return True
+    if isinstance(error, jax.errors.JaxRuntimeError):
+        message = str(error)
+        return "RESOURCE_EXHAUSTED" in message or "out of memory" in message.lower()
+    return False
+
+
+def call_unless_out_of_memory(function: Callable[[], Any]) -> tuple[Any, str | None]:
+    """Call `function()` and return (its result, None), or (None, reason) if it ran out of
+    memory as `is_out_of_memory` defines it. Any other exception propagates.
+
+    After an out-of-memory error this frees what the call held before returning: the error's
+    traceback, whose frames hold the call's arrays, jax's compiled programs and cycles left
+    for the garbage collector. The reason is the error's type and first line.
+    """
+    try:
+        return function(), None
+    except (jax.errors.JaxRuntimeError, MemoryError, ReplayMemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        reason = f"{type(error).__name__}: {first_line}"[:MAX_REASON_CHARS]
+    # Python has deleted `error` at the end of the except block, so its frames can go now.
+    gc.collect()
+    jax.clear_caches()
+    return None, reason
+
+
+def _measure_or_skip(
+    suite: str, cases: list[str], num_envs: int, measure: Callable[[], list[Measurement]]
+) -> list[Measurement | SkippedCase]:
+    """Return `measure()`, or one SkippedCase per label of `cases` if it ran out of memory."""
+    measurements, reason = call_unless_out_of_memory(measure)
+    if reason is None:
+        return measurements
+    return [SkippedCase(suite, case, num_envs, reason) for case in cases]
 
 
 def machine_info() -> dict[str, Any]:
@@ -191,32 +257,49 @@ def make_env_rollout(env: DiffusionServiceEnv, params, num_envs: int, num_steps:
 
 def benchmark_env(
     num_envs_list: list[int], *, num_steps: int, repeats: int, num_users: int = 8
-) -> list[Measurement]:
-    """Measure environment steps per second with a random policy for each env count."""
+) -> list[Measurement | SkippedCase]:
+    """Measure environment steps per second with a random policy for each env count.
+
+    An env count that runs out of memory gives a SkippedCase, and the next one still runs.
+    """
     env = DiffusionServiceEnv(num_users=num_users)
     params = env.default_params
-    measurements = []
-    for num_envs in num_envs_list:
+    case = f"DiffusionService-v0 N={num_users} random policy"
+
+    def measure(num_envs: int) -> list[Measurement]:
         rollout = make_env_rollout(env, params, num_envs, num_steps)
         compile_s, times = time_compiled(rollout, (jax.random.key(0),), repeats=repeats)
-        measurements.append(
-            Measurement(
-                suite="env",
-                case=f"DiffusionService-v0 N={num_users} random policy",
-                num_envs=num_envs,
-                work_per_call=num_envs * num_steps,
-                compile_s=compile_s,
-                times_s=times,
-            )
+        return [Measurement("env", case, num_envs, num_envs * num_steps, compile_s, times)]
+
+    measurements = []
+    for num_envs in num_envs_list:
+        measurements += _measure_or_skip(
+            "env", [case], num_envs, lambda num_envs=num_envs: measure(num_envs)
         )
     return measurements
 
 
 def benchmark_numpy_reference(
     num_envs: int, *, num_steps: int, repeats: int, num_users: int = 8
-) -> Measurement:
+) -> Measurement | SkippedCase:
     """Measure the NumPy reference (a Python loop over environment objects) with the same
-    default QoE model and a uniform random policy, for a side-by-side ratio."""
+    default QoE model and a uniform random policy, for a side-by-side ratio.
+
+    Returns a SkippedCase if the environments do not fit in memory.
+    """
+    case = f"NumPy reference N={num_users} random policy (Python loop)"
+    (result,) = _measure_or_skip(
+        "env",
+        [case],
+        num_envs,
+        lambda: [_time_numpy_reference(case, num_envs, num_steps, repeats, num_users)],
+    )
+    return result
+
+
+def _time_numpy_reference(
+    case: str, num_envs: int, num_steps: int, repeats: int, num_users: int
+) -> Measurement:
     from rlli_jax.env.numpy_reference import NumpyDiffusionServiceEnv
 
     env = DiffusionServiceEnv(num_users=num_users)
@@ -240,14 +323,7 @@ def benchmark_numpy_reference(
         start = time.perf_counter()
         rollout()
         times.append(time.perf_counter() - start)
-    return Measurement(
-        suite="env",
-        case=f"NumPy reference N={num_users} random policy (Python loop)",
-        num_envs=num_envs,
-        work_per_call=num_envs * num_steps,
-        compile_s=0.0,
-        times_s=tuple(times),
-    )
+    return Measurement("env", case, num_envs, num_envs * num_steps, 0.0, tuple(times))
 
 
 ACT_DIFFUSION_STEPS = (1, 3, 5, 10, 20)
@@ -292,9 +368,13 @@ def benchmark_act(
     repeats: int,
     diffusion_steps: tuple[int, ...] = ACT_DIFFUSION_STEPS,
     num_users: int = 8,
-) -> list[Measurement]:
+) -> list[Measurement | SkippedCase]:
     """Measure policy actions per second (deterministic `act`) of the MLP actor and of the
-    diffusion actor at each number of denoising steps T, on service-environment shapes."""
+    diffusion actor at each number of denoising steps T, on service-environment shapes.
+
+    An actor and env count that runs out of memory gives a SkippedCase, and the next one
+    still runs.
+    """
     env = DiffusionServiceEnv(num_users=num_users)
     cases = [("ddpg", {}, "MLP actor")] + [
         ("gddpg", {"diffusion_steps": steps}, f"diffusion actor T={steps}")
@@ -304,13 +384,17 @@ def benchmark_act(
     for algo, overrides, label in cases:
         agent, agent_state, hyper = _agent_for(algo, env.obs_dim, env.num_actions, **overrides)
         act_many = jax.jit(_act_many(agent, hyper, num_calls))
-        for num_envs in num_envs_list:
+
+        def measure(num_envs: int, label=label, agent_state=agent_state, act_many=act_many):
             obs = jax.random.normal(jax.random.key(1), (num_envs, env.obs_dim))
             compile_s, times = time_compiled(
                 act_many, (agent_state, obs, jax.random.key(2)), repeats=repeats
             )
-            measurements.append(
-                Measurement("act", label, num_envs, num_envs * num_calls, compile_s, times)
+            return [Measurement("act", label, num_envs, num_envs * num_calls, compile_s, times)]
+
+        for num_envs in num_envs_list:
+            measurements += _measure_or_skip(
+                "act", [label], num_envs, lambda num_envs=num_envs: measure(num_envs)
             )
     return measurements
 
@@ -600,16 +684,20 @@ def benchmark_update(
     repeats: int,
     batch_sizes: tuple[int, ...] = UPDATE_BATCH_SIZES,
     num_users: int = 8,
-) -> list[Measurement]:
+) -> list[Measurement | SkippedCase]:
     """Measure gradient steps per second of DDPG and G-DDPG (default T) at each batch size, on
-    service-environment shapes. `num_envs` in the records contains the batch size."""
+    service-environment shapes. `num_envs` in the records contains the batch size.
+
+    A batch size that runs out of memory gives a SkippedCase, and the next one still runs.
+    """
     from rlli_jax.agents.ddpg import Transition
 
     env = DiffusionServiceEnv(num_users=num_users)
     measurements = []
     for algo in ("ddpg", "gddpg"):
         agent, agent_state, hyper = _agent_for(algo, env.obs_dim, env.num_actions)
-        for batch_size in batch_sizes:
+
+        def measure(batch_size: int, label: str, agent=agent, agent_state=agent_state, hyper=hyper):
             keys = jax.random.split(jax.random.key(3), 3)
             batch = Transition(
                 obs=jax.random.normal(keys[0], (batch_size, env.obs_dim)),
@@ -629,9 +717,15 @@ def benchmark_update(
             compile_s, times = time_compiled(
                 jax.jit(update_many), (agent_state, batch, jax.random.key(4)), repeats=repeats
             )
+            return [Measurement("update", label, batch_size, num_updates, compile_s, times)]
+
+        for batch_size in batch_sizes:
             label = f"{algo} update batch={batch_size}"
-            measurements.append(
-                Measurement("update", label, batch_size, num_updates, compile_s, times)
+            measurements += _measure_or_skip(
+                "update",
+                [label],
+                batch_size,
+                lambda batch_size=batch_size, label=label: measure(batch_size, label),
             )
     return measurements
 
@@ -639,9 +733,16 @@ def benchmark_update(
 def _train_program(num_envs: int, overrides: tuple[str, ...] = ()):
     """Build the default config's training program at `num_envs`, with a warmup just long
     enough to store one batch, so every iteration of the chunks after `warmup_chunks(config)`
-    runs its gradient steps."""
-    from rlli_jax.config import load_config
+    runs its gradient steps. Returns (config, program)."""
     from rlli_jax.train import make_train
+
+    config = _train_config(num_envs, overrides)
+    return config, make_train(config)
+
+
+def _train_config(num_envs: int, overrides: tuple[str, ...] = ()):
+    """Return the config that `_train_program` builds its program from."""
+    from rlli_jax.config import load_config
 
     config = load_config(
         DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None,
@@ -656,10 +757,9 @@ def _train_program(num_envs: int, overrides: tuple[str, ...] = ()):
     # Updates wait for batch_size stored transitions, and a few envs take several chunks to
     # collect them. The warm-up takes random actions until then, so every timed chunk updates.
     warmup = max(num_envs, config.agent.batch_size)
-    config = dataclasses.replace(
+    return dataclasses.replace(
         config, train=dataclasses.replace(config.train, warmup_env_steps=warmup)
     )
-    return config, make_train(config)
 
 
 def warmup_chunks(config) -> int:
@@ -694,31 +794,36 @@ def _time_chunks(
 
 def benchmark_train(
     num_envs_list: list[int], *, repeats: int, overrides: tuple[str, ...] = ()
-) -> list[Measurement]:
+) -> list[Measurement | SkippedCase]:
     """Measure the end-to-end training chunk (act, env step, replay add, gradient steps) of the
-    default config: env steps/s, and gradient steps/s as a second record per case."""
-    measurements = []
-    for num_envs in num_envs_list:
-        config, program = _train_program(num_envs, overrides)
+    default config: env steps/s, and gradient steps/s as a second record per case.
+
+    An env count that runs out of memory (its replay buffer included) gives a SkippedCase for
+    each of the two records, and the next env count still runs.
+    """
+    from rlli_jax.train import make_train
+
+    def measure(config, labels: list[str]) -> list[Measurement]:
+        program = make_train(config)
         hyper = program.default_hyperparams
         state = program.init(jax.random.key(0), hyper)
         compile_s, times = _time_chunks(
             program.run_chunk, state, hyper, repeats, warmup_chunks(config)
         )
-        steps = config.train.steps_per_chunk
+        num_envs, steps = config.train.num_envs, config.train.steps_per_chunk
+        updates = steps * config.train.updates_per_step
+        return [
+            Measurement("train", labels[0], num_envs, num_envs * steps, compile_s, times),
+            Measurement("train", labels[1], num_envs, updates, compile_s, times),
+        ]
+
+    measurements = []
+    for num_envs in num_envs_list:
+        config = _train_config(num_envs, overrides)
         label = f"train {config.agent.algo} updates/step={config.train.updates_per_step}"
-        measurements.append(
-            Measurement("train", label + " env steps", num_envs, num_envs * steps, compile_s, times)
-        )
-        measurements.append(
-            Measurement(
-                "train",
-                label + " gradient steps",
-                num_envs,
-                steps * config.train.updates_per_step,
-                compile_s,
-                times,
-            )
+        labels = [label + " env steps", label + " gradient steps"]
+        measurements += _measure_or_skip(
+            "train", labels, num_envs, lambda config=config, labels=labels: measure(config, labels)
         )
     return measurements
 
@@ -775,26 +880,30 @@ def benchmark_train_parts(num_envs: int, *, repeats: int) -> dict[str, float]:
 
 def benchmark_sweep(
     num_members_list: list[int], *, num_envs: int, repeats: int
-) -> list[Measurement]:
+) -> list[Measurement | SkippedCase]:
     """Measure members x env steps/s of the default training chunk vmapped over a population of
-    seeds (one compiled program per population size)."""
-    measurements = []
-    for num_members in num_members_list:
+    seeds (one compiled program per population size).
+
+    A population size that runs out of memory gives a SkippedCase, and the next one still runs.
+    """
+
+    def measure(num_members: int, label: str) -> list[Measurement]:
         config, program = _train_program(num_envs)
         hyper = program.default_hyperparams
         keys = jax.random.split(jax.random.key(0), num_members)
         state = jax.vmap(program.init, in_axes=(0, None))(keys, hyper)
         chunk = jax.jit(jax.vmap(program.run_chunk, in_axes=(0, None)))
         compile_s, times = _time_chunks(chunk, state, hyper, repeats, warmup_chunks(config))
-        steps = config.train.steps_per_chunk
-        measurements.append(
-            Measurement(
-                "sweep",
-                f"{num_members} members x {num_envs} envs, train chunk",
-                num_envs,
-                num_members * num_envs * steps,
-                compile_s,
-                times,
-            )
+        work = num_members * num_envs * config.train.steps_per_chunk
+        return [Measurement("sweep", label, num_envs, work, compile_s, times)]
+
+    measurements = []
+    for num_members in num_members_list:
+        label = f"{num_members} members x {num_envs} envs, train chunk"
+        measurements += _measure_or_skip(
+            "sweep",
+            [label],
+            num_envs,
+            lambda num_members=num_members, label=label: measure(num_members, label),
         )
     return measurements

@@ -309,7 +309,7 @@ def make_train(
     Raises:
         ValueError: an invalid environment constant, an `env` whose users or horizon differ
             from `config.env`, or a replay buffer that does not fit in free memory (when
-            `check_memory`).
+            `check_memory`), which raises `ReplayMemoryError`, a ValueError subclass.
     """
     if env is None:
         if check_memory:

@@ -8,6 +8,7 @@ sweep suites: the chunks before gradient steps start, at least one), then is tim
 and max. With the act suite, the MLP actor and the diffusion actor at T = 5 are also traced with
 jax.profiler (traces under OUT/profile) and their time is split by part of the actor. The
 outputs are rewritten after each suite, so a run stopped later keeps the suites it finished.
+A case that runs out of memory is skipped and listed with the error, and the run goes on.
 """
 
 import argparse
@@ -16,6 +17,7 @@ import json
 import math
 import shlex
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -168,7 +170,8 @@ def json_safe(value):
     return value
 
 
-def print_table(records: list[dict]) -> None:
+def print_table(records: list[dict], skipped: Sequence[dict] = ()) -> None:
+    """Print one row per record, then one per skipped case with the error that stopped it."""
     header = f"{'suite':<6} {'num_envs':>9} {'median/s':>12} {'min/s':>12} {'max/s':>12} "
     header += f"{'compile s':>10}  case"
     print(header)
@@ -178,6 +181,19 @@ def print_table(records: list[dict]) -> None:
             f"{record['throughput_min']:>12.4g} {record['throughput_max']:>12.4g} "
             f"{record['compile_s']:>10.2f}  {record['case']}"
         )
+    for case in skipped:
+        print(
+            f"{case['suite']:<6} {case['num_envs']:>9} {'skipped':>12} {'':>12} {'':>12} "
+            f"{'':>10}  {case['case']} (out of memory: {case['reason']})"
+        )
+
+
+def format_ratio(value: float | None) -> str:
+    """Return a ratio as "12.3x", or "n/a" for one without a value (a case it needs was
+    skipped, or a non-finite quotient)."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.1f}x"
 
 
 def print_act_costs(costs: list[dict]) -> None:
@@ -207,42 +223,65 @@ def print_act_profile(profiles: list[dict]) -> None:
                 )
 
 
-def speed_ratios(records: list[dict]) -> dict[str, float]:
+def speed_ratios(records: list[dict], skipped: Sequence[dict] = ()) -> dict[str, float | None]:
     """Ratios measured in this run.
 
     jax_env_<n>_over_numpy: JAX env steps/s at n envs over the NumPy reference's.
     diffusion_T<t>_cost_over_mlp_<n>: time per action of the diffusion actor with t denoising
     steps over the MLP actor's, at n envs.
+    A ratio one of whose cases is in `skipped` (it ran out of memory) is None.
     """
     ratios = {}
-    reference = [r for r in records if r["case"].startswith("NumPy reference")]
-    if reference:
-        numpy_rate = reference[0]["throughput_median"]
-        for r in records:
+    numpy_rate = None
+    for r in [*records, *skipped]:
+        if r["case"].startswith("NumPy reference"):
+            numpy_rate = r.get("throughput_median", float("nan"))
+    if numpy_rate is not None:
+        for r in [*records, *skipped]:
             if r["suite"] == "env" and not r["case"].startswith("NumPy reference"):
-                ratios[f"jax_env_{r['num_envs']}_over_numpy"] = r["throughput_median"] / numpy_rate
-    mlp = {r["num_envs"]: r for r in records if r["suite"] == "act" and r["case"] == "MLP actor"}
-    for r in records:
-        if r["suite"] == "act" and r["case"].startswith("diffusion") and r["num_envs"] in mlp:
+                rate = r.get("throughput_median", float("nan"))
+                ratios[f"jax_env_{r['num_envs']}_over_numpy"] = _quotient(rate, numpy_rate)
+    act = [r for r in [*records, *skipped] if r["suite"] == "act"]
+    mlp = {r["num_envs"]: r for r in act if r["case"] == "MLP actor"}
+    for r in act:
+        if r["case"].startswith("diffusion") and r["num_envs"] in mlp:
             steps = r["case"].split("T=")[1]
             name = f"diffusion_T{steps}_cost_over_mlp_{r['num_envs']}"
-            ratios[name] = mlp[r["num_envs"]]["throughput_median"] / r["throughput_median"]
+            mlp_rate = mlp[r["num_envs"]].get("throughput_median", float("nan"))
+            ratios[name] = _quotient(mlp_rate, r.get("throughput_median", float("nan")))
     return ratios
 
 
-def glue_ratios(records: list[dict], parts: dict[int, dict[str, float]]) -> dict[str, float]:
+def _quotient(numerator: float, denominator: float) -> float | None:
+    """Return numerator / denominator, or None when either is NaN (a skipped case)."""
+    if math.isnan(numerator) or math.isnan(denominator):
+        return None
+    return numerator / denominator
+
+
+def glue_ratios(
+    records: list[dict], parts: dict[int, dict[str, float]], skipped: Sequence[dict] = ()
+) -> dict[str, float | None]:
     """train_glue_<n>: seconds per training iteration over the sum of its parts timed alone
-    (exploring act + env step + the gradient steps), at n envs; 1 means no glue cost."""
+    (exploring act + env step + the gradient steps), at n envs; 1 means no glue cost.
+
+    The ratio is None when the training chunk or its parts at n envs are in `skipped`.
+    """
+    chunk_records = {
+        record["num_envs"]: record
+        for record in records
+        if record["suite"] == "train" and record["case"].endswith("env steps")
+    }
+    skipped_train = {case["num_envs"] for case in skipped if case["suite"] == "train"}
     ratios = {}
-    for record in records:
-        if record["suite"] != "train" or not record["case"].endswith("env steps"):
-            continue
-        num_envs = record["num_envs"]
-        if num_envs not in parts:
-            continue
-        iterations = record["work_per_call"] / num_envs
-        per_iteration = record["median_s"] / iterations
-        ratios[f"train_glue_{num_envs}"] = per_iteration / sum(parts[num_envs].values())
+    for num_envs in dict.fromkeys([*chunk_records, *skipped_train]):  # the run's order, no repeats
+        name = f"train_glue_{num_envs}"
+        if num_envs in skipped_train:
+            ratios[name] = None
+        elif num_envs in parts:
+            iterations = chunk_records[num_envs]["work_per_call"] / num_envs
+            per_iteration = chunk_records[num_envs]["median_s"] / iterations
+            ratios[name] = per_iteration / sum(parts[num_envs].values())
     return ratios
 
 
@@ -292,10 +331,22 @@ def markdown_report(document: dict) -> str:
         if rows:
             lines += markdown_table(suite, header, "lrrrrr", rows)
 
+    skipped = document.get("skipped", [])  # records written before skipping lack the key
+    if skipped:
+        # A "|" in an error message would end its table cell.
+        rows = [
+            [case["suite"], case["case"], case["num_envs"], case["reason"].replace("|", "\\|")]
+            for case in skipped
+        ]
+        title = "skipped cases (out of memory)"
+        lines += markdown_table(title, ["suite", "case", "num_envs", "error"], "llrl", rows)
+
     ratios = document["ratios"]
     if ratios:
-        rows = [[name, f"{value:.1f}x"] for name, value in ratios.items()]
+        rows = [[name, format_ratio(value)] for name, value in ratios.items()]
         lines += markdown_table("ratios", ["ratio", "value"], "lr", rows)
+        if None in ratios.values():
+            lines += ["n/a: a case that the ratio needs was skipped, or it is not finite.", ""]
 
     costs = document.get("act_cost_analysis", [])
     if costs:
@@ -389,6 +440,10 @@ def plot(records: list[dict], file) -> None:
     plt.close(figure)
 
 
+# Case name of a skipped `benchmark_train_parts` call, which otherwise makes no record.
+TRAIN_PARTS_CASE = "train parts timed alone"
+
+
 # Exit status after Ctrl-C (128 + SIGINT). It equals rlli_jax.cli.INTERRUPTED, repeated here
 # because importing rlli_jax loads jax, which this script defers until the options are valid.
 INTERRUPTED = 130
@@ -420,23 +475,27 @@ def measure(args: argparse.Namespace, argv: list[str], suites_done: list[str]) -
 
     info = benchmarking.machine_info()
     print(f"machine: {info}")
-    measurements = []
+    measurements, skipped = [], []
     act_costs, act_profiles, profile_error = [], [], None
     parts = {}
 
-    def add(suite_measurements: list) -> None:
+    def add(suite_results: list) -> None:
         # Print each suite's rows when it ends, so a long run shows its progress and a run
         # stopped by a time limit keeps the suites it finished in its log.
+        suite_measurements = [m for m in suite_results if isinstance(m, benchmarking.Measurement)]
+        suite_skipped = [m for m in suite_results if isinstance(m, benchmarking.SkippedCase)]
         measurements.extend(suite_measurements)
-        print_table([m.as_dict() for m in suite_measurements])
+        skipped.extend(suite_skipped)
+        print_table([m.as_dict() for m in suite_measurements], [c.as_dict() for c in suite_skipped])
         sys.stdout.flush()
 
     def save(suite: str) -> dict:
         # Rewrite the outputs after each suite, so a run stopped later (Ctrl-C, a time limit)
         # keeps the suites it finished in benchmark.json too.
         records = [m.as_dict() for m in measurements]
-        ratios = speed_ratios(records)
-        ratios.update(glue_ratios(records, parts))
+        skipped_records = [case.as_dict() for case in skipped]
+        ratios = speed_ratios(records, skipped_records)
+        ratios.update(glue_ratios(records, parts, skipped_records))
         document = {
             "command": shlex.join(["python", "scripts/benchmark.py", *argv]),
             "time_utc": datetime.now(timezone.utc).isoformat(),
@@ -444,6 +503,7 @@ def measure(args: argparse.Namespace, argv: list[str], suites_done: list[str]) -
             "suites_requested": [name for name in SUITES if name in args.suite],
             "suites_done": [*suites_done, suite],
             "records": records,
+            "skipped": skipped_records,
             "ratios": ratios,
             "train_parts_s": {str(n): p for n, p in parts.items()},
             "act_cost_analysis": act_costs,
@@ -497,7 +557,16 @@ def measure(args: argparse.Namespace, argv: list[str], suites_done: list[str]) -
     if "train" in args.suite:
         add(benchmarking.benchmark_train(args.train_envs, repeats=args.repeats))
         for num_envs in args.train_envs:
-            parts[num_envs] = benchmarking.benchmark_train_parts(num_envs, repeats=args.repeats)
+            result, reason = benchmarking.call_unless_out_of_memory(
+                lambda num_envs=num_envs: benchmarking.benchmark_train_parts(
+                    num_envs, repeats=args.repeats
+                )
+            )
+            if reason is None:
+                parts[num_envs] = result
+            else:
+                case = benchmarking.SkippedCase("train", TRAIN_PARTS_CASE, num_envs, reason)
+                add([case])
         document = save("train")
     if "sweep" in args.suite:
         add(
@@ -508,7 +577,9 @@ def measure(args: argparse.Namespace, argv: list[str], suites_done: list[str]) -
         document = save("sweep")
 
     for name, value in document["ratios"].items():
-        print(f"{name}: {value:.1f}x")
+        print(f"{name}: {format_ratio(value)}")
+    if skipped:
+        print(f"skipped {len(skipped)} case(s) that ran out of memory, listed in the tables")
     if act_costs:
         print_act_costs(act_costs)
     if act_profiles:

@@ -8,7 +8,9 @@
 # -e ".[gpu]", or scripts/download_wheels.sh on a host without network); the script checks
 # that jax finds a GPU and stops otherwise. The sizes aim to finish in under 8 minutes on one
 # current data-centre GPU (NOTE: an estimate, not yet measured). The NumPy reference runs on
-# the host CPU in the same run, so the report's ratios compare the GPU with that CPU.
+# the host CPU in the same run, so the report's ratios compare the GPU with that CPU. A case
+# that does not fit in the GPU's memory is skipped and listed in the outputs, and the run goes
+# on with the other cases.
 set -euo pipefail
 # A relative OUT_DIR, or a relative path in $PYTHON, is resolved against the caller's current
 # directory. The default OUT_DIR is in the repository root, where the script runs.

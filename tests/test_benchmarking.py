@@ -12,9 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 from rlli_jax import benchmarking
+from rlli_jax.agents.replay import ReplayMemoryError
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -615,3 +617,197 @@ def test_plot_gives_each_case_its_own_style(monkeypatch):
     styles = [(line.get_color(), line.get_marker()) for line in figure.axes[0].get_lines()]
     assert len(styles) == 25
     assert len(set(styles)) == 25
+
+
+OUT_OF_MEMORY_REASON = (
+    "JaxRuntimeError: RESOURCE_EXHAUSTED: Out of memory allocating 17179869184 bytes."
+)
+
+
+def out_of_memory_error(num_bytes: int = 2**34):
+    """Return the error that jax 0.10.2 raises when XLA cannot allocate a buffer on CPU."""
+    return jax.errors.JaxRuntimeError(
+        f"RESOURCE_EXHAUSTED: Out of memory allocating {num_bytes} bytes.\n"
+        "BufferAssignment OOM Debugging.\nBufferAssignment stats:"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (out_of_memory_error(), True),
+        (
+            jax.errors.JaxRuntimeError(
+                "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory"
+            ),
+            True,
+        ),
+        (jax.errors.JaxRuntimeError("INTERNAL: Failed to allocate: Out of memory"), True),
+        (MemoryError(), True),
+        (ReplayMemoryError("replay buffer needs 9 MiB but only 1 MiB are free"), True),
+        (jax.errors.JaxRuntimeError("INTERNAL: cuDNN failed"), False),
+        (ValueError("invalid num_envs = 0"), False),
+        (RuntimeError("RESOURCE_EXHAUSTED"), False),  # not raised by XLA
+    ],
+)
+def test_is_out_of_memory(error, expected):
+    assert benchmarking.is_out_of_memory(error) is expected
+
+
+def test_skipped_case_releases_its_memory(monkeypatch):
+    import weakref
+
+    cache_clears = []
+    monkeypatch.setattr(jax, "clear_caches", lambda: cache_clears.append(True))
+
+    class Buffer:
+        pass
+
+    buffers = []
+
+    def run_case():
+        buffer = Buffer()
+        buffers.append(weakref.ref(buffer))
+        raise out_of_memory_error()
+
+    result, reason = benchmarking.call_unless_out_of_memory(run_case)
+    assert result is None
+    assert reason == OUT_OF_MEMORY_REASON
+    assert buffers[0]() is None  # the traceback no longer references the case's frame
+    assert cache_clears == [True]
+
+
+def fail_at(monkeypatch, failing_num_envs: dict[int, BaseException]) -> None:
+    """Make the env suite raise `failing_num_envs[n]` when it builds its rollout at n envs."""
+    build_rollout = benchmarking.make_env_rollout
+
+    def make_env_rollout(env, params, num_envs, num_steps):
+        if num_envs in failing_num_envs:
+            raise failing_num_envs[num_envs]
+        return build_rollout(env, params, num_envs, num_steps)
+
+    monkeypatch.setattr(benchmarking, "make_env_rollout", make_env_rollout)
+
+
+def test_script_skips_case_out_of_memory(tmp_path, monkeypatch, capsys):
+    # A GPU run must keep every case that fits: the case at 4 envs runs out of memory, the
+    # env count after it and the NumPy reference still run.
+    fail_at(monkeypatch, {4: out_of_memory_error()})
+    out = tmp_path / "bench"
+    argv = ["--suite", "env", "--num-envs", "4", "2", "--numpy-envs", "1"]
+    argv += ["--num-steps", "1", "--repeats", "1", "--out", str(out)]
+    assert benchmark_script.main(argv) == 0
+    case = "DiffusionService-v0 N=8 random policy"
+    reason = OUT_OF_MEMORY_REASON
+
+    printed = capsys.readouterr().out
+    assert f"skipped {'':>12} {'':>12} {'':>10}  {case} (out of memory: {reason})" in printed
+    assert "jax_env_4_over_numpy: n/a" in printed
+    assert "jax_env_2_over_numpy: n/a" not in printed
+
+    record = json.loads((out / "benchmark.json").read_text())
+    assert record["skipped"] == [{"suite": "env", "case": case, "num_envs": 4, "reason": reason}]
+    measured = {(entry["case"], entry["num_envs"]) for entry in record["records"]}
+    assert measured == {(case, 2), ("NumPy reference N=8 random policy (Python loop)", 1)}
+    assert record["ratios"]["jax_env_4_over_numpy"] is None
+    assert record["ratios"]["jax_env_2_over_numpy"] > 0
+
+    report = (out / "benchmark.md").read_text()
+    assert "#### skipped cases (out of memory)" in report
+    assert f"| env | {case} | 4 | {reason} |" in report
+    assert "| jax_env_4_over_numpy | n/a |" in report
+    assert (out / "benchmark.png").stat().st_size > 0
+
+
+def test_script_skips_replay_that_does_not_fit(tmp_path, monkeypatch):
+    # make_train checks the replay buffer against free memory before compiling. With no free
+    # memory every train and sweep case is skipped, and the run still finishes both suites.
+    from rlli_jax.agents import replay
+
+    monkeypatch.setattr(replay, "available_device_bytes", lambda device=None: (0, "the test"))
+    out = tmp_path / "bench"
+    argv = ["--suite", "train", "--suite", "sweep", "--train-envs", "8", "--sweep-members", "1"]
+    argv += ["--sweep-envs", "8", "--repeats", "1", "--out", str(out)]
+    assert benchmark_script.main(argv) == 0
+
+    record = json.loads((out / "benchmark.json").read_text())
+    assert record["suites_done"] == ["train", "sweep"]
+    assert record["records"] == []
+    skipped = [(case["suite"], case["case"], case["num_envs"]) for case in record["skipped"]]
+    label = "train gddpg updates/step=32"
+    assert skipped == [
+        ("train", f"{label} env steps", 8),
+        ("train", f"{label} gradient steps", 8),
+        ("train", benchmark_script.TRAIN_PARTS_CASE, 8),
+        ("sweep", "1 members x 8 envs, train chunk", 8),
+    ]
+    for case in record["skipped"]:
+        assert case["reason"].startswith("ReplayMemoryError: replay buffer needs")
+    assert record["ratios"] == {"train_glue_8": None}
+    assert "| train_glue_8 | n/a |" in (out / "benchmark.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        jax.errors.JaxRuntimeError("INTERNAL: cuDNN failed"),  # from XLA, not out of memory
+        ValueError("invalid num_envs = 2"),
+        AssertionError("a bug"),
+    ],
+)
+def test_env_suite_raises_other_errors(monkeypatch, error):
+    # The case at 4 envs runs out of memory and is skipped. The next one fails for another
+    # reason, which must stop the run.
+    fail_at(monkeypatch, {4: out_of_memory_error(), 2: error})
+    with pytest.raises(type(error), match=re.escape(str(error))):
+        benchmarking.benchmark_env([4, 2], num_steps=1, repeats=1, num_users=3)
+
+
+def test_ratios_of_skipped_cases_are_none():
+    def measured(suite, case, num_envs, rate):
+        return {"suite": suite, "case": case, "num_envs": num_envs, "throughput_median": rate}
+
+    def skipped(suite, case, num_envs):
+        return {"suite": suite, "case": case, "num_envs": num_envs, "reason": "out of memory"}
+
+    numpy_case = "NumPy reference N=8 random policy (Python loop)"
+    records = [
+        measured("act", "MLP actor", 2, 100.0),
+        measured("act", "diffusion actor T=5", 2, 20.0),
+        measured("act", "diffusion actor T=5", 8, 10.0),
+        measured("env", "DiffusionService-v0 N=8 random policy", 2, 50.0),
+    ]
+    cases = [
+        skipped("act", "MLP actor", 8),
+        skipped("act", "diffusion actor T=1", 2),
+        skipped("env", numpy_case, 16),
+    ]
+    ratios = benchmark_script.speed_ratios(records, cases)
+    assert ratios["diffusion_T5_cost_over_mlp_2"] == pytest.approx(5.0)
+    assert ratios["diffusion_T5_cost_over_mlp_8"] is None  # the MLP actor was skipped
+    assert ratios["diffusion_T1_cost_over_mlp_2"] is None  # the diffusion actor was skipped
+    assert ratios["jax_env_2_over_numpy"] is None  # the NumPy reference was skipped
+    assert len(ratios) == 4
+
+
+def test_glue_ratio_of_skipped_parts_is_none():
+    def chunk(num_envs):
+        return {
+            "suite": "train",
+            "case": "train gddpg updates/step=32 env steps",
+            "num_envs": num_envs,
+            "work_per_call": 4 * num_envs,
+            "median_s": 4.0,
+        }
+
+    parts = {8: {"act_s": 0.25, "env_step_s": 0.25, "updates_s": 0.5}}
+    skipped = [
+        {
+            "suite": "train",
+            "case": benchmark_script.TRAIN_PARTS_CASE,
+            "num_envs": 16,
+            "reason": "out of memory",
+        }
+    ]
+    ratios = benchmark_script.glue_ratios([chunk(8), chunk(16)], parts, skipped)
+    assert ratios == {"train_glue_8": pytest.approx(1.0), "train_glue_16": None}

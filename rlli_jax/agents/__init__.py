@@ -31,6 +31,7 @@ from rlli_jax.agents.networks import (
 )
 from rlli_jax.agents.replay import (
     Replay,
+    ReplayMemoryError,
     ReplayState,
     available_device_bytes,
     check_replay_memory,
@@ -53,6 +54,7 @@ __all__ = [
     "DiffusionSchedule",
     "MLPActor",
     "Replay",
+    "ReplayMemoryError",
     "ReplayState",
     "Transition",
     "TwinCritic",

@@ -132,16 +132,28 @@ def _meminfo_available_bytes(path: str = "/proc/meminfo") -> int:
     raise ValueError(f"cannot read free memory: no MemAvailable line in {path}")
 
 
+class ReplayMemoryError(ValueError):
+    """A replay buffer that does not fit in the free memory of its device.
+
+    A subclass of ValueError, so callers that catch the config's ValueErrors still catch it,
+    while a caller that handles out-of-memory cases (the benchmark) can tell it apart.
+    """
+
+
 def check_replay_memory(bytes_needed: int, device: jax.Device | None = None) -> None:
-    """Raise ValueError if `bytes_needed` exceeds the free memory of `device`.
+    """Raise ReplayMemoryError if `bytes_needed` exceeds the free memory of `device`.
 
     Args:
         bytes_needed: e.g. from `estimate_replay_bytes`.
         device: defaults to the first local device.
+
+    Raises:
+        ReplayMemoryError: `bytes_needed` exceeds the free memory.
+        ValueError: this platform reports no free memory (see `available_device_bytes`).
     """
     free_bytes, source = available_device_bytes(device)
     if bytes_needed > free_bytes:
-        raise ValueError(
+        raise ReplayMemoryError(
             f"replay buffer needs {bytes_needed / 2**20:.1f} MiB ({bytes_needed} bytes) but only "
             f"{free_bytes / 2**20:.1f} MiB ({free_bytes} bytes) are free according to {source}; "
             "reduce buffer_size or num_envs"
