@@ -48,6 +48,7 @@ from rlli_jax.agents.baselines import BASELINE_NAMES, make_baseline_policy
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import Config, read_yaml, save_config
 from rlli_jax.distributed import check_shared_directory, processes_that_differ
+from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import check_evaluation_memory, run_episodes, summarize
 from rlli_jax.metrics import MetricsWriter
 from rlli_jax.outputs import write_json_atomic
@@ -111,13 +112,18 @@ class PopulationProgram:
 
 
 def make_population_program(
-    config: Config, size: int, mesh: Mesh, baselines: bool = True
+    config: Config,
+    size: int,
+    mesh: Mesh,
+    baselines: bool = True,
+    env: DiffusionServiceEnv | None = None,
 ) -> PopulationProgram:
     """Build the vmapped program of a population of `size` members of `config`; compiles nothing.
 
-    The population axis of every input and output is sharded over `mesh`.
+    The population axis of every input and output is sharded over `mesh`. `env` replaces the
+    environment that `config.env` describes, as in `make_train`.
     """
-    program = make_train(config, check_memory=False)
+    program = make_train(config, check_memory=False, env=env)
     population = sharding.leading_axis_sharding(mesh)
     baseline_names = BASELINE_NAMES if baselines else ()
 
@@ -187,8 +193,16 @@ def run_sweep(
     out_dir: str | Path,
     mesh: Mesh | None = None,
     on_event: Callable[[SweepEvent], None] | None = None,
+    env_factory: Callable[[Config], DiffusionServiceEnv] | None = None,
 ) -> SweepResult:
     """Run every group of `plan` not yet finished in `out_dir`, and return all members' results.
+
+    Args:
+        env_factory: builds each group's environment from the group's config, in place of
+            the one `config.env` describes, for example with a custom QoE model (see
+            `make_train`). It is called once per group, so a swept static key such as
+            `env.num_users` reaches it. A resume must pass an equal factory: each group's
+            environment data are checked against the digest saved at its first start.
 
     Raises:
         ValueError: `out_dir` contains a different sweep or a training run, another process is
@@ -210,7 +224,7 @@ def run_sweep(
         else None
     )
     try:
-        return _run_sweep(plan, out_dir, mesh, on_event, start)
+        return _run_sweep(plan, out_dir, mesh, on_event, start, env_factory)
     finally:
         if lock is not None:
             lock.release()
@@ -222,10 +236,11 @@ def _run_sweep(
     mesh: Mesh,
     on_event: Callable[[SweepEvent], None] | None,
     start: float,
+    env_factory: Callable[[Config], DiffusionServiceEnv] | None,
 ) -> SweepResult:
     """Run the sweep as `run_sweep` describes, once its location is checked."""
     primary = jax.process_index() == 0
-    _claim_directory(plan, out_dir, primary)
+    envs = _claim_directory(plan, out_dir, primary, env_factory)
     check_shared_directory(out_dir)
 
     # Every results file is read and checked before the first group compiles.
@@ -237,7 +252,7 @@ def _run_sweep(
     results: list[dict[str, Any]] = []
     groups_run = groups_skipped = 0
     num_groups = len(plan.groups)
-    for group, finished in zip(plan.groups, finished_groups, strict=True):
+    for group, finished, env in zip(plan.groups, finished_groups, envs, strict=True):
         group_dir = out_dir / GROUPS_DIR / group.name
         if _agree_across_processes(finished is not None):
             results.extend(finished["members"])
@@ -245,7 +260,7 @@ def _run_sweep(
             _emit(on_event, SweepEvent("group_skipped", group.index, num_groups,
                                        members=group.size))  # fmt: skip
             continue
-        group_results, traces = _run_group(plan, group, group_dir, out_dir, mesh, on_event)
+        group_results, traces = _run_group(plan, group, group_dir, out_dir, mesh, on_event, env)
         for name, count in traces.items():
             compiles[name] += count
         if primary:
@@ -300,8 +315,15 @@ def _check_sweep_location(out_dir: Path) -> None:
         )
 
 
-def _claim_directory(plan: SweepPlan, out_dir: Path, primary: bool) -> None:
+def _claim_directory(
+    plan: SweepPlan,
+    out_dir: Path,
+    primary: bool,
+    env_factory: Callable[[Config], DiffusionServiceEnv] | None,
+) -> list[DiffusionServiceEnv]:
     """Save the sweep and group configs in `out_dir`, or check that the saved ones match.
+
+    Returns each group's environment, built by `env_factory` or from the group's config.
 
     `sweep.yaml` names the base config by its path, so a changed base file leaves it equal.
     Every group's resolved config is therefore saved too, and a resume is rejected when one
@@ -311,7 +333,8 @@ def _claim_directory(plan: SweepPlan, out_dir: Path, primary: bool) -> None:
     environment data files (`check_env_data`).
     """
     # Loading the reward networks first lets a bad env.reward_net fail before any write.
-    envs = [make_env(group.config) for group in plan.groups]
+    build = make_env if env_factory is None else env_factory
+    envs = [build(group.config) for group in plan.groups]
     path = out_dir / SWEEP_CONFIG_NAME
     if path.exists():
         if read_yaml(path) != plan.sweep.to_dict():
@@ -336,6 +359,7 @@ def _claim_directory(plan: SweepPlan, out_dir: Path, primary: bool) -> None:
             config_path.parent.mkdir(parents=True, exist_ok=True)
             save_env_data_digest(config_path.parent, env)
             save_config(group.config, config_path)
+    return envs
 
 
 def _check_group_config(plan: SweepPlan, group: SweepGroup, path: Path) -> None:
@@ -394,13 +418,14 @@ def _run_group(
     out_dir: Path,
     mesh: Mesh,
     on_event: Callable[[SweepEvent], None] | None,
+    env: DiffusionServiceEnv,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Train, checkpoint and evaluate one group; return its member results and trace counts."""
     group_start = time.perf_counter()
     config = group.config
     train_config = config.train
     primary = jax.process_index() == 0
-    population = make_population_program(config, group.size, mesh, plan.sweep.baselines)
+    population = make_population_program(config, group.size, mesh, plan.sweep.baselines, env)
     program = population.program
     padded = population.padded_size
     placement = sharding.leading_axis_sharding(mesh)

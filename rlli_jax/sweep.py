@@ -28,7 +28,7 @@ import dataclasses
 import difflib
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from rlli_jax.config import (
     parse_override,
     read_yaml,
 )
+from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import EPISODE_METRICS
 from rlli_jax.outputs import write_text_atomic
 from rlli_jax.train import TrainHyperparams, make_train
@@ -491,15 +492,18 @@ class MemoryEstimate:
         )
 
 
-def estimate_member_memory(config: Config) -> MemoryEstimate:
+def estimate_member_memory(
+    config: Config, env: DiffusionServiceEnv | None = None
+) -> MemoryEstimate:
     """Estimate the device memory of one member of `config` from the exact state shapes.
 
     The state's shapes come from `jax.eval_shape` of the program's `init`, which allocates and
     compiles nothing. Activations and other XLA temporaries during a chunk are not counted.
     Because the state is donated, they are small next to the replay buffer unless `batch_size`
-    times the hidden sizes is large.
+    times the hidden sizes is large. `env` replaces the environment of `config.env`, as in
+    `make_train`.
     """
-    program = make_train(config, check_memory=False)
+    program = make_train(config, check_memory=False, env=env)
     hyper = program.default_hyperparams
     state = jax.eval_shape(program.init, jax.random.key(0), hyper)
     agent = state.agent
@@ -542,19 +546,30 @@ class GroupMemory:
         return self.member.total_bytes * self.members_per_device
 
 
-def estimate_sweep_memory(plan: SweepPlan, num_devices: int) -> list[GroupMemory]:
-    """Estimate, per group, the bytes its population needs on each of `num_devices` devices."""
+def estimate_sweep_memory(
+    plan: SweepPlan,
+    num_devices: int,
+    env_factory: Callable[[Config], DiffusionServiceEnv] | None = None,
+) -> list[GroupMemory]:
+    """Estimate, per group, the bytes its population needs on each of `num_devices` devices.
+
+    `env_factory` builds each group's environment, as in `rlli_jax.population.run_sweep`.
+    """
     estimates = []
     for group in plan.groups:
         members_per_device = math.ceil(group.size / num_devices)
-        estimates.append(
-            GroupMemory(group.index, estimate_member_memory(group.config), members_per_device)
-        )
+        env = None if env_factory is None else env_factory(group.config)
+        member = estimate_member_memory(group.config, env)
+        estimates.append(GroupMemory(group.index, member, members_per_device))
     return estimates
 
 
 def check_sweep_memory(
-    plan: SweepPlan, num_devices: int, device: jax.Device | None = None, headroom: float = 0.8
+    plan: SweepPlan,
+    num_devices: int,
+    device: jax.Device | None = None,
+    headroom: float = 0.8,
+    env_factory: Callable[[Config], DiffusionServiceEnv] | None = None,
 ) -> list[GroupMemory]:
     """Raise ValueError if a group's population does not fit in `headroom` of free memory.
 
@@ -562,7 +577,7 @@ def check_sweep_memory(
     `device` (default: this process's first device) with `memory_stats()` on accelerators and
     MemAvailable on CPU; every device is assumed to have as much free.
     """
-    estimates = estimate_sweep_memory(plan, num_devices)
+    estimates = estimate_sweep_memory(plan, num_devices, env_factory)
     free_bytes, source = available_device_bytes(device)
     for estimate in estimates:
         if estimate.bytes_per_device > headroom * free_bytes:

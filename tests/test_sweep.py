@@ -1,10 +1,12 @@
 """Sweeps: config validation, expansion and grouping, memory estimate, and a run on one device
 with a diverging member, an interruption, a resume and a skip of finished groups."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
@@ -826,3 +828,45 @@ def test_resume_accepts_group_config_without_new_field(base_path, tmp_path):
     )
     with pytest.raises(ValueError, match=r"train\.bootstrap_at_horizon = False saved, True now"):
         _check_group_config(plan, group, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConstantQoE:
+    """Every user rates every image 4.25, so an evaluation shows which QoE model ran."""
+
+    name: str = "constant"
+
+    def __call__(self, qoe_params, traits, quality, latency_s):
+        return jnp.full(quality.shape, 4.25, jnp.float32)
+
+    def default_params(self):
+        return {}
+
+
+def test_env_factory_builds_each_group_env(base_path, tmp_path):
+    from rlli_jax.env.service import DiffusionServiceEnv
+
+    seen_users = []
+
+    def constant_qoe_env(config):
+        seen_users.append(config.env.num_users)
+        return DiffusionServiceEnv(
+            num_users=config.env.num_users, horizon=config.env.horizon, qoe_model=_ConstantQoE()
+        )
+
+    sweep = sweep_from(base_path, grid={"env.num_users": [2, 3]}, baselines=False)
+    plan = plan_sweep(sweep)
+    mesh = make_mesh(devices=jax.devices()[:1])
+    estimates = check_sweep_memory(plan, 1, env_factory=constant_qoe_env)
+    assert [estimate.group for estimate in estimates] == [0, 1]
+    assert seen_users == [2, 3]
+
+    result = run_sweep(plan, tmp_path / "out", mesh=mesh, env_factory=constant_qoe_env)
+    assert seen_users == [2, 3, 2, 3]  # once per group for the memory check, once to run
+    for member in result.members:
+        assert member["status"] == "ok"
+        assert member["evaluation"]["policy"]["qoe"] == pytest.approx(4.25)
+    # The digests saved at the first start are those of the factory's environments, so
+    # continuing with the configured environment (the reward network) is rejected.
+    with pytest.raises(ValueError, match="environment data differ"):
+        run_sweep(plan, tmp_path / "out", mesh=mesh)
