@@ -8,25 +8,26 @@ A step directory damaged later (a truncated or deleted file) fails to restore; `
 then reports it, renames it to `corrupt-<step>` so the resumed run can write that step again,
 and falls back to the previous checkpoint. Orbax 0.12 verifies no checksum on restore, so a
 changed byte inside a data file restores silently as a different value. Each save therefore
-stores a checksum of the state's bits in the metadata (`state_checksum`), and a restored
-state that differs from it is treated as damaged too. Checkpoints saved without one restore
-unchecked. A checkpoint whose arrays differ in shape or dtype from the restore target (a
-config edited after the checkpoints were written) is skipped without reading its data, and
-the error names the first array that differs. A read-only `Checkpointer` (used to evaluate a
-run) creates nothing and renames nothing. A sweep's population checkpoint padded for another
-device count is padded again for the current one (`restore_latest(population_size=...)`).
+stores a CRC-32 of the state's bytes in the metadata (`state_checksum`), and a restored
+state that differs from it is treated as damaged too. Checkpoints saved without one, and
+every checkpoint of a multi-process run, restore unchecked. A checkpoint whose arrays differ
+in shape or dtype from the restore target (a config edited after the checkpoints were
+written) is skipped without reading its data, and the error names the first array that
+differs. A read-only `Checkpointer` (used to evaluate a run) creates nothing and renames
+nothing. A sweep's population checkpoint padded for another device count is padded again
+for the current one (`restore_latest(population_size=...)`).
 
 Saves are synchronous: `save` returns after the checkpoint is final on disk.
 """
 
 import dataclasses
 import logging
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
@@ -104,9 +105,12 @@ class Checkpointer:
             raise ValueError(f"checkpoint directory {self.directory} was opened read-only")
         if CHECKSUM_KEY in metadata:
             raise ValueError(f"metadata key {CHECKSUM_KEY!r} is reserved for the checksum")
+        checksum = state_checksum(state)
+        if checksum is not None:
+            metadata = {**metadata, CHECKSUM_KEY: checksum}
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            metadata=ocp.args.JsonSave({**metadata, CHECKSUM_KEY: state_checksum(state)}),
+            metadata=ocp.args.JsonSave(metadata),
         )
         self._manager.save(step, args=args, force=True)
         self._manager.wait_until_finished()
@@ -170,7 +174,10 @@ class Checkpointer:
                 if isinstance(metadata, dict):
                     metadata = dict(metadata)
                     saved_checksum = metadata.pop(CHECKSUM_KEY, None)
-                if saved_checksum is not None and saved_checksum != state_checksum(restored.state):
+                restored_checksum = state_checksum(restored.state)
+                if None not in (saved_checksum, restored_checksum) and (
+                    saved_checksum != restored_checksum
+                ):
                     message = (
                         f"the restored arrays differ from the checksum saved with them "
                         f"({saved_checksum!r}), so a data file of the checkpoint was changed "
@@ -304,49 +311,24 @@ class Checkpointer:
 CHECKSUM_KEY = "state_checksum"
 
 
-def state_checksum(state: Any) -> str:
-    """Return a 64-bit checksum of the bits of every array in `state`, as 16 hex digits.
+def state_checksum(state: Any) -> str | None:
+    """Return the CRC-32 of the dtype, shape and bytes of every array in `state`, as 8 hex
+    digits, or None when some array is not fully addressable by this process.
 
-    Each array's bits are read as 32-bit words and summed twice, modulo 2**32, weighted by two
-    odd multipliers of the word's position, so any single changed bit changes both sums. It
-    detects damage, not deliberate edits. The sums run on the arrays' devices, so a sharded
-    state is not gathered to one host.
+    CRC-32 detects every change of up to 32 consecutive bits, so it finds damage, not
+    deliberate edits. It runs on the host (zlib), which reads an array on an accelerator
+    back once more; a device-side sum took 9 s to compile for a training state of 134 arrays
+    on a 2-core CPU. In a multi-process run each process holds only part of a global array, so
+    no checksum is computed or checked there.
     """
-    high, low = _word_sums(state)
-    return f"{int(_host_scalar(high)):08x}{int(_host_scalar(low)):08x}"
-
-
-@jax.jit
-def _word_sums(state: Any) -> tuple[jax.Array, jax.Array]:
-    high = jnp.uint32(0)
-    low = jnp.uint32(0)
-    for index, leaf in enumerate(jax.tree.leaves(state)):
-        words = _as_words(jnp.asarray(leaf)).ravel()
-        position = jnp.arange(words.size, dtype=jnp.uint32)
-        # The leaf index enters the weights too, so two swapped arrays change the sums.
-        odd = position * jnp.uint32(2) + jnp.uint32(2 * index + 1)
-        high = high + jnp.sum(words * (odd * jnp.uint32(0x9E3779B1)), dtype=jnp.uint32)
-        low = low + jnp.sum(words * (odd * jnp.uint32(0x85EBCA77)), dtype=jnp.uint32)
-    return high, low
-
-
-def _as_words(leaf: jax.Array) -> jax.Array:
-    """Return the bits of `leaf` as uint32 words: one per element, two per 64-bit element."""
-    if leaf.dtype == jnp.bool_:
-        return leaf.astype(jnp.uint32)
-    size = leaf.dtype.itemsize
-    if size >= 4:
-        return jax.lax.bitcast_convert_type(leaf, jnp.uint32)
-    unsigned = jnp.uint16 if size == 2 else jnp.uint8
-    return jax.lax.bitcast_convert_type(leaf, unsigned).astype(jnp.uint32)
-
-
-def _host_scalar(value: jax.Array) -> np.ndarray:
-    """Return a replicated scalar as a NumPy value, read from this process's own copy.
-
-    In a multi-process run only part of a global array is addressable by each process.
-    """
-    return np.asarray(value.addressable_data(0))
+    checksum = 0
+    for leaf in jax.tree.leaves(state):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            return None
+        array = np.ascontiguousarray(np.asarray(leaf))
+        checksum = zlib.crc32(f"{array.dtype.str}{array.shape}".encode(), checksum)
+        checksum = zlib.crc32(array.reshape(-1).view(np.uint8), checksum)
+    return f"{checksum:08x}"
 
 
 def _leading_rows(tree: Any) -> int:
