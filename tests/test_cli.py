@@ -221,14 +221,17 @@ def test_run_files_without_config_are_kept(tmp_path, capsys):
 
 
 def test_new_run_ignores_digest_and_hidden_files(tmp_path):
+    from rlli_jax.runner import check_no_run_files
+
     # Earlier code wrote env_data.sha256 before config.yaml, so a killed start left it alone,
     # and a Finder or editor may leave hidden files in the folders.
     (tmp_path / "env_data.sha256").write_text("0" * 64 + "\n")
     (tmp_path / "tensorboard").mkdir()
     (tmp_path / "tensorboard" / ".DS_Store").write_text("x")
-    assert train_script.main(tiny_args(32) + ["--out", str(tmp_path)]) == 0
-    assert (tmp_path / "config.yaml").is_file()
-    assert (tmp_path / "env_data.sha256").read_text().strip() != "0" * 64
+    check_no_run_files(tmp_path)
+    (tmp_path / "tensorboard" / "events.out.tfevents.1").write_text("x")
+    with pytest.raises(ValueError, match="contains tensorboard but no config.yaml"):
+        check_no_run_files(tmp_path)
 
 
 def test_out_that_is_a_file_fails_cleanly(tmp_path, capsys):
