@@ -7,6 +7,8 @@
     checkpoints/       orbax checkpoints of the whole `TrainState`
     summary.json       final evaluation of the policy and of the baselines, timings
                        (train_s and env_steps_per_s cover every segment of a resumed run)
+    summary-<N>.json   the summary of an earlier end at N environment steps, kept when a
+                       finished run is extended or resumed from an older checkpoint
     curves.png         learning curves
     tensorboard/       TensorBoard event files, with `logging.tensorboard: true`
     .lock              locked while a single-process run trains there (POSIX systems)
@@ -778,6 +780,8 @@ def _run_training(
                 _remove_unstarted_run(run_dir, keep=found_before)
             raise
 
+        if primary and start_chunk < train_config.num_chunks:
+            _keep_earlier_summary(run_dir)
         train_seconds = 0.0 if earlier_train_s is None else earlier_train_s
         for chunk in range(start_chunk, train_config.num_chunks):
             chunk_start = time.perf_counter()
@@ -876,6 +880,30 @@ def _remove_unstarted_run(run_dir: Path, keep: set[str]) -> None:
                 path.rmdir()
         else:
             path.unlink(missing_ok=True)
+
+
+def _keep_earlier_summary(run_dir: Path) -> None:
+    """Rename the summary of an earlier end of the run to summary-<env_steps>.json.
+
+    It exists when a finished run is extended (a larger `train.total_env_steps`) or resumed
+    from an older checkpoint. It holds that end's final evaluation, which the new summary
+    would overwrite, and until then it would sit beside newer checkpoints and metrics.
+    """
+    path = run_dir / SUMMARY_NAME
+    if not path.is_file():
+        return
+    try:
+        env_steps = int(json.loads(path.read_text(encoding="utf-8"))["env_steps"])
+    except (OSError, ValueError, TypeError, KeyError):
+        env_steps = None
+    stem = "summary-earlier" if env_steps is None else f"summary-{env_steps}"
+    target = run_dir / f"{stem}.json"
+    suffix = 1
+    while target.exists():
+        target = run_dir / f"{stem}-{suffix}.json"
+        suffix += 1
+    path.rename(target)
+    logger.info("moved the summary of an earlier end of the run to %s", target)
 
 
 def _seconds_or_none(value: Any) -> float | None:

@@ -333,6 +333,8 @@ def test_resume_rejects_edited_training_config(tmp_path, capsys):
     config_path.write_text(yaml.safe_dump(original))
     assert train_script.main(["--resume", str(run)]) == 0
     assert json.loads((run / "summary.json").read_text())["env_steps"] == 48
+    # The summary of the earlier end is kept beside it.
+    assert json.loads((run / "summary-32.json").read_text())["env_steps"] == 32
 
 
 def test_resume_ignores_settings_one_side_lacks(tmp_path):
