@@ -886,7 +886,7 @@ def _keep_earlier_summary(run_dir: Path) -> None:
     """Rename the summary of an earlier end of the run to summary-<env_steps>.json.
 
     It exists when a finished run is extended (a larger `train.total_env_steps`) or resumed
-    from an older checkpoint. It holds that end's final evaluation, which the new summary
+    from an older checkpoint. It contains that end's final evaluation, which the new summary
     would overwrite, and until then it would sit beside newer checkpoints and metrics.
     """
     path = run_dir / SUMMARY_NAME
