@@ -100,6 +100,9 @@ RESUME_EDITABLE_KEYS = frozenset(
         "logging.progress_bar",
     }
 )
+# Checkpoint metadata key of the first chunk that the stored `train_s` covers. It is not 0
+# when the run was resumed from a checkpoint written before the runner stored `train_s`.
+TRAIN_S_FROM_CHUNK_KEY = "train_s_from_chunk"
 # Checkpoint metadata key of `training_settings`, compared on resume.
 TRAINING_SETTINGS_KEY = "training_settings"
 # SHA-256 of the environment data read from files (reward network weights, prompt bank).
@@ -762,11 +765,11 @@ def _run_training(
             state, start_chunk, resumed_from = _initial_state(
                 program, placement, checkpointer, writer, resume
             )
-            # Training seconds of the chunks before start_chunk, from earlier segments of the
-            # run. A checkpoint written before the runner stored them has none, so the
-            # summary then times this segment's chunks only.
-            earlier_train_s = _seconds_or_none((resumed_from or {}).get("train_s"))
-            timed_from_chunk = start_chunk if earlier_train_s is None else 0
+            # Training seconds of the chunks from timed_from_chunk to start_chunk, from
+            # earlier segments of the run. A checkpoint written before the runner stored them
+            # has none, so the summary then times the chunks from start_chunk only, and
+            # later checkpoints store that first timed chunk with the seconds.
+            earlier_train_s, timed_from_chunk = _earlier_timing(resumed_from, start_chunk)
             compile_start = time.perf_counter()
             run_chunk = placement.run_chunk.lower(state, hyper).compile()
             compile_s = time.perf_counter() - compile_start
@@ -782,7 +785,7 @@ def _run_training(
 
         if primary and start_chunk < train_config.num_chunks:
             _keep_earlier_summary(run_dir)
-        train_seconds = 0.0 if earlier_train_s is None else earlier_train_s
+        train_seconds = earlier_train_s
         for chunk in range(start_chunk, train_config.num_chunks):
             chunk_start = time.perf_counter()
             state, metrics = run_chunk(state, hyper)
@@ -817,6 +820,7 @@ def _run_training(
                         "chunk": chunk + 1,
                         "env_steps": env_steps,
                         "train_s": train_seconds,
+                        TRAIN_S_FROM_CHUNK_KEY: timed_from_chunk,
                         TRAINING_SETTINGS_KEY: training_settings(config),
                     },
                 )
@@ -904,6 +908,26 @@ def _keep_earlier_summary(run_dir: Path) -> None:
         suffix += 1
     path.rename(target)
     logger.info("moved the summary of an earlier end of the run to %s", target)
+
+
+def _earlier_timing(resumed_from: dict[str, Any] | None, start_chunk: int) -> tuple[float, int]:
+    """Return (training seconds, first timed chunk) of the chunks before `start_chunk`.
+
+    The seconds cover the chunks from the first timed chunk to `start_chunk`. A checkpoint
+    without a valid `train_s` gives (0.0, start_chunk). One without `TRAIN_S_FROM_CHUNK_KEY`
+    was written by a version that stored it only for timings from chunk 0.
+    """
+    metadata = resumed_from or {}
+    seconds = _seconds_or_none(metadata.get("train_s"))
+    first_chunk = metadata.get(TRAIN_S_FROM_CHUNK_KEY, 0)
+    valid_first_chunk = (
+        isinstance(first_chunk, int)
+        and not isinstance(first_chunk, bool)
+        and 0 <= first_chunk <= start_chunk
+    )
+    if seconds is None or not valid_first_chunk:
+        return 0.0, start_chunk
+    return seconds, first_chunk
 
 
 def _seconds_or_none(value: Any) -> float | None:

@@ -447,3 +447,47 @@ def test_horizon_ends_the_task_without_bootstrap():
 def test_bootstrap_at_horizon_must_be_a_bool():
     with pytest.raises(ValueError, match=r"train\.bootstrap_at_horizon"):
         load_config(overrides=["train.bootstrap_at_horizon=2"])
+
+
+def test_summary_times_segments_after_upgrade(tmp_path, monkeypatch):
+    from rlli_jax.checkpoint import Checkpointer
+    from rlli_jax.runner import TRAINING_SETTINGS_KEY, run_training
+
+    overrides = ["logging.progress_bar=false", "train.checkpoint_every_chunks=1"]
+    config = load_config(overrides=TINY_OVERRIDES + overrides)
+    assert config.train.num_chunks >= 3
+    run_dir = tmp_path / "run"
+
+    def stop_after(chunk):
+        def stop(progress):
+            if progress.chunk == chunk:
+                raise KeyboardInterrupt
+
+        return stop
+
+    # The first segment writes checkpoints as a version before train_s existed did.
+    original_save = Checkpointer.save
+
+    def save_without_timing(self, step, state, metadata):
+        metadata = {key: value for key, value in metadata.items()
+                    if key not in ("train_s", TRAINING_SETTINGS_KEY)}  # fmt: skip
+        original_save(self, step, state, metadata)
+
+    monkeypatch.setattr(Checkpointer, "save", save_without_timing)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config, run_dir, on_chunk=stop_after(1), final_evaluation=False)
+    monkeypatch.undo()
+
+    # The second segment times chunk 2 only, and the third segment the rest.
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config, run_dir, resume=True, on_chunk=stop_after(2), final_evaluation=False)
+    summary = run_training(config, run_dir, resume=True, final_evaluation=False)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    rows = [row for row in map(json.loads, lines) if row["kind"] == "train"]
+    steps_per_chunk = config.train.env_steps_per_chunk
+    timed_rows = [row for row in rows if row["chunk"] >= 2]
+    chunk_seconds = [steps_per_chunk / row["env_steps_per_s"] for row in timed_rows]
+    assert summary["train_s"] == pytest.approx(sum(chunk_seconds), rel=1e-6)
+    assert summary["env_steps_per_s"] == pytest.approx(
+        len(timed_rows) * steps_per_chunk / summary["train_s"], rel=1e-6
+    )
