@@ -315,12 +315,7 @@ def make_train(
         if check_memory:
             check_users_memory(config)
         env = make_env(config)
-    for name in ("num_users", "horizon"):
-        if getattr(env, name) != getattr(config.env, name):
-            raise ValueError(
-                f"invalid env: its {name} = {getattr(env, name)} differs from config env.{name}"
-                f" = {getattr(config.env, name)}; build the environment from the same values"
-            )
+    check_env_shape(env, config)
     hyper = make_hyperparams(config, env)
     check_env_outputs(env, hyper.env)
     agent = make_agent(config.agent)
@@ -388,6 +383,16 @@ def make_train(
         evaluate=jax.jit(evaluate),
         trace_counts=trace_counts,
     )
+
+
+def check_env_shape(env: DiffusionServiceEnv, config: Config) -> None:
+    """Raise ValueError if the users or horizon of `env` differ from `config.env`."""
+    for name in ("num_users", "horizon"):
+        if getattr(env, name) != getattr(config.env, name):
+            raise ValueError(
+                f"invalid env: its {name} = {getattr(env, name)} differs from config env.{name}"
+                f" = {getattr(config.env, name)}; build the environment from the same values"
+            )
 
 
 def check_users_memory(config: Config) -> None:

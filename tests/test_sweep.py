@@ -870,3 +870,31 @@ def test_env_factory_builds_each_group_env(base_path, tmp_path):
     # continuing with the configured environment (the reward network) is rejected.
     with pytest.raises(ValueError, match="environment data differ"):
         run_sweep(plan, tmp_path / "out", mesh=mesh)
+
+
+def test_env_factory_mismatch_fails_before_writes(base_path, tmp_path):
+    from rlli_jax.env.service import DiffusionServiceEnv
+
+    def two_users_env(config):
+        return DiffusionServiceEnv(num_users=2, horizon=config.env.horizon)
+
+    # Group 0 has 2 users and would train before group 1 (3 users) failed in make_train.
+    sweep = sweep_from(base_path, grid={"env.num_users": [2, 3]}, baselines=False)
+    plan = plan_sweep(sweep)
+    mesh = make_mesh(devices=jax.devices()[:1])
+    out = tmp_path / "out"
+    with pytest.raises(
+        ValueError,
+        match=r"env_factory for sweep group .*: invalid env: its num_users = 2 differs from "
+        r"config env\.num_users = 3",
+    ):
+        run_sweep(plan, out, mesh=mesh, env_factory=two_users_env)
+    assert not out.exists()
+
+    def failing_env(config):
+        raise RuntimeError("no simulator")
+
+    with pytest.raises(RuntimeError, match="no simulator") as raised:
+        run_sweep(plan, out, mesh=mesh, env_factory=failing_env)
+    assert "raised by env_factory for sweep group" in raised.value.__notes__[0]
+    assert not out.exists()
