@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlli_jax.agents.replay import ReplayMemoryError
+from rlli_jax.agents.replay import DeviceMemoryError
 from rlli_jax.env.batched import step_batch
 from rlli_jax.env.service import DiffusionServiceEnv
 
@@ -85,10 +85,11 @@ def is_out_of_memory(error: BaseException) -> bool:
     """Return whether `error` means that a case did not fit in memory.
 
     These are XLA's RESOURCE_EXHAUSTED or "Out of memory" errors, raised at compile or at run
-    time as `jax.errors.JaxRuntimeError`, a Python MemoryError, and the `ReplayMemoryError`
-    that `make_train` raises before compiling. Any other error is a bug or an invalid input.
+    time as `jax.errors.JaxRuntimeError`, a Python MemoryError, and the `DeviceMemoryError`
+    that `make_train` raises before compiling (for the replay buffer, env.num_users or the
+    networks). Any other error is a bug or an invalid input.
     """
-    if isinstance(error, MemoryError | ReplayMemoryError):
+    if isinstance(error, MemoryError | DeviceMemoryError):
         return True
     if isinstance(error, jax.errors.JaxRuntimeError):
         message = str(error)
@@ -106,7 +107,7 @@ def call_unless_out_of_memory(function: Callable[[], Any]) -> tuple[Any, str | N
     """
     try:
         return function(), None
-    except (jax.errors.JaxRuntimeError, MemoryError, ReplayMemoryError) as error:
+    except (jax.errors.JaxRuntimeError, MemoryError, DeviceMemoryError) as error:
         if not is_out_of_memory(error):
             raise
         first_line = (str(error).strip().splitlines() or [""])[0]

@@ -35,7 +35,9 @@ from flax import struct
 
 from rlli_jax.agents.ddpg import Agent, AgentHyperparams, AgentState, Transition, make_agent
 from rlli_jax.agents.replay import (
+    DeviceMemoryError,
     Replay,
+    ReplayMemoryError,
     ReplayState,
     available_device_bytes,
     check_replay_memory,
@@ -309,7 +311,8 @@ def make_train(
     Raises:
         ValueError: an invalid environment constant, an `env` whose users or horizon differ
             from `config.env`, or a replay buffer that does not fit in free memory (when
-            `check_memory`), which raises `ReplayMemoryError`, a ValueError subclass.
+            `check_memory`), networks or `env.num_users` too large for free memory (when
+            `check_memory`). The memory errors are `DeviceMemoryError`, a ValueError subclass.
     """
     if env is None:
         if check_memory:
@@ -411,7 +414,7 @@ def check_users_memory(config: Config) -> None:
     )
     free_bytes, source = available_device_bytes()
     if replay_bytes > free_bytes:
-        raise ValueError(
+        raise ReplayMemoryError(
             f"invalid env.num_users = {num_users}: observations have {obs_dim} entries, so a "
             f"replay buffer of train.buffer_size = {config.train.buffer_size} transitions needs "
             f"{replay_bytes / 2**20:.1f} MiB but only {free_bytes / 2**20:.1f} MiB are free "
@@ -447,7 +450,7 @@ def check_network_memory(
         f"agent.{name} = {list(getattr(agent_config, name))}"
         for name in ("actor_hidden_sizes", "critic_hidden_sizes", "encoder_hidden_sizes")
     )
-    raise ValueError(
+    raise DeviceMemoryError(
         f"invalid network sizes ({sizes}): the networks with their target copies and Adam "
         f"moments need {network_bytes / 2**20:.1f} MiB, and with the replay buffer "
         f"({replay_bytes / 2**20:.1f} MiB) more than the {free_bytes / 2**20:.1f} MiB free "

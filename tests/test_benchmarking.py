@@ -742,7 +742,9 @@ def test_script_skips_replay_that_does_not_fit(tmp_path, monkeypatch):
         ("sweep", "1 members x 8 envs, train chunk", 8),
     ]
     for case in record["skipped"]:
-        assert case["reason"].startswith("ReplayMemoryError: replay buffer needs")
+        # make_train's check of env.num_users finds the replay buffer too large first.
+        assert case["reason"].startswith("ReplayMemoryError: invalid env.num_users = 8: ")
+        assert "replay buffer of train.buffer_size" in case["reason"]
     assert record["ratios"] == {"train_glue_8": None}
     assert "| train_glue_8 | n/a |" in (out / "benchmark.md").read_text()
 
@@ -811,3 +813,22 @@ def test_glue_ratio_of_skipped_parts_is_none():
     ]
     ratios = benchmark_script.glue_ratios([chunk(8), chunk(16)], parts, skipped)
     assert ratios == {"train_glue_8": pytest.approx(1.0), "train_glue_16": None}
+
+
+@pytest.mark.parametrize("fits", ["nothing", "replay only"])
+def test_make_train_memory_checks_count_as_out_of_memory(monkeypatch, fits):
+    # make_train checks env.num_users and the networks against free memory as well as the
+    # replay buffer; each check must count as out of memory, not as an invalid config.
+    from rlli_jax import train
+    from rlli_jax.agents import replay
+    from rlli_jax.config import load_config
+
+    config = load_config(overrides=["train.num_envs=8", "train.buffer_size=4096"])
+    env = train.make_env(config)
+    replay_bytes = replay.estimate_replay_bytes(4096, env.obs_dim, env.num_actions)
+    free_bytes = 0 if fits == "nothing" else replay_bytes
+    for module in (replay, train):
+        monkeypatch.setattr(module, "available_device_bytes", lambda device=None: (free_bytes, "t"))
+    _, reason = benchmarking.call_unless_out_of_memory(lambda: train.make_train(config))
+    assert reason is not None
+    assert "MemoryError" in reason

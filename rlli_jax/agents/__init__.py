@@ -30,6 +30,7 @@ from rlli_jax.agents.networks import (
     make_mlp_actor,
 )
 from rlli_jax.agents.replay import (
+    DeviceMemoryError,
     Replay,
     ReplayMemoryError,
     ReplayState,
@@ -54,6 +55,7 @@ __all__ = [
     "DiffusionSchedule",
     "MLPActor",
     "Replay",
+    "DeviceMemoryError",
     "ReplayMemoryError",
     "ReplayState",
     "Transition",

@@ -132,12 +132,16 @@ def _meminfo_available_bytes(path: str = "/proc/meminfo") -> int:
     raise ValueError(f"cannot read free memory: no MemAvailable line in {path}")
 
 
-class ReplayMemoryError(ValueError):
-    """A replay buffer that does not fit in the free memory of its device.
+class DeviceMemoryError(ValueError):
+    """Arrays of a config (replay buffer, networks) that do not fit in free device memory.
 
     A subclass of ValueError, so callers that catch the config's ValueErrors still catch it,
     while a caller that handles out-of-memory cases (the benchmark) can tell it apart.
     """
+
+
+class ReplayMemoryError(DeviceMemoryError):
+    """A replay buffer that does not fit in the free memory of its device."""
 
 
 def check_replay_memory(bytes_needed: int, device: jax.Device | None = None) -> None:
