@@ -67,6 +67,7 @@ from rlli_jax.runner import (
 from rlli_jax.sweep import (
     SweepGroup,
     SweepPlan,
+    build_group_env,
     save_sweep_config,
     stack_hyperparams,
 )
@@ -74,9 +75,7 @@ from rlli_jax.train import (
     TrainHyperparams,
     TrainProgram,
     TrainState,
-    check_env_shape,
     find_nonfinite,
-    make_env,
     make_train,
     state_from_checkpoint,
     state_to_checkpoint,
@@ -335,7 +334,7 @@ def _claim_directory(
     """
     # Loading the reward networks first lets a bad env.reward_net, or a factory's environment
     # that does not fit its group, fail before any write and before the first group trains.
-    envs = [_build_group_env(group, env_factory) for group in plan.groups]
+    envs = [build_group_env(group, env_factory) for group in plan.groups]
     path = out_dir / SWEEP_CONFIG_NAME
     if path.exists():
         if read_yaml(path) != plan.sweep.to_dict():
@@ -361,25 +360,6 @@ def _claim_directory(
             save_env_data_digest(config_path.parent, env)
             save_config(group.config, config_path)
     return envs
-
-
-def _build_group_env(
-    group: SweepGroup, env_factory: Callable[[Config], DiffusionServiceEnv] | None
-) -> DiffusionServiceEnv:
-    """Return the environment of `group`, built by `env_factory` or from the group's config."""
-    if env_factory is None:
-        return make_env(group.config)
-    try:
-        env = env_factory(group.config)
-    except Exception as error:
-        # The note keeps the factory's exception type but names the group in the traceback.
-        error.add_note(f"raised by env_factory for sweep group {group.name}")
-        raise
-    try:
-        check_env_shape(env, group.config)
-    except ValueError as error:
-        raise ValueError(f"env_factory for sweep group {group.name}: {error}") from None
-    return env
 
 
 def _check_group_config(plan: SweepPlan, group: SweepGroup, path: Path) -> None:

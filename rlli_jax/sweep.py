@@ -55,7 +55,7 @@ from rlli_jax.config import (
 from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import EPISODE_METRICS
 from rlli_jax.outputs import write_text_atomic
-from rlli_jax.train import TrainHyperparams, make_train
+from rlli_jax.train import TrainHyperparams, check_env_shape, make_env, make_train
 
 TRACED_KEYS = tuple(f"hyper.{name}" for name in HYPERPARAM_NAMES) + tuple(
     f"env.params.{name}" for name in ENV_PARAM_NAMES
@@ -558,7 +558,7 @@ def estimate_sweep_memory(
     estimates = []
     for group in plan.groups:
         members_per_device = math.ceil(group.size / num_devices)
-        env = None if env_factory is None else env_factory(group.config)
+        env = None if env_factory is None else build_group_env(group, env_factory)
         member = estimate_member_memory(group.config, env)
         estimates.append(GroupMemory(group.index, member, members_per_device))
     return estimates
@@ -589,6 +589,25 @@ def check_sweep_memory(
                 "reduce train.buffer_size, the number of members, or add devices"
             )
     return estimates
+
+
+def build_group_env(
+    group: SweepGroup, env_factory: Callable[[Config], DiffusionServiceEnv] | None
+) -> DiffusionServiceEnv:
+    """Return the environment of `group`, built by `env_factory` or from the group's config."""
+    if env_factory is None:
+        return make_env(group.config)
+    try:
+        env = env_factory(group.config)
+    except Exception as error:
+        # The note keeps the factory's exception type but names the group in the traceback.
+        error.add_note(f"raised by env_factory for sweep group {group.name}")
+        raise
+    try:
+        check_env_shape(env, group.config)
+    except ValueError as error:
+        raise ValueError(f"env_factory for sweep group {group.name}: {error}") from None
+    return env
 
 
 def _require(condition: bool, field: str, value: Any, rule: str) -> None:

@@ -883,11 +883,13 @@ def test_env_factory_mismatch_fails_before_writes(base_path, tmp_path):
     plan = plan_sweep(sweep)
     mesh = make_mesh(devices=jax.devices()[:1])
     out = tmp_path / "out"
-    with pytest.raises(
-        ValueError,
-        match=r"env_factory for sweep group .*: invalid env: its num_users = 2 differs from "
-        r"config env\.num_users = 3",
-    ):
+    message = (
+        r"env_factory for sweep group .*: invalid env: its num_users = 2 differs from "
+        r"config env\.num_users = 3"
+    )
+    with pytest.raises(ValueError, match=message):
+        check_sweep_memory(plan, 1, env_factory=two_users_env)
+    with pytest.raises(ValueError, match=message):
         run_sweep(plan, out, mesh=mesh, env_factory=two_users_env)
     assert not out.exists()
 
