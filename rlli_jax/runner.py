@@ -1037,11 +1037,15 @@ def _check_training_settings(
     ]
     if not differences:
         return
-    run_dir = checkpointer.directory.parent
+    # scripts/train.py --resume reads the config from config.yaml, while run_training from
+    # Python takes it as an argument and leaves config.yaml as it is.
+    config_path = checkpointer.directory.parent / CONFIG_NAME
     raise ValueError(
-        f"invalid resume: {str(run_dir / CONFIG_NAME)!r} differs from the config that "
-        f"checkpoint {metadata['chunk']} was trained with: {'; '.join(differences)}. Restore "
-        "those values to resume the run, or start a new run with the new values"
+        f"invalid resume: the config differs from the one that checkpoint {metadata['chunk']} "
+        f"in {str(checkpointer.directory)!r} was trained with: {'; '.join(differences)}. "
+        f"Restore those values (in {str(config_path)!r} for scripts/train.py --resume, or in "
+        "the config passed to run_training) to resume the run, or start a new run with the "
+        "new values"
     )
 
 

@@ -354,8 +354,12 @@ def test_resume_ignores_settings_one_side_lacks(tmp_path):
     saved["train.removed_field"] = 1
     _check_training_settings({"chunk": 1, TRAINING_SETTINGS_KEY: saved}, config, checkpointer)
     saved["agent.batch_size"] = 4
-    with pytest.raises(ValueError, match="agent.batch_size = 4 in the checkpoint, 8 now"):
+    with pytest.raises(ValueError, match="agent.batch_size = 4 in the checkpoint, 8 now") as raised:
         _check_training_settings({"chunk": 1, TRAINING_SETTINGS_KEY: saved}, config, checkpointer)
+    # A resume from Python passes the config, so config.yaml need not be what changed.
+    message = str(raised.value)
+    assert message.startswith("invalid resume: the config differs from the one that checkpoint 1")
+    assert "config.yaml' for scripts/train.py --resume, or in the config passed to" in message
 
 
 def test_evaluate_sweep_folder_says_sweep(tmp_path, capsys):
