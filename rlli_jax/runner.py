@@ -6,7 +6,8 @@
     metrics.jsonl/csv  one training row per chunk, evaluation rows in the JSONL
     checkpoints/       orbax checkpoints of the whole `TrainState`
     summary.json       final evaluation of the policy and of the baselines, timings
-                       (train_s and env_steps_per_s cover every segment of a resumed run)
+                       (train_s and env_steps_per_s cover every segment of a resumed run,
+                       from the first one that stored train_s in its checkpoints)
     summary-<N>.json   the summary of an earlier end at N environment steps, kept when a
                        finished run is extended or resumed from an older checkpoint
     curves.png         learning curves
