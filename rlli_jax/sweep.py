@@ -603,6 +603,11 @@ def build_group_env(
         # The note keeps the factory's exception type but names the group in the traceback.
         error.add_note(f"raised by env_factory for sweep group {group.name}")
         raise
+    if not isinstance(env, DiffusionServiceEnv):
+        raise TypeError(
+            f"env_factory for sweep group {group.name} returned {env!r}, expected a "
+            "DiffusionServiceEnv (or a subclass)"
+        )
     try:
         check_env_shape(env, group.config)
     except ValueError as error:

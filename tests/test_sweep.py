@@ -900,3 +900,7 @@ def test_env_factory_mismatch_fails_before_writes(base_path, tmp_path):
         run_sweep(plan, out, mesh=mesh, env_factory=failing_env)
     assert "raised by env_factory for sweep group" in raised.value.__notes__[0]
     assert not out.exists()
+
+    with pytest.raises(TypeError, match=r"env_factory for sweep group .* returned None, expected"):
+        run_sweep(plan, out, mesh=mesh, env_factory=lambda config: None)
+    assert not out.exists()
