@@ -174,7 +174,10 @@ class Checkpointer:
                 if isinstance(metadata, dict):
                     metadata = dict(metadata)
                     saved_checksum = metadata.pop(CHECKSUM_KEY, None)
-                restored_checksum = state_checksum(restored.state)
+                # Computed only when one was saved: it copies the whole state to the host.
+                restored_checksum = (
+                    None if saved_checksum is None else state_checksum(restored.state)
+                )
                 if None not in (saved_checksum, restored_checksum) and (
                     saved_checksum != restored_checksum
                 ):

@@ -62,6 +62,7 @@ from rlli_jax.runner import (
     check_outside_sweeps,
     eval_key,
     save_env_data_digest,
+    seconds_or_none,
     train_key,
 )
 from rlli_jax.sweep import (
@@ -542,9 +543,10 @@ def _initial_population(
     restored = checkpointer.restore_latest(target, population_size=population.size)
     if restored is not None:
         metadata = restored.metadata
-        timing["previous_compile_s"] = float(metadata.get("compile_s", 0.0))
-        timing["train_s"] = float(metadata.get("train_s", 0.0))
-        timing["previous_wall_s"] = float(metadata.get("wall_s", 0.0))
+        # A damaged or hand-edited timing (not a finite number >= 0) counts as 0 seconds.
+        timing["previous_compile_s"] = seconds_or_none(metadata.get("compile_s")) or 0.0
+        timing["train_s"] = seconds_or_none(metadata.get("train_s")) or 0.0
+        timing["previous_wall_s"] = seconds_or_none(metadata.get("wall_s")) or 0.0
         return (
             state_from_checkpoint(restored.state),
             int(metadata["chunk"]),

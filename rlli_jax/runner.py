@@ -919,7 +919,7 @@ def _earlier_timing(resumed_from: dict[str, Any] | None, start_chunk: int) -> tu
     was written by a version that stored it only for timings from chunk 0.
     """
     metadata = resumed_from or {}
-    seconds = _seconds_or_none(metadata.get("train_s"))
+    seconds = seconds_or_none(metadata.get("train_s"))
     first_chunk = metadata.get(TRAIN_S_FROM_CHUNK_KEY, 0)
     valid_first_chunk = (
         isinstance(first_chunk, int)
@@ -931,7 +931,7 @@ def _earlier_timing(resumed_from: dict[str, Any] | None, start_chunk: int) -> tu
     return seconds, first_chunk
 
 
-def _seconds_or_none(value: Any) -> float | None:
+def seconds_or_none(value: Any) -> float | None:
     """Return `value` as seconds when it is a finite number >= 0, else None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None

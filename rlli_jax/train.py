@@ -454,7 +454,8 @@ def check_network_memory(
         f"invalid network sizes ({sizes}): the networks with their target copies and Adam "
         f"moments need {network_bytes / 2**20:.1f} MiB, and with the replay buffer "
         f"({replay_bytes / 2**20:.1f} MiB) more than the {free_bytes / 2**20:.1f} MiB free "
-        f"according to {source}; reduce the hidden sizes"
+        f"according to {source}; reduce the hidden sizes, or train.buffer_size if the "
+        "replay buffer is most of it"
     )
 
 

@@ -310,6 +310,17 @@ def test_summary_times_every_segment(tmp_path):
     assert json.loads((run_dir / SUMMARY_NAME).read_text())["train_s"] == summary["train_s"]
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(2, 2.0), (0.5, 0.5), (0, 0.0), (-1.0, None), (math.nan, None), (math.inf, None),
+     (True, None), ("3", None), (None, None)],
+)  # fmt: skip
+def test_seconds_or_none_rejects_non_times(value, expected):
+    from rlli_jax.runner import seconds_or_none
+
+    assert seconds_or_none(value) == expected
+
+
 def test_env_data_mismatch_names_custom_env(tmp_path):
     from rlli_jax.env.service import DiffusionServiceEnv
     from rlli_jax.qoe.model import SimulatorQoE
