@@ -722,9 +722,13 @@ def test_script_skips_case_out_of_memory(tmp_path, monkeypatch, capsys):
 def test_script_skips_replay_that_does_not_fit(tmp_path, monkeypatch):
     # make_train checks the replay buffer against free memory before compiling. With no free
     # memory every train and sweep case is skipped, and the run still finishes both suites.
+    import rlli_jax.train as train_module
     from rlli_jax.agents import replay
 
-    monkeypatch.setattr(replay, "available_device_bytes", lambda device=None: (0, "the test"))
+    # rlli_jax.train binds the function at its import, so both names are patched; patching
+    # only one made the outcome depend on whether an earlier test had imported the module.
+    for module in (replay, train_module):
+        monkeypatch.setattr(module, "available_device_bytes", lambda device=None: (0, "the test"))
     out = tmp_path / "bench"
     argv = ["--suite", "train", "--suite", "sweep", "--train-envs", "8", "--sweep-members", "1"]
     argv += ["--sweep-envs", "8", "--repeats", "1", "--out", str(out)]
