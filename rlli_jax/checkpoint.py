@@ -319,10 +319,10 @@ def state_checksum(state: Any) -> str | None:
     digits, or None when some array is not fully addressable by this process.
 
     CRC-32 detects every change of up to 32 consecutive bits, so it finds damage, not
-    deliberate edits. It runs on the host (zlib), which reads an array on an accelerator
-    back once more; a device-side sum took 9 s to compile for a training state of 134 arrays
-    on a 2-core CPU. In a multi-process run each process holds only part of a global array, so
-    no checksum is computed or checked there.
+    deliberate edits. It runs on the host (zlib) and so reads an array on an accelerator back
+    once more, because a jitted device-side sum over the 134 arrays of a training state
+    compiles for seconds on a CPU. In a multi-process run each process contains only part of a
+    global array, so no checksum is computed or checked there.
     """
     checksum = 0
     for leaf in jax.tree.leaves(state):

@@ -1005,9 +1005,9 @@ def training_settings(config: Config) -> dict[str, Any]:
     to `section.key` names, as JSON values.
 
     These are all values except `RESUME_EDITABLE_KEYS`. A value changed between two starts of
-    a run would make the resumed chunks differ from an uninterrupted run, and most of them
+    a run would make the resumed chunks differ from an uninterrupted run. Most of them
     (learning rates, noise, warm-up, batch size) leave every array shape as it was, so the
-    checkpoint would restore without error.
+    checkpoint alone would restore without error.
     """
     settings = {
         f"{section}.{name}": value

@@ -204,8 +204,8 @@ class SweepConfig:
             )
         # An absolute path, so that the copy saved in an output directory names the same file.
         base = (Path(directory) / data["base"]).resolve()
-        # Only null stands for an empty value: a false, 0 or a list in place of the grid
-        # mapping is a mistake, not an empty sweep key.
+        # Only null means an empty value. A false, 0 or a list in place of the grid mapping is
+        # a mistake, not an empty sweep key.
         overrides = _or_empty(data.get("set"), [])
         _require(
             isinstance(overrides, list) and all(isinstance(item, str) for item in overrides),

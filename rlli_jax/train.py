@@ -429,11 +429,12 @@ def check_network_memory(
     agent_hyper: AgentHyperparams,
     replay_bytes: int,
 ) -> None:
-    """Raise ValueError if the agent state and the replay buffer do not fit in free memory.
+    """Raise DeviceMemoryError (a ValueError) if the agent state and the replay buffer do not
+    fit in free memory.
 
     The agent state (both networks, their target copies and Adam moments) is sized with
     `jax.eval_shape`, which compiles and allocates nothing. Without this check an oversized
-    hidden layer fails only when `init` runs, with an out-of-memory error from XLA.
+    hidden layer failed only when `init` ran, with an out-of-memory error from XLA.
     """
     shapes = jax.eval_shape(
         lambda key: agent.init(key, env.obs_dim, env.num_actions, agent_hyper),

@@ -725,8 +725,8 @@ def test_script_skips_replay_that_does_not_fit(tmp_path, monkeypatch):
     import rlli_jax.train as train_module
     from rlli_jax.agents import replay
 
-    # rlli_jax.train binds the function at its import, so both names are patched; patching
-    # only one made the outcome depend on whether an earlier test had imported the module.
+    # rlli_jax.train binds the function at its import, so both names are patched. With only
+    # one, the outcome depended on whether an earlier test had imported rlli_jax.train.
     for module in (replay, train_module):
         monkeypatch.setattr(module, "available_device_bytes", lambda device=None: (0, "the test"))
     out = tmp_path / "bench"
@@ -821,8 +821,8 @@ def test_glue_ratio_of_skipped_parts_is_none():
 
 @pytest.mark.parametrize("fits", ["nothing", "replay only"])
 def test_make_train_memory_checks_count_as_out_of_memory(monkeypatch, fits):
-    # make_train checks env.num_users and the networks against free memory as well as the
-    # replay buffer; each check must count as out of memory, not as an invalid config.
+    # make_train checks env.num_users and the networks against free memory, as well as the
+    # replay buffer. The benchmark must count each check as out of memory, not as bad input.
     from rlli_jax import train
     from rlli_jax.agents import replay
     from rlli_jax.config import load_config

@@ -291,7 +291,7 @@ def test_changed_data_bits_fall_back(tmp_path):
     assert restored_changed > 0
 
 
-def test_checksum_sees_each_bit_and_dtype():
+def test_checksum_detects_each_bit_and_dtype():
     tree = {
         "f": jnp.linspace(-1.0, 1.0, 7),
         "i8": jnp.arange(5, dtype=jnp.int8),

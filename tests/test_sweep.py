@@ -149,7 +149,7 @@ def sweep_from(base_path: Path, **fields) -> SweepConfig:
             r"invalid points\[1\] = .*: repeats points\[0\]; list each combination once",
         ),
         ({"set": "train.num_envs=4"}, r"set = 'train\.num_envs=4': must be a list"),
-        # Only null stands for an empty set, grid or points.
+        # Only null means an empty set, grid or points.
         ({"num_seeds": 1, "set": False}, r"invalid set = False: must be a list"),
         ({"num_seeds": 1, "grid": []}, r"invalid grid = \[\]: must map keys to lists"),
         ({"num_seeds": 1, "grid": False}, r"invalid grid = False: must map keys to lists"),

@@ -26,7 +26,7 @@ from flax import struct
 
 from rlli_jax.agents.diffusion import check_schedule, make_diffusion_actor
 from rlli_jax.agents.networks import Actor, TwinCritic, make_mlp_actor
-from rlli_jax.env.params import as_float32
+from rlli_jax.env.params import as_float32, float32_problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,18 +216,9 @@ def check_hyperparam(name: str, value: Any, path: str | None = None) -> None:
         number = math.inf
     if not (math.isfinite(number) and predicate(number)):
         raise ValueError(f"invalid {label} = {value!r}: {rule} (a finite number)")
-    rounded = as_float32(number)
-    if math.isinf(rounded):
-        raise ValueError(
-            f"invalid {label} = {value!r}: it exceeds the float32 range (max "
-            f"{np.finfo(np.float32).max:.4g}) of the training program, which would make it "
-            f"{rounded!r}"
-        )
-    if not predicate(rounded):
-        raise ValueError(
-            f"invalid {label} = {value!r}: it becomes {rounded!r} in float32, the type of "
-            f"the training program, and {rule} there"
-        )
+    problem = float32_problem(number, predicate, rule)
+    if problem is not None:
+        raise ValueError(f"invalid {label} = {value!r}: {problem}")
 
 
 def _describe_type(value: Any) -> str:

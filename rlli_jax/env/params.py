@@ -7,6 +7,7 @@ its constants.
 """
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
@@ -91,8 +92,8 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def as_float32(value: float) -> float:
-    """Return `value` as the training program sees it: rounded to float32, with an overflow
-    giving +-inf and a subnormal result giving 0.
+    """Return `value` as the training program computes with it: rounded to float32, with an
+    overflow giving +-inf and a subnormal result giving 0.
 
     A value can pass a rule in float64 and break it in float32, such as 1e39 (inf) or a
     learning rate of 1e-40 (0), so traced constants are checked in both.
@@ -102,6 +103,25 @@ def as_float32(value: float) -> float:
     if abs(rounded) < _FLOAT32_TINY:
         return math.copysign(0.0, rounded)
     return rounded
+
+
+def float32_problem(value: float, predicate: Callable[[float], bool], rule: str) -> str | None:
+    """Describe how `value`, which obeys `rule` as a Python float, breaks it in float32.
+
+    Returns None when the float32 value still obeys `predicate`. The text completes an error
+    message that has already named the field and the value.
+    """
+    rounded = as_float32(value)
+    if math.isinf(rounded):
+        return (
+            f"it exceeds the float32 range (max {_FLOAT32_MAX:.4g}) of the training program, "
+            f"which would make it {rounded!r}"
+        )
+    if not predicate(rounded):
+        return (
+            f"it becomes {rounded!r} in float32, the type of the training program, and {rule} there"
+        )
+    return None
 
 
 # (field, rule text, predicate on a float). Checked in this order; NaN fails every rule.
@@ -206,18 +226,9 @@ def validate_env_params(params: EnvParams) -> None:
                 )
             if math.isinf(value):
                 continue
-            rounded = as_float32(value)
-            if math.isinf(rounded):
-                raise ValueError(
-                    f"EnvParams.{name} = {float(value)!r} is invalid: it exceeds the float32 "
-                    f"range (max {_FLOAT32_MAX:.4g}) of the training program, which would "
-                    f"make it {rounded!r}"
-                )
-            if not predicate(rounded):
-                raise ValueError(
-                    f"EnvParams.{name} = {float(value)!r} is invalid: it becomes {rounded!r} "
-                    f"in float32, the type of the training program, and {name} {rule} there"
-                )
+            problem = float32_problem(float(value), predicate, f"{name} {rule}")
+            if problem is not None:
+                raise ValueError(f"EnvParams.{name} = {float(value)!r} is invalid: {problem}")
 
     for low_name, high_name in _ORDER_RULES:
         low = _concrete_scalars(getattr(params, low_name))
