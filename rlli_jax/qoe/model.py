@@ -46,8 +46,9 @@ class SimulatorQoE:
 def default_qoe_model() -> QoEModel:
     """Return the QoE model the environment uses when none is given: the shipped reward network.
 
-    Its `default_params()` load the packaged checkpoint (distilled from simulated ratings) once
-    per process and then come from a cache, so this works offline.
+    Its `default_params()` load the packaged checkpoint (distilled from simulated ratings) from
+    the installed package, so this works offline. The load is cached per version of the
+    checkpoint's files (their sizes and modification times), so a rewritten file is read again.
     """
     # Imported here because reward_net imports flax, which the simulator path does not need.
     from rlli_jax.qoe.reward_net import RewardNetQoE
