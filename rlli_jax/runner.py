@@ -552,7 +552,13 @@ def check_policy_evaluation_memory(program: TrainProgram, agent_state, seed: int
 
 
 def evaluate_run(program: TrainProgram, agent_state, seed: int) -> dict[str, Any]:
-    """Evaluate the policy of `agent_state` and every baseline on the same fresh episodes."""
+    """Evaluate the policy of `agent_state` and every baseline on the same fresh episodes.
+
+    Returns:
+        {"policy": metrics, "baselines": {name: metrics}}. Each metrics dict maps every
+        episode metric (qoe, reward, ...) to its mean over the `train.eval_episodes`
+        episodes, plus `<metric>_stderr` and `num_episodes`.
+    """
     config = program.config
     hyper = program.default_hyperparams
     key = eval_key(seed)
