@@ -80,26 +80,61 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--strict", action="store_true", help="fail on any invalid line instead of skipping it"
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="split and init seed")
     parser.add_argument(
-        "--epochs", type=int, default=defaults.max_epochs, help="maximum number of epochs"
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="seed of the train/validation split and the initialisation (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=defaults.max_epochs,
+        help=f"maximum number of epochs (default: {defaults.max_epochs})",
     )
     parser.add_argument(
         "--patience",
         type=int,
         default=defaults.patience,
-        help="epochs without a better validation loss before stopping",
+        help=(
+            "epochs without a better validation loss before stopping "
+            f"(default: {defaults.patience})"
+        ),
     )
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"ratings per AdamW step (default: {defaults.batch_size})",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=defaults.learning_rate,
+        help=f"AdamW learning rate (default: {defaults.learning_rate:g})",
+    )
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        default=defaults.weight_decay,
+        help=f"AdamW weight decay (default: {defaults.weight_decay:g})",
+    )
+    hidden_sizes = ",".join(str(size) for size in defaults.hidden_sizes)
     parser.add_argument(
         "--hidden-sizes",
         type=parse_hidden_sizes,
         default=defaults.hidden_sizes,
-        help="comma-separated hidden layer widths, e.g. 64,64",
+        help=f"comma-separated hidden layer widths (default: {hidden_sizes})",
     )
-    parser.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction)
+    parser.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=defaults.validation_fraction,
+        help=(
+            "fraction of the ratings held out for early stopping and the reported metrics "
+            f"(default: {defaults.validation_fraction:g})"
+        ),
+    )
     return parser.parse_args(argv)
 
 

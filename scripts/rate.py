@@ -67,7 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=BACKENDS, required=True, help="rater backend")
     parser.add_argument("--num", type=int, required=True, help="number of requests in the run")
     parser.add_argument("--out", type=Path, required=True, help="JSONL file to append to")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled requests")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the sampled requests (default: %(default)s)"
+    )
     parser.add_argument(
         "--base-url", help="openai: server URL including /v1, e.g. http://127.0.0.1:8080/v1"
     )
@@ -75,14 +77,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--api-key-env",
         default="OPENAI_API_KEY",
-        help="openai: environment variable with the API key (none sent when unset)",
+        help="openai: environment variable with the API key, none sent when it is unset "
+        "(default: %(default)s)",
     )
-    parser.add_argument("--concurrency", type=int, default=4, help="openai: max requests in flight")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        help="openai: maximum requests in flight (default: %(default)s)",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
         default=60.0,
-        help="openai: seconds to wait for the connection and for each read or write of a request",
+        help="openai: seconds to wait for the connection and for each read or write of a request "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--max-retries",
@@ -90,37 +99,61 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=4,
         help=(
             "openai: retries after a 429, 500, 502, 503 or 504 response, a timeout or a "
-            "connection error"
+            "connection error (default: %(default)s)"
         ),
     )
     parser.add_argument(
-        "--temperature", type=float, default=0.7, help="openai: sampling temperature"
+        "--temperature",
+        type=float,
+        default=0.7,
+        help="openai: sampling temperature (default: %(default)s)",
     )
     parser.add_argument(
         "--response-format",
         choices=RESPONSE_FORMATS,
         default="json_object",
         help="openai: structured-output request; llama_schema constrains llama-cpp-python's "
-        'server to {"rating": 1-5}, none is for servers that reject the field',
+        'server to {"rating": 1-5}, none is for servers that reject the field (default: '
+        "%(default)s)",
     )
     parser.add_argument(
         "--max-tokens",
         type=int,
         default=32,
-        help="openai: max tokens the model may generate per rating",
+        help="openai: maximum tokens the model may generate per rating (default: %(default)s)",
     )
     parser.add_argument(
         "--merge-system-message",
         action="store_true",
         help="openai: put the system text into the user message (for Gemma chat templates)",
     )
-    parser.add_argument("--min-quality", type=float, default=OutcomeRanges.min_quality)
-    parser.add_argument("--max-quality", type=float, default=OutcomeRanges.max_quality)
     parser.add_argument(
-        "--min-latency", type=float, default=OutcomeRanges.min_latency_s, help="seconds"
+        "--min-quality",
+        type=float,
+        default=OutcomeRanges.min_quality,
+        help="lower bound of the uniformly sampled image quality, in [0, 1] "
+        f"(default: {OutcomeRanges.min_quality:g})",
     )
     parser.add_argument(
-        "--max-latency", type=float, default=OutcomeRanges.max_latency_s, help="seconds"
+        "--max-quality",
+        type=float,
+        default=OutcomeRanges.max_quality,
+        help="upper bound of the uniformly sampled image quality, in [0, 1] "
+        f"(default: {OutcomeRanges.max_quality:g})",
+    )
+    parser.add_argument(
+        "--min-latency",
+        type=float,
+        default=OutcomeRanges.min_latency_s,
+        help="lower bound of the log-uniformly sampled waiting time, in seconds "
+        f"(default: {OutcomeRanges.min_latency_s:g})",
+    )
+    parser.add_argument(
+        "--max-latency",
+        type=float,
+        default=OutcomeRanges.max_latency_s,
+        help="upper bound of the log-uniformly sampled waiting time, in seconds "
+        f"(default: {OutcomeRanges.max_latency_s:g})",
     )
     parser.add_argument(
         "--retry-failed",

@@ -748,3 +748,28 @@ def test_retry_failed_skips_unparsable_replies(tmp_path, capsys, monkeypatch):
     assert rate_script.main([*options, "--retry-unparsable"]) == 0
     assert "3 new ratings, 0 new failures" in capsys.readouterr().out
     assert set(read_request_statuses(path).values()) == {"ok"}
+
+
+def test_rate_help_gives_defaults(capsys):
+    parse_args = load_script("rate").parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    # argparse wraps long help lines, so compare with the whitespace collapsed.
+    help_text = " ".join(capsys.readouterr().out.split())
+    ranges = OutcomeRanges()
+    for option, default in [
+        ("--seed SEED", 0),
+        ("--api-key-env API_KEY_ENV", "OPENAI_API_KEY"),
+        ("--concurrency CONCURRENCY", 4),
+        ("--timeout TIMEOUT", 60.0),
+        ("--max-retries MAX_RETRIES", 4),
+        ("--temperature TEMPERATURE", 0.7),
+        ("--max-tokens MAX_TOKENS", 32),
+        ("--min-quality MIN_QUALITY", f"{ranges.min_quality:g}"),
+        ("--max-quality MAX_QUALITY", f"{ranges.max_quality:g}"),
+        ("--min-latency MIN_LATENCY", f"{ranges.min_latency_s:g}"),
+        ("--max-latency MAX_LATENCY", f"{ranges.max_latency_s:g}"),
+    ]:
+        entry = help_text.split(f"{option} ")[-1].split(" --")[0]
+        assert f"(default: {default})" in entry, (option, entry)
+    assert "(default: json_object)" in help_text

@@ -550,3 +550,25 @@ def test_distill_script_rejects_bad_seed(tmp_path, seed):
     with pytest.raises(ValueError, match=rf"invalid --seed = {seed}: must be an integer in"):
         distill_main([*argv, "--seed", seed])
     assert not (tmp_path / "net").exists()
+
+
+def test_distill_help_gives_defaults(capsys):
+    parse_args = load_script("distill_reward").parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    # argparse wraps long help lines, so compare with the whitespace collapsed.
+    help_text = " ".join(capsys.readouterr().out.split())
+    defaults = DistillConfig()
+    hidden_sizes = ",".join(str(size) for size in defaults.hidden_sizes)
+    for option, default in [
+        ("--seed SEED", defaults.seed),
+        ("--epochs EPOCHS", defaults.max_epochs),
+        ("--patience PATIENCE", defaults.patience),
+        ("--batch-size BATCH_SIZE", defaults.batch_size),
+        ("--learning-rate LEARNING_RATE", f"{defaults.learning_rate:g}"),
+        ("--weight-decay WEIGHT_DECAY", f"{defaults.weight_decay:g}"),
+        ("--hidden-sizes HIDDEN_SIZES", hidden_sizes),
+        ("--validation-fraction VALIDATION_FRACTION", f"{defaults.validation_fraction:g}"),
+    ]:
+        entry = help_text.split(f"{option} ")[-1].split(" --")[0]
+        assert f"(default: {default})" in entry, (option, entry)
