@@ -172,13 +172,18 @@ def _package_versions() -> dict[str, str | None]:
     return versions
 
 
+# Folders of the checkout whose untracked files can change a benchmark's result.
+CODE_FOLDERS = ("rlli_jax", "scripts", "configs")
+
+
 def _git_commit(root: Path | None = None) -> str | None:
     """Return the commit of the checkout at `root` (default: where this package was imported
     from), None outside one.
 
-    A checkout with uncommitted changes gets a "-modified" suffix. An installed copy (under
-    site-packages) returns None even inside another repository, because the repository's
-    top level must be the folder that contains the package.
+    A checkout with uncommitted changes, or with untracked files in the code folders
+    (`CODE_FOLDERS`), gets a "-modified" suffix. Other untracked files, such as run outputs,
+    do not count. An installed copy (under site-packages) returns None even inside another
+    repository, because the repository's top level must be the folder that contains the package.
     """
     import subprocess
 
@@ -194,9 +199,14 @@ def _git_commit(root: Path | None = None) -> str | None:
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, timeout=10, check=True,
         ).stdout  # fmt: skip
+        untracked_code = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "--others", "--exclude-standard", "--",
+             *CODE_FOLDERS],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout  # fmt: skip
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
-    return f"{commit}-modified" if status.strip() else commit
+    return f"{commit}-modified" if status.strip() or untracked_code.strip() else commit
 
 
 def _cpu_count() -> int | None:

@@ -379,6 +379,14 @@ def test_git_commit_only_at_top_level(tmp_path):
     assert benchmarking._git_commit(tmp_path) == commit
     # A folder below the top level, like site-packages inside another repository.
     assert benchmarking._git_commit(tmp_path / "package") is None
+    # Untracked files count only in the code folders.
+    (tmp_path / "run_output.json").write_text("{}\n")
+    assert benchmarking._git_commit(tmp_path) == commit
+    (tmp_path / "rlli_jax").mkdir()
+    (tmp_path / "rlli_jax" / "new_module.py").write_text("VALUE = 1\n")
+    assert benchmarking._git_commit(tmp_path) == f"{commit}-modified"
+    (tmp_path / "rlli_jax" / "new_module.py").unlink()
+    assert benchmarking._git_commit(tmp_path) == commit
     (tmp_path / "package" / "file.txt").write_text("two\n")
     assert benchmarking._git_commit(tmp_path) == f"{commit}-modified"
     assert benchmarking._git_commit(tmp_path.parent / "no-such-folder") is None
