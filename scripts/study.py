@@ -21,6 +21,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -224,6 +225,8 @@ class EntryFileError(Exception):
     """An entry file that cannot be used: unreadable, incomplete or from other settings."""
 
 
+# Entry groups name plot files, so they may hold only these characters.
+GROUP_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 # Keys every entry file must contain for the report and the baseline cache.
 ENTRY_FILE_KEYS = (
     "entry",
@@ -326,7 +329,7 @@ def _load_results(entries_dir: Path) -> dict:
                 f"incomplete study entry file {path}: missing {missing}. Delete it to run the "
                 "entry again"
             )
-        problem = _entry_file_problem(result)
+        problem = _entry_file_problem(result, path.stem)
         if problem is not None:
             raise EntryFileError(
                 f"invalid study entry file {path}: {problem}. Delete it to run the entry again"
@@ -335,8 +338,8 @@ def _load_results(entries_dir: Path) -> dict:
     return results
 
 
-def _entry_file_problem(result: dict) -> str | None:
-    """Return the first field of an entry file that the report cannot read, or None.
+def _entry_file_problem(result: dict, name: str) -> str | None:
+    """Return the first field of entry file `name`.json that the report cannot read, or None.
 
     `result` must contain every key of ENTRY_FILE_KEYS. The check covers their types and
     shapes, so that the report and the baseline cache can read the file without an error.
@@ -347,8 +350,19 @@ def _entry_file_problem(result: dict) -> str | None:
     for key in ("group", "algo", "label"):
         if not isinstance(entry.get(key), str):
             return _wrong_field(f"entry.{key}", entry.get(key), "a string")
-    if not _is_list_of(result["seeds"], _is_int) or not result["seeds"]:
-        return _wrong_field("seeds", result["seeds"], "a non-empty list of integers")
+    # The group names a plot file, curves_GROUP.png, in the output folder.
+    if not GROUP_NAME_PATTERN.fullmatch(entry["group"]):
+        return _wrong_field(
+            "entry.group", entry["group"], "letters, digits, '_', '-' or '.' (a file name part)"
+        )
+    # The gains look up an entry's learner by its file name, so the two must agree.
+    if name in STUDY_ENTRIES and entry["algo"] != STUDY_ENTRIES[name].algo:
+        return _wrong_field(
+            "entry.algo", entry["algo"], f"{STUDY_ENTRIES[name].algo!r}, the algo of entry {name}"
+        )
+    seeds = result["seeds"]
+    if not _is_list_of(seeds, _is_int) or not seeds:
+        return _wrong_field("seeds", seeds, "a non-empty list of integers")
     if not isinstance(result["baseline_signature"], str):
         return _wrong_field("baseline_signature", result["baseline_signature"], "a string")
     for key in ("total_env_steps", "num_updates"):
@@ -374,19 +388,25 @@ def _entry_file_problem(result: dict) -> str | None:
     for method, metrics in per_seed.items():
         if not isinstance(metrics, dict):
             return _wrong_field(f"per_seed.{method}", metrics, "a mapping of metrics")
-        for name in REPORTED_METRICS:
-            if name not in metrics:
-                return f"per_seed.{method} lacks the metric {name!r}"
-        for name, values in metrics.items():
-            if not _is_list_of(values, _is_number) or not values:
+        for metric in REPORTED_METRICS:
+            if metric not in metrics:
+                return f"per_seed.{method} lacks the metric {metric!r}"
+        for metric, values in metrics.items():
+            if not _is_list_of(values, _is_number) or len(values) != len(seeds):
                 return _wrong_field(
-                    f"per_seed.{method}.{name}", values, "a non-empty list of numbers"
+                    f"per_seed.{method}.{metric}",
+                    values,
+                    f"a list of {len(seeds)} numbers, one per seed",
                 )
 
     curves = result["curves"]
     qoe_curves = curves.get("qoe") if isinstance(curves, dict) else None
-    if not _is_list_of(qoe_curves, lambda curve: _is_list_of(curve, _is_number)) or not qoe_curves:
-        return _wrong_field("curves.qoe", qoe_curves, "a non-empty list of lists of numbers")
+    if not _is_list_of(qoe_curves, _is_curve) or len(qoe_curves) != len(seeds):
+        return _wrong_field(
+            "curves.qoe",
+            qoe_curves,
+            f"a non-empty list of lists of numbers, one per seed ({len(seeds)})",
+        )
     steps = result["curve_env_steps"]
     lengths = {len(curve) for curve in qoe_curves}
     if not _is_list_of(steps, _is_number) or lengths != {len(steps)}:
@@ -408,11 +428,19 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """Return whether `value` is a JSON number that converts to a float (NaN included)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    # JSON integers may have any number of digits, and float() of a huge one overflows.
+    return isinstance(value, float) or abs(value) <= sys.float_info.max
 
 
 def _is_list_of(value, predicate) -> bool:
     return isinstance(value, list) and all(predicate(item) for item in value)
+
+
+def _is_curve(value) -> bool:
+    return _is_list_of(value, _is_number)
 
 
 def _write_json(path: Path, data) -> None:

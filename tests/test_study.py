@@ -428,7 +428,47 @@ def test_report_only_rejects_mistyped_metric(study_script, tmp_path, capsys):
     (tmp_path / "entries").mkdir()
     (tmp_path / "entries" / "ddpg.json").write_text(json.dumps(data))
     assert study_script.main(["--report-only", "--out", str(tmp_path)]) == 2
-    assert "field per_seed.ddpg.qoe = 'high' must be a non-empty list" in capsys.readouterr().err
+    assert "field per_seed.ddpg.qoe = 'high' must be a list of 2 numbers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda data: data["per_seed"]["greedy"].update(qoe=[3.0, 3.5, 4.0]),
+            "field per_seed.greedy.qoe = [3.0, 3.5, 4.0] must be a list of 2 numbers, one per seed",
+        ),
+        (
+            lambda data: data["curves"].update(qoe=[[2.0, 3.0]]),
+            "field curves.qoe = [[2.0, 3.0]] must be a non-empty list of lists of numbers, one "
+            "per seed (2)",
+        ),
+        (
+            lambda data: data["per_seed"]["ddpg"].update(qoe=[3.0, 10**400]),
+            "field per_seed.ddpg.qoe = [3.0, 1000",
+        ),
+        (
+            lambda data: data["entry"].update(group="a/b"),
+            "field entry.group = 'a/b' must be letters, digits",
+        ),
+        (
+            lambda data: data["entry"].update(algo="gddpg"),
+            "field entry.algo = 'gddpg' must be 'ddpg', the algo of entry ddpg",
+        ),
+    ],
+)
+def test_report_only_rejects_inconsistent_entry(study_script, tmp_path, capsys, change, message):
+    data = _valid_entry_file()
+    change(data)
+    if data["entry"]["algo"] == "gddpg":
+        data["per_seed"]["gddpg"] = data["per_seed"]["ddpg"]
+    (tmp_path / "entries").mkdir()
+    (tmp_path / "entries" / "ddpg.json").write_text(json.dumps(data))
+    assert study_script.main(["--report-only", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "invalid study entry file" in error
+    assert message in error
+    assert not (tmp_path / "tables.md").exists()
 
 
 @pytest.mark.slow
