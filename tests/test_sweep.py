@@ -682,6 +682,21 @@ def test_sweep_evaluation_memory_checked_first(tmp_path, base_path, monkeypatch,
     assert not checkpoints.exists() or not any(checkpoints.iterdir())  # no chunk was trained
 
 
+def test_sweep_chunk_memory_checked_first(tmp_path, base_path, monkeypatch, compile_cache):
+    import rlli_jax.population as population
+
+    # raising=False: without the chunk check the module lacks this name and the run succeeds.
+    monkeypatch.setattr(
+        population, "available_device_bytes", lambda: (1024, "a test"), raising=False
+    )
+    out_dir = tmp_path / "sweep"
+    mesh = make_mesh(devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match=r"training chunk of 4 members needs .* a test"):
+        run_sweep(_plan_for(base_path), out_dir, mesh=mesh)
+    checkpoints = out_dir / GROUPS_DIR / "group-000" / "checkpoints"
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())  # no chunk was trained
+
+
 def test_resume_rejects_changed_base_config(finished_copy):
     out_dir, base_path = finished_copy
     group_config = out_dir / GROUPS_DIR / "group-000" / "config.yaml"
