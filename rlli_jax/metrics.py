@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import math
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -126,8 +127,14 @@ class MetricsWriter:
 
 
 def is_number(value: Any) -> bool:
-    """Tell whether a metric value can be plotted: an int or a float, NaN included, not a bool."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """Tell whether a metric value can be plotted: an int or a float, NaN included, not a bool.
+
+    An int too large for a float is not: JSON integers may have any number of digits, and
+    matplotlib and `math.isfinite` raise OverflowError on one.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, float) or abs(value) <= sys.float_info.max
 
 
 def _read_csv_header(path: Path) -> list[str] | None:

@@ -689,6 +689,19 @@ def test_plot_checks_out_and_metric_names(tmp_path, capsys):
     assert "metrics.jsonl has no training rows yet" in capsys.readouterr().err
 
 
+def test_plot_skips_integer_beyond_float(tmp_path, capsys):
+    import plot as plot_script  # scripts/plot.py
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows = [{"env_step": step, "kind": "train", "qoe": 3.0} for step in (8, 16, 24)]
+    rows[1]["qoe"] = 10**400  # valid JSON, but beyond the float range
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = [str(run_dir), "--metrics", "qoe", "--out", str(tmp_path / "c.png")]
+    assert plot_script.main(argv) == 0
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
