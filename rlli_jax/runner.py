@@ -904,8 +904,15 @@ def _keep_earlier_summary(run_dir: Path) -> None:
     if not path.is_file():
         return
     try:
-        env_steps = int(json.loads(path.read_text(encoding="utf-8"))["env_steps"])
+        env_steps = json.loads(path.read_text(encoding="utf-8"))["env_steps"]
     except (OSError, ValueError, TypeError, KeyError):
+        env_steps = None
+    # A summary edited by hand may hold any JSON value here. An infinite float or an integer
+    # of hundreds of digits would stop the resume, so only a count that fits int64 names
+    # the file.
+    if isinstance(env_steps, bool) or not isinstance(env_steps, int):
+        env_steps = None
+    elif not 0 <= env_steps < 2**63:
         env_steps = None
     stem = "summary-earlier" if env_steps is None else f"summary-{env_steps}"
     target = run_dir / f"{stem}.json"

@@ -19,7 +19,11 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import train as train_script  # noqa: E402  (scripts/train.py)
 
-from rlli_jax.runner import RunDirectoryLock, check_not_a_run_file  # noqa: E402
+from rlli_jax.runner import (  # noqa: E402
+    RunDirectoryLock,
+    _keep_earlier_summary,
+    check_not_a_run_file,
+)
 
 TINY_SETTINGS = [
     "env.num_users=3",
@@ -687,6 +691,26 @@ def test_plot_checks_out_and_metric_names(tmp_path, capsys):
     (run_dir / "metrics.jsonl").write_text("")
     assert plot_script.main(argv) == 2
     assert "metrics.jsonl has no training rows yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "kept_as"),
+    [
+        ('{"env_steps": 32}', "summary-32.json"),
+        ('{"env_steps": 1e400}', "summary-earlier.json"),
+        ('{"env_steps": ' + "9" * 400 + "}", "summary-earlier.json"),
+        ('{"env_steps": -3}', "summary-earlier.json"),
+        ('{"env_steps": "32"}', "summary-earlier.json"),
+        ('{"env_steps": true}', "summary-earlier.json"),
+        ("[32]", "summary-earlier.json"),
+        ('{"env_steps": 3', "summary-earlier.json"),
+    ],
+)
+def test_earlier_summary_with_bad_env_steps(tmp_path, text, kept_as):
+    (tmp_path / "summary.json").write_text(text)
+    _keep_earlier_summary(tmp_path)
+    assert not (tmp_path / "summary.json").exists()
+    assert (tmp_path / kept_as).read_text() == text
 
 
 def test_plot_skips_integer_beyond_float(tmp_path, capsys):
