@@ -321,11 +321,25 @@ def settings_digest(
     These are the resolved config (base file, budget, the entry's overrides and
     `extra_overrides`), the seeds and whether the entry trains on the persona-blind QoE. The
     config file is read and checked, so a bad value raises ValueError here, before anything
-    compiles. A reward network file named by the config enters by its path, not its contents.
+    compiles. A reward network file named by the config enters by its path, not its contents,
+    so compare `entry_env_data_digest` too.
     """
     config = _load_entry_config(config_path, entry, budget, extra_overrides)
     text = f"{_config_digest_text(config)};seeds={list(seeds)};persona_blind={entry.persona_blind}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def entry_env_data_digest(
+    config_path: str | Path, entry: StudyEntry, budget: str, extra_overrides: Sequence[str] = ()
+) -> str:
+    """Return the digest of the data files that `entry`'s environment reads.
+
+    These are the reward network's weights and the prompt bank (see `env_data_digest`), which
+    `settings_digest` knows only by path. It is the `data=` part of `baseline_signature`.
+    Loading the reward network compiles nothing. A bad config or checkpoint raises ValueError.
+    """
+    config = _load_entry_config(config_path, entry, budget, extra_overrides)
+    return env_data_digest(train_module.make_env(config))
 
 
 def _config_digest_text(config: Config) -> str:

@@ -11,7 +11,8 @@ its learner's main entry (on configs/default.yaml all six; see `default_entries`
 Each entry's results go to OUT/entries/NAME.json; an entry whose file exists is not run
 again, so an interrupted study resumes where it stopped. Before anything compiles the script
 checks that each existing file was written with the same config, budget, seeds and --set
-overrides, and stops with an error naming the file if not. After the runs the script writes
+overrides, and with the same reward network weights and prompt bank, and stops with an error
+naming the file if not. After the runs the script writes
 OUT/summary.json, OUT/summary.csv, OUT/gain.json, OUT/tables.md and the plots OUT/curves_GROUP.png,
 OUT/bars_qoe.png and OUT/energy_qoe.png from every entry file present. While a study runs it
 takes a lock on OUT/.lock (POSIX systems), so a second study on the same --out stops at once.
@@ -47,6 +48,7 @@ from rlli_jax.study import (  # noqa: E402
     REPORTED_METRICS,
     STUDY_ENTRIES,
     default_entries,
+    entry_env_data_digest,
     mean_interval,
     relative_gain,
     run_entry,
@@ -292,6 +294,16 @@ def _finished_entries(
         # Files written before the digest existed are compared on the fields above only.
         if not differences and saved.get("settings_digest", digests[name]) != digests[name]:
             differences.append("the resolved config differs (was the config file changed?)")
+        # The settings digest names the reward network by its path, so a changed checkpoint or
+        # prompt bank shows only in the data digest that the baseline signature records.
+        saved_data = _signature_field(saved["baseline_signature"], "data")
+        if not differences and saved_data is not None:
+            data = entry_env_data_digest(args.config, entry, args.budget, args.set)
+            if saved_data != data:
+                differences.append(
+                    f"the environment data (reward network weights or prompt bank) differ: "
+                    f"digest {saved_data[:12]} against {data[:12]} now"
+                )
         if differences:
             raise EntryFileError(
                 f"{entries_dir / (name + '.json')} was written with other settings: "
@@ -300,6 +312,15 @@ def _finished_entries(
             )
         finished.add(name)
     return finished
+
+
+def _signature_field(signature: str, key: str) -> str | None:
+    """Return the value of `key` in a `baseline_signature` text, or None when it has none."""
+    for part in signature.split(";"):
+        name, separator, value = part.partition("=")
+        if separator and name == key:
+            return value
+    return None
 
 
 def _baseline_cache(entries_dir: Path) -> dict:

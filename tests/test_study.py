@@ -28,6 +28,7 @@ from rlli_jax.study import (
     PersonaBlindQoE,
     baseline_signature,
     default_entries,
+    entry_env_data_digest,
     mean_interval,
     relative_gain,
     run_entry,
@@ -469,6 +470,35 @@ def test_report_only_rejects_inconsistent_entry(study_script, tmp_path, capsys, 
     assert "invalid study entry file" in error
     assert message in error
     assert not (tmp_path / "tables.md").exists()
+
+
+@pytest.mark.parametrize("data_changed", [False, True])
+def test_finished_entry_checks_env_data(study_script, tmp_path, capsys, data_changed):
+    config = REPO / "configs" / "quick.yaml"
+    entry = STUDY_ENTRIES["ddpg"]
+    data = entry_env_data_digest(config, entry, "tiny")
+    saved_data = "0" * 64 if data_changed else data
+    result = _valid_entry_file()
+    result.update(
+        budget="tiny",
+        config_path=str(config),
+        overrides=study_overrides(entry, "tiny"),
+        settings_digest=settings_digest(config, entry, "tiny", [0, 1]),
+        baseline_signature=f"users=8;data={saved_data};seeds=[0, 1]",
+    )
+    (tmp_path / "entries").mkdir()
+    (tmp_path / "entries" / "ddpg.json").write_text(json.dumps(result))
+    argv = ["--config", str(config), "--budget", "tiny", "--seeds", "2", "--only", "ddpg"]
+    code = study_script.main([*argv, "--out", str(tmp_path)])
+    error = capsys.readouterr().err
+    if data_changed:
+        assert code == 2
+        assert "ddpg.json was written with other settings: the environment data" in error
+        assert f"digest 000000000000 against {data[:12]} now" in error
+        assert not (tmp_path / "tables.md").exists()
+    else:
+        assert code == 0, error
+        assert (tmp_path / "tables.md").exists()
 
 
 @pytest.mark.slow
