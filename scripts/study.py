@@ -512,11 +512,15 @@ def _write_csv(results: dict, summary: dict, path: Path) -> None:
 
 def _gains(results: dict) -> dict:
     """Relative QoE gains: each G-DDPG entry over its DDPG counterpart and over the baselines,
-    and each ablation entry over the main entry of its algorithm."""
+    and each ablation entry over the main entry of its algorithm.
+
+    Two entries are compared only when `_run_conditions` match, because the folder may hold
+    entries from runs with other seeds, budgets or overrides.
+    """
     gains = {}
     for name, result in results.items():
         algo = result["entry"]["algo"]
-        if name != algo and algo in results:
+        if name != algo and algo in results and _same_conditions(results, name, algo):
             gains[f"{name} vs {algo}"] = relative_gain(
                 result["per_seed"][algo]["qoe"], results[algo]["per_seed"][algo]["qoe"]
             )
@@ -524,7 +528,12 @@ def _gains(results: dict) -> dict:
             continue
         gddpg_qoe = result["per_seed"]["gddpg"]["qoe"]
         ddpg_name = "ddpg" + name.removeprefix("gddpg")
-        if ddpg_name in results and name != ddpg_name:
+        if (
+            ddpg_name in results
+            and name != ddpg_name
+            and results[ddpg_name]["entry"]["algo"] == "ddpg"
+            and _same_conditions(results, name, ddpg_name)
+        ):
             gains[f"{name} vs {ddpg_name}"] = relative_gain(
                 gddpg_qoe, results[ddpg_name]["per_seed"]["ddpg"]["qoe"]
             )
@@ -533,6 +542,25 @@ def _gains(results: dict) -> dict:
                 gddpg_qoe, result["per_seed"][baseline]["qoe"]
             )
     return gains
+
+
+def _run_conditions(name: str, result: dict) -> tuple:
+    """Return what must match for two entries' QoE to be compared.
+
+    That is the seeds, the budget, the config file, the --set overrides and the environment
+    data digest. The entries' own overrides may differ, because they are the compared change.
+    """
+    return (
+        result["seeds"],
+        result.get("budget"),
+        Path(str(result.get("config_path"))).name,
+        _extra_overrides(name, result),
+        _signature_field(result["baseline_signature"], "data"),
+    )
+
+
+def _same_conditions(results: dict, first: str, second: str) -> bool:
+    return _run_conditions(first, results[first]) == _run_conditions(second, results[second])
 
 
 def _markdown_tables(results: dict, summary: dict, gains: dict) -> str:
@@ -554,7 +582,14 @@ def _markdown_tables(results: dict, summary: dict, gains: dict) -> str:
                 + " | ".join(cells)
                 + " |"
             )
-    lines += ["", "| comparison | relative QoE gain | 95% bootstrap CI |", "|---|---|---|"]
+    lines += [
+        "",
+        "Entries run with other seeds, budget, config file, --set overrides or environment "
+        "data are not compared.",
+        "",
+        "| comparison | relative QoE gain | 95% bootstrap CI |",
+        "|---|---|---|",
+    ]
     for comparison, gain in gains.items():
         lines.append(
             f"| {comparison} | {100 * gain['gain']:+.1f}% | "

@@ -501,6 +501,36 @@ def test_finished_entry_checks_env_data(study_script, tmp_path, capsys, data_cha
         assert (tmp_path / "tables.md").exists()
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        (None, None),
+        ("seeds", [0, 2]),
+        ("budget", "cpu"),
+        ("config_path", "configs/default.yaml"),
+        ("overrides", [*study_overrides(STUDY_ENTRIES["gddpg"], "tiny"), "train.num_envs=16"]),
+        ("baseline_signature", "users=8;data=1111"),
+    ],
+)
+def test_report_compares_only_like_runs(study_script, tmp_path, field, value):
+    ddpg = _valid_entry_file()
+    ddpg.update(overrides=study_overrides(STUDY_ENTRIES["ddpg"], "tiny"))
+    ddpg.update(baseline_signature="users=8;data=0000")
+    gddpg = json.loads(json.dumps(ddpg))
+    gddpg["entry"] = {"name": "gddpg", "group": "main", "algo": "gddpg", "label": "G-DDPG"}
+    gddpg["per_seed"]["gddpg"] = gddpg["per_seed"].pop("ddpg")
+    gddpg["overrides"] = study_overrides(STUDY_ENTRIES["gddpg"], "tiny")
+    if field is not None:
+        gddpg[field] = value
+    (tmp_path / "entries").mkdir()
+    (tmp_path / "entries" / "ddpg.json").write_text(json.dumps(ddpg))
+    (tmp_path / "entries" / "gddpg.json").write_text(json.dumps(gddpg))
+    assert study_script.main(["--report-only", "--out", str(tmp_path)]) == 0
+    gains = json.loads((tmp_path / "gain.json").read_text())
+    assert ("gddpg vs ddpg" in gains) == (field is None)
+    assert "gddpg vs greedy" in gains
+
+
 @pytest.mark.slow
 def test_script_tiny_every_entry(tmp_path):
     out = tmp_path / "study"
