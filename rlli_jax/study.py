@@ -261,6 +261,12 @@ def _load_entry_config(
         check_gradient_steps(config)
     except ValueError as error:
         raise ValueError(f"study entry {entry.name}: {error}") from None
+    # Every reported number is a mean over evaluation episodes, which 0 episodes make NaN.
+    if config.train.eval_episodes < 1:
+        raise ValueError(
+            f"study entry {entry.name}: invalid train.eval_episodes = "
+            f"{config.train.eval_episodes}: a study evaluates every entry, so it must be >= 1"
+        )
     return config
 
 

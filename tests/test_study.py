@@ -531,6 +531,16 @@ def test_report_compares_only_like_runs(study_script, tmp_path, field, value):
     assert "gddpg vs greedy" in gains
 
 
+def test_script_rejects_no_eval_episodes(study_script, tmp_path, capsys):
+    config = str(REPO / "configs" / "quick.yaml")
+    argv = ["--config", config, "--budget", "tiny", "--seeds", "1", "--only", "ddpg"]
+    argv += ["--set", "train.eval_episodes=0", "--out", str(tmp_path / "study")]
+    assert study_script.main(argv) == 2
+    error = capsys.readouterr().err
+    assert "study entry ddpg: invalid train.eval_episodes = 0" in error
+    assert not (tmp_path / "study" / "entries").exists()
+
+
 @pytest.mark.slow
 def test_script_tiny_every_entry(tmp_path):
     out = tmp_path / "study"
