@@ -7,7 +7,8 @@ Prints the validation metrics and writes them, with the config and the dataset h
 checkpoint's metadata and into OUT/metrics.json.
 
 Exit status: 0 on success, 2 for an invalid option or ratings file or a training run that
-diverged, 1 when the checkpoint could not be written.
+diverged, 1 when the checkpoint could not be written, 130 when interrupted before saving (a
+Ctrl-C during training saves nothing).
 """
 
 import argparse
@@ -19,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import rlli_jax
+from rlli_jax.cli import INTERRUPTED, command_line, exit_process
 from rlli_jax.config import check_seed
 from rlli_jax.outputs import check_output_folder, write_json_atomic
 from rlli_jax.qoe.dataset import load_ratings
@@ -205,6 +207,15 @@ def main(argv=None) -> int:
             lower = config.learning_rate / 10
             message = f"{error}, e.g. --learning-rate {lower:g}; nothing was saved"
             raise ValueError(message) from None
+        except KeyboardInterrupt:
+            # Distillation keeps no checkpoints, so the next run trains from the start.
+            progress.close()
+            print(
+                "interrupted: nothing was saved; run the same command again to distil from "
+                f"the start: {command_line(argv, __file__)}",
+                file=sys.stderr,
+            )
+            return INTERRUPTED
 
     metadata = {
         "package_version": rlli_jax.__version__,
@@ -237,7 +248,8 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
+        code = main()
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
+    exit_process(code)

@@ -420,6 +420,21 @@ def test_distill_script_strict_and_default(small_dataset, tmp_path, capsys):
         distill_main([*options, "--out", str(tmp_path / "net")])
 
 
+def test_distill_script_interrupt_saves_nothing(small_dataset, tmp_path, monkeypatch, capsys):
+    script = load_script("distill_reward")
+
+    def interrupted_distill(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script, "distill", interrupted_distill)
+    out = tmp_path / "net"
+    options = ["--ratings", str(small_dataset.path), "--epochs", "2", "--out", str(out)]
+    assert script.main(options) == 130
+    error = capsys.readouterr().err
+    assert "interrupted: nothing was saved; run the same command again" in error
+    assert not out.exists()
+
+
 def test_distill_script_protects_out(tmp_path):
     distill_main = load_script("distill_reward").main
     folder = tmp_path / "data"
