@@ -45,7 +45,6 @@ from jax.sharding import Mesh
 
 from rlli_jax import sharding
 from rlli_jax.agents.baselines import BASELINE_NAMES, make_baseline_policy
-from rlli_jax.agents.replay import available_device_bytes
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import Config, read_yaml, save_config
 from rlli_jax.distributed import check_shared_directory, processes_that_differ
@@ -77,6 +76,7 @@ from rlli_jax.train import (
     TrainHyperparams,
     TrainProgram,
     TrainState,
+    check_chunk_memory,
     find_nonfinite,
     make_train,
     state_from_checkpoint,
@@ -454,7 +454,7 @@ def _run_group(
 
         compile_start = time.perf_counter()
         run_chunk = population.run_chunk.lower(state, hyper).compile()
-        check_chunk_memory(run_chunk, padded)
+        check_chunk_memory(run_chunk, num_members=padded)
         eval_key_data = sharding.place(sharding.pad(eval_keys, padded), placement)
         evaluate = None
         if train_config.eval_episodes > 0:
@@ -520,32 +520,6 @@ def _run_group(
                                train_config.num_chunks, group.size, len(failures),
                                seconds=wall_s))  # fmt: skip
     return rows, dict(program.trace_counts)
-
-
-def check_chunk_memory(compiled: jax.stages.Compiled, num_members: int) -> None:
-    """Raise ValueError if a compiled chunk of the population needs more than the free memory.
-
-    The population's state is already on the device, so the need is what a chunk allocates
-    beyond it: XLA's temporaries and the outputs that do not reuse the donated state. The
-    estimate of `check_sweep_memory` counts only the state. With configs/quick.yaml at
-    num_envs 64, buffer_size 4096, batch_size 1024 and hidden sizes 256, 4 members' chunk
-    temporaries took 291 MiB against a 39 MiB estimate (XLA memory analysis, CPU, jax 0.10.2).
-    A backend that reports no analysis is not checked.
-    """
-    analysis = compiled.memory_analysis()
-    if analysis is None:
-        return
-    needed = (
-        analysis.temp_size_in_bytes + analysis.output_size_in_bytes - analysis.alias_size_in_bytes
-    )
-    free_bytes, source = available_device_bytes()
-    if needed > free_bytes:
-        raise ValueError(
-            f"a training chunk of {num_members} members needs {needed / 2**20:.1f} MiB beyond "
-            f"their state, but only {free_bytes / 2**20:.1f} MiB are free according to "
-            f"{source}; reduce agent.batch_size, the hidden sizes, train.num_envs or the "
-            "number of members"
-        )
 
 
 def _initial_population(

@@ -68,6 +68,7 @@ from rlli_jax.qoe.reward_net import RewardNetQoE
 from rlli_jax.train import (
     TrainProgram,
     TrainState,
+    check_chunk_memory,
     find_nonfinite,
     make_train,
     state_from_checkpoint,
@@ -779,6 +780,7 @@ def _run_training(
             earlier_train_s, timed_from_chunk = _earlier_timing(resumed_from, start_chunk)
             compile_start = time.perf_counter()
             run_chunk = placement.run_chunk.lower(state, hyper).compile()
+            check_chunk_memory(run_chunk)
             compile_s = time.perf_counter() - compile_start
             if train_config.eval_episodes and (final_evaluation or train_config.eval_every_chunks):
                 # Before the first chunk, so an evaluation too large for memory stops the run

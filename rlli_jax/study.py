@@ -396,6 +396,8 @@ def run_entry(
     train_all = jax.jit(jax.vmap(program.train, in_axes=(0, None)))
     start = time.perf_counter()
     compiled = train_all.lower(train_keys, hyper).compile()
+    # The whole run is one program, so its temporaries include every seed's training state.
+    train_module.check_chunk_memory(compiled, num_members=len(seeds))
     compile_s = time.perf_counter() - start
 
     # The evaluation is compiled and its memory checked before training, so an evaluation too

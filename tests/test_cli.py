@@ -643,6 +643,20 @@ def test_run_directory_lock_keeps_written_directory(tmp_path):
     assert (tmp_path / "run" / "config.yaml").is_file()
 
 
+def test_run_checks_chunk_memory_first(tmp_path, monkeypatch, capsys):
+    import rlli_jax.train as train_module
+
+    # The state checks of make_train would reject 1 KiB of free memory before compiling, so
+    # they are skipped to reach the check of the compiled chunk.
+    monkeypatch.setattr(train_module, "check_users_memory", lambda config: None)
+    monkeypatch.setattr(train_module, "check_network_memory", lambda *args: None)
+    monkeypatch.setattr(train_module, "available_device_bytes", lambda: (1024, "a test"))
+    code = train_script.main(tiny_args(64) + ["--out", str(tmp_path / "run")])
+    assert code == 1
+    assert "the compiled training needs" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
 def test_second_run_on_same_out_is_rejected(tmp_path, capsys):
     lock = RunDirectoryLock(tmp_path / "run")  # a run of another process, still training
     try:

@@ -233,6 +233,17 @@ def test_entry_checks_evaluation_memory_first(monkeypatch):
         run_entry(REPO / "configs" / "paper.yaml", STUDY_ENTRIES["ddpg"], "tiny", [0, 1])
 
 
+def test_entry_checks_training_memory_first(monkeypatch):
+    import rlli_jax.train as train_module
+
+    # The state checks of make_train would reject 1 KiB of free memory before compiling.
+    monkeypatch.setattr(train_module, "check_users_memory", lambda config: None)
+    monkeypatch.setattr(train_module, "check_network_memory", lambda *args: None)
+    monkeypatch.setattr(train_module, "available_device_bytes", lambda: (1024, "a test"))
+    with pytest.raises(ValueError, match=r"compiled training of 2 members needs .* a test"):
+        run_entry(REPO / "configs" / "paper.yaml", STUDY_ENTRIES["ddpg"], "tiny", [0, 1])
+
+
 def test_script_rejects_bad_config_early(tmp_path):
     out = tmp_path / "study"
     missing = _run_script("--config", str(tmp_path / "nope.yaml"), "--out", str(out))

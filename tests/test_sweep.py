@@ -683,15 +683,13 @@ def test_sweep_evaluation_memory_checked_first(tmp_path, base_path, monkeypatch,
 
 
 def test_sweep_chunk_memory_checked_first(tmp_path, base_path, monkeypatch, compile_cache):
-    import rlli_jax.population as population
+    import rlli_jax.train as train_module
 
-    # raising=False: without the chunk check the module lacks this name and the run succeeds.
-    monkeypatch.setattr(
-        population, "available_device_bytes", lambda: (1024, "a test"), raising=False
-    )
+    # Population programs skip the state checks of make_train, which read the same function.
+    monkeypatch.setattr(train_module, "available_device_bytes", lambda: (1024, "a test"))
     out_dir = tmp_path / "sweep"
     mesh = make_mesh(devices=jax.devices()[:1])
-    with pytest.raises(ValueError, match=r"training chunk of 4 members needs .* a test"):
+    with pytest.raises(ValueError, match=r"compiled training of 4 members needs .* a test"):
         run_sweep(_plan_for(base_path), out_dir, mesh=mesh)
     checkpoints = out_dir / GROUPS_DIR / "group-000" / "checkpoints"
     assert not checkpoints.exists() or not any(checkpoints.iterdir())  # no chunk was trained
