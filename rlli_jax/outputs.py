@@ -15,6 +15,7 @@ disk leaves either the old file or the new one, never a torn one.
 import functools
 import io
 import json
+import math
 import os
 import secrets
 import stat
@@ -157,6 +158,20 @@ def _json_scalar(value: Any) -> Any:
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
         return value.item()
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def json_safe(value: Any) -> Any:
+    """Return `value` with every NaN or infinity replaced by None, which JSON can store.
+
+    Dicts, lists and tuples are copied with their items replaced; tuples become lists.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def write_json_atomic(path: str | os.PathLike, document: Any, **dumps_options: Any) -> None:

@@ -147,7 +147,7 @@ def write_outputs(out: Path, document: dict) -> None:
     All three are rendered before the first is written, so a failed rendering leaves the older
     set whole. A kill between the three renames can still leave a mix of old and new files.
     """
-    from rlli_jax.outputs import write_bytes_atomic, write_text_atomic
+    from rlli_jax.outputs import json_safe, write_bytes_atomic, write_text_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     json_text = json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n"
@@ -157,17 +157,6 @@ def write_outputs(out: Path, document: dict) -> None:
     write_text_atomic(out / "benchmark.json", json_text)
     write_text_atomic(out / "benchmark.md", markdown)
     write_bytes_atomic(out / "benchmark.png", image.getvalue())
-
-
-def json_safe(value):
-    """Return `value` with every NaN or infinity replaced by None, which JSON can store."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    return value
 
 
 def print_table(records: list[dict], skipped: Sequence[dict] = ()) -> None:

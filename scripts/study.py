@@ -14,7 +14,8 @@ checks that each existing file was written with the same config, budget, seeds a
 overrides, and with the same reward network weights and prompt bank, and stops with an error
 naming the file if not. After the runs the script writes
 OUT/summary.json, OUT/summary.csv, OUT/gain.json, OUT/tables.md and the plots OUT/curves_GROUP.png,
-OUT/bars_qoe.png and OUT/energy_qoe.png from every entry file present. While a study runs it
+OUT/bars_qoe.png and OUT/energy_qoe.png from every entry file present. In the two JSON files an
+undefined value, such as the interval of a single seed, is null. While a study runs it
 takes a lock on OUT/.lock (POSIX systems), so a second study on the same --out stops at once.
 """
 
@@ -38,6 +39,7 @@ from rlli_jax.cli import INTERRUPTED, command_line, exit_process  # noqa: E402
 from rlli_jax.config import parse_override  # noqa: E402
 from rlli_jax.outputs import (  # noqa: E402
     check_output_folder,
+    json_safe,
     save_figure_atomic,
     write_json_atomic,
     write_text_atomic,
@@ -471,10 +473,11 @@ def _write_json(path: Path, data) -> None:
 def write_report(results: dict, out: Path) -> None:
     """Write summary.json, summary.csv, gain.json and the plots from entry results."""
     summary = {name: summarize_seeds(result) for name, result in results.items()}
-    _write_json(out / "summary.json", summary)
+    # An interval over one seed is NaN, which strict JSON cannot store, so it is written as null.
+    write_json_atomic(out / "summary.json", json_safe(summary), indent=1, allow_nan=False)
     _write_csv(results, summary, out / "summary.csv")
     gains = _gains(results)
-    _write_json(out / "gain.json", gains)
+    write_json_atomic(out / "gain.json", json_safe(gains), indent=1, allow_nan=False)
     write_text_atomic(out / "tables.md", _markdown_tables(results, summary, gains))
     _plot_curves(results, out)
     _plot_bars(results, summary, out / "bars_qoe.png")

@@ -394,6 +394,27 @@ def test_report_only_reads_valid_entry_file(study_script, tmp_path):
     assert (tmp_path / "tables.md").exists()
 
 
+def test_report_of_one_seed_is_strict_json(study_script, tmp_path):
+    # The interval over one seed is undefined, and a NaN token would break strict JSON readers.
+    data = _valid_entry_file()
+    data["seeds"] = [0]
+    for metrics in data["per_seed"].values():
+        for name in metrics:
+            metrics[name] = [3.0]
+    data["curves"] = {"qoe": [[2.0, 3.0]]}
+    (tmp_path / "entries").mkdir()
+    (tmp_path / "entries" / "ddpg.json").write_text(json.dumps(data))
+    assert study_script.main(["--report-only", "--out", str(tmp_path)]) == 0
+
+    def reject(name):
+        pytest.fail(f"JSON contains {name}")
+
+    summary = json.loads((tmp_path / "summary.json").read_text(), parse_constant=reject)
+    json.loads((tmp_path / "gain.json").read_text(), parse_constant=reject)
+    assert summary["ddpg"]["ddpg"]["qoe"]["mean"] == 3.0
+    assert summary["ddpg"]["ddpg"]["qoe"]["low"] is None
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
