@@ -195,6 +195,21 @@ def _parse_row(line: str) -> dict[str, Any] | None:
     return record
 
 
+def run_labels(run_dirs: list[str | Path]) -> list[str]:
+    """Return a legend label per run folder: the fewest trailing path parts that make them unique.
+
+    Usually that is the folder name alone. Folders with the same name (a/seed0, b/seed0) get as
+    many parent folders as needed. The same folder given twice gets the same label twice.
+    """
+    parts = [Path(run_dir).resolve().parts for run_dir in run_dirs]
+    distinct = len(set(parts))
+    for count in range(1, max((len(p) for p in parts), default=1) + 1):
+        labels = ["/".join(p[-count:]).lstrip("/") for p in parts]
+        if len(set(labels)) == distinct:
+            return labels
+    return labels
+
+
 def plot_learning_curves(
     run_dirs: list[str | Path],
     path: str | Path,
@@ -203,7 +218,8 @@ def plot_learning_curves(
     """Draw training curves of one or more runs against environment steps into a PNG.
 
     Evaluation rows, where present, are drawn as markers on every panel whose metric they
-    contain (such as qoe, reward and episode_return).
+    contain (such as qoe, reward and episode_return). The legend names each run as
+    `run_labels` does.
     """
     import matplotlib
 
@@ -212,8 +228,7 @@ def plot_learning_curves(
 
     figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
     axes = axes[0]  # [len(names)] even for one panel
-    for run_dir in run_dirs:
-        label = Path(run_dir).name
+    for run_dir, label in zip(run_dirs, run_labels(run_dirs), strict=True):
         train_rows = read_metrics(run_dir, "train")
         eval_rows = read_metrics(run_dir, "eval")
         for axis, name in zip(axes, names, strict=True):

@@ -1,6 +1,7 @@
 """Checkpoints: round trip, fallback past a corrupt checkpoint, partial writes ignored."""
 
 import json
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +14,7 @@ from rlli_jax.checkpoint import (
     _error_summary,
     state_checksum,
 )
-from rlli_jax.metrics import MetricsWriter, read_metrics
+from rlli_jax.metrics import MetricsWriter, read_metrics, run_labels
 
 
 def make_tree(offset: float):
@@ -331,3 +332,15 @@ def test_checkpoint_without_checksum_restores(tmp_path):
     assert restored.metadata == {"chunk": 1}
     with pytest.raises(ValueError, match=f"metadata key '{CHECKSUM_KEY}' is reserved"):
         checkpointer.save(2, make_tree(2.0), {CHECKSUM_KEY: "x"})
+
+
+def test_run_labels_separate_same_names(tmp_path):
+    first = tmp_path / "sweep_a" / "seed0"
+    second = tmp_path / "sweep_b" / "seed0"
+    other = tmp_path / "sweep_b" / "seed1"
+    assert run_labels([first, other]) == ["seed0", "seed1"]
+    assert run_labels([first, second, other]) == ["sweep_a/seed0", "sweep_b/seed0", "sweep_b/seed1"]
+    # The same folder twice, once through a relative path, keeps one label.
+    relative = os.path.relpath(first)
+    assert run_labels([first, relative]) == ["seed0", "seed0"]
+    assert run_labels([]) == []

@@ -707,6 +707,23 @@ def test_plot_checks_out_and_metric_names(tmp_path, capsys):
     assert "metrics.jsonl has no training rows yet" in capsys.readouterr().err
 
 
+def test_plot_legend_tells_same_named_runs_apart(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    import plot as plot_script  # scripts/plot.py
+
+    from rlli_jax.metrics import MetricsWriter
+
+    run_dirs = [tmp_path / "sweep_a" / "seed0", tmp_path / "sweep_b" / "seed0"]
+    for run_dir in run_dirs:
+        MetricsWriter(run_dir).write({"qoe": 3.0, "episode_return": 1.0}, 8)
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    argv = [*map(str, run_dirs), "--metrics", "qoe", "--out", str(tmp_path / "c.png")]
+    assert plot_script.main(argv) == 0
+    legend = figures[0].axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["sweep_a/seed0", "sweep_b/seed0"]
+
+
 @pytest.mark.parametrize(
     ("text", "kept_as"),
     [
