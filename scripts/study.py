@@ -697,7 +697,7 @@ def _plot_energy_qoe(results: dict, summary: dict, path: Path) -> None:
             qoe = summary[name][method]["qoe"]
             label = result["entry"]["label"] if method == result["entry"]["algo"] else method
             if method in BASELINE_NAMES and name not in ("gddpg", "ddpg"):
-                label = f"{method} ({result['entry']['group']})"
+                label = f"{method} ({_setting_label(result['entry'])})"
             marker = "o" if method == result["entry"]["algo"] else "x"
             axis.errorbar(
                 energy["mean"],
@@ -714,6 +714,12 @@ def _plot_energy_qoe(results: dict, summary: dict, path: Path) -> None:
     figure.tight_layout()
     save_figure_atomic(figure, path, dpi=120)
     plt.close(figure)
+
+
+def _setting_label(entry: dict) -> str:
+    """Return the setting part of an entry's label ("N=4" of "DDPG N=4"), else its group."""
+    _, separator, setting = entry["label"].partition(" ")
+    return setting if separator and setting else entry["group"]
 
 
 def _half_width(interval: dict) -> float:

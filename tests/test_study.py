@@ -394,6 +394,30 @@ def test_report_only_reads_valid_entry_file(study_script, tmp_path):
     assert (tmp_path / "tables.md").exists()
 
 
+def test_energy_plot_labels_each_setting_baselines(study_script, tmp_path, monkeypatch):
+    # Two entries of one group with other environments: each has its own baseline points.
+    (tmp_path / "entries").mkdir()
+    for num_users in (4, 16):
+        data = _valid_entry_file()
+        name = f"ddpg_n{num_users}"
+        data["entry"] = {
+            "name": name,
+            "group": "users",
+            "algo": "ddpg",
+            "label": f"DDPG N={num_users}",
+        }
+        data["baseline_signature"] = f"users={num_users}"
+        (tmp_path / "entries" / f"{name}.json").write_text(json.dumps(data))
+    figures = []
+    monkeypatch.setattr(study_script.plt, "close", figures.append)
+    assert study_script.main(["--report-only", "--out", str(tmp_path)]) == 0
+    energy_axis = figures[-1].axes[0]
+    labels = [text.get_text() for text in energy_axis.texts]
+    assert "greedy (N=4)" in labels
+    assert "greedy (N=16)" in labels
+    assert len(labels) == len(set(labels))
+
+
 def test_report_of_one_seed_is_strict_json(study_script, tmp_path):
     # The interval over one seed is undefined, and a NaN token would break strict JSON readers.
     data = _valid_entry_file()
