@@ -335,9 +335,17 @@ def _baseline_cache(entries_dir: Path) -> dict:
 
 
 def _load_results(entries_dir: Path) -> dict:
-    """Read every entry file under `entries_dir`, raising EntryFileError that names a bad one."""
+    """Read every entry file under `entries_dir`, raising EntryFileError that names a bad one.
+
+    The results are in the order of STUDY_ENTRIES, so the tables and plots follow the study.
+    Files of other names come last, by name.
+    """
+    order = {name: index for index, name in enumerate(STUDY_ENTRIES)}
+    paths = sorted(
+        entries_dir.glob("*.json"), key=lambda path: (order.get(path.stem, len(order)), path.stem)
+    )
     results = {}
-    for path in sorted(entries_dir.glob("*.json")):
+    for path in paths:
         try:
             result = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

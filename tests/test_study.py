@@ -418,6 +418,19 @@ def test_energy_plot_labels_each_setting_baselines(study_script, tmp_path, monke
     assert len(labels) == len(set(labels))
 
 
+def test_report_follows_study_order(study_script, tmp_path):
+    (tmp_path / "entries").mkdir()
+    for name in ("gddpg_t3", "ddpg", "gddpg", "custom"):
+        data = _valid_entry_file()
+        algo = "ddpg" if name.startswith("ddpg") or name == "custom" else "gddpg"
+        data["entry"] = {"name": name, "group": "main", "algo": algo, "label": name}
+        data["per_seed"][algo] = data["per_seed"].pop("ddpg")
+        (tmp_path / "entries" / f"{name}.json").write_text(json.dumps(data))
+    assert study_script.main(["--report-only", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert list(summary) == ["gddpg", "ddpg", "gddpg_t3", "custom"]
+
+
 def test_report_of_one_seed_is_strict_json(study_script, tmp_path):
     # The interval over one seed is undefined, and a NaN token would break strict JSON readers.
     data = _valid_entry_file()
