@@ -210,14 +210,28 @@ def print_summary(similarity: np.ndarray, topics: np.ndarray) -> None:
     threshold = GROUP_THRESHOLD
 
     print(f"K = {num_prompts} prompts, {len(np.unique(topics))} topics")
-    print(f"mean within-topic similarity: {within.mean():.3f}")
-    print(f"mean across-topic similarity: {across.mean():.3f}")
-    print(f"fraction of pairs above {threshold}: {np.mean(pair_values > threshold):.4f}")
-    print(
-        f"within-topic pairs above {threshold}: {np.mean(within > threshold):.3f}, "
-        f"above 0.7: {np.mean(within > 0.7):.3f}; "
-        f"across-topic pairs above {threshold}: {np.mean(across > threshold):.4f}"
-    )
+    # A bank of one topic has no across-topic pairs, and one of single-prompt topics no
+    # within-topic pairs. Those lines then report the missing pairs, not the NaN of an empty mean.
+    if within.size:
+        print(f"mean within-topic similarity: {within.mean():.3f}")
+    else:
+        print("mean within-topic similarity: no within-topic pairs")
+    if across.size:
+        print(f"mean across-topic similarity: {across.mean():.3f}")
+    else:
+        print("mean across-topic similarity: no across-topic pairs")
+    if pair_values.size:
+        print(f"fraction of pairs above {threshold}: {np.mean(pair_values > threshold):.4f}")
+    fractions = []
+    if within.size:
+        fractions.append(
+            f"within-topic pairs above {threshold}: {np.mean(within > threshold):.3f}, "
+            f"above 0.7: {np.mean(within > 0.7):.3f}"
+        )
+    if across.size:
+        fractions.append(f"across-topic pairs above {threshold}: {np.mean(across > threshold):.4f}")
+    if fractions:
+        print("; ".join(fractions))
 
 
 def main(argv: list[str] | None = None) -> int:

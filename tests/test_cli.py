@@ -856,6 +856,25 @@ def test_embed_prompts_malformed_bank(tmp_path, monkeypatch, text, message):
     assert "expected a JSON object with 'topics'" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("topics", "missing"),
+    [([0, 0, 0], "no across-topic pairs"), ([0, 1, 2], "no within-topic pairs")],
+)
+def test_embed_prompts_summary_without_pairs(capsys, topics, missing):
+    import warnings
+
+    import embed_prompts as embed_script  # scripts/embed_prompts.py
+
+    similarity = np.array([[1.0, 0.8, 0.2], [0.8, 1.0, 0.3], [0.2, 0.3, 1.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the mean of an empty array warns
+        embed_script.print_summary(similarity, np.array(topics))
+    printed = capsys.readouterr().out
+    assert "nan" not in printed
+    assert missing in printed
+    assert "fraction of pairs above" in printed
+
+
 def test_embed_prompts_bad_paths(tmp_path, monkeypatch):
     import embed_prompts as embed_script  # scripts/embed_prompts.py
 
