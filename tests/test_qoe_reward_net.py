@@ -163,6 +163,20 @@ def test_checkpoint_refuses_overwrite(small_result, tmp_path):
     save_reward_net(path, small_result.model, small_result.params, overwrite=True)
 
 
+def test_interrupted_first_save_leaves_nothing(small_result, tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    def interrupted_save(self, directory, *args, **kwargs):
+        # orbax writes into a temporary folder beside `directory` and renames it at the end.
+        Path(f"{directory}.orbax-checkpoint-tmp-1").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ocp.Checkpointer, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_reward_net(tmp_path / "reward_net", small_result.model, small_result.params)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_save_rejects_params_of_other_shape(small_result, tmp_path):
     with pytest.raises(ValueError, match=r"does not match hidden sizes \(64, 64\)"):
         save_reward_net(tmp_path / "x", RewardNetQoE(), small_result.params)

@@ -157,7 +157,8 @@ def save_reward_net(
     `metadata` is merged under the format fields this module writes (format, version, hidden
     sizes, input names); it must be JSON-serialisable. With `overwrite`, an existing `path` is
     replaced, but only when `check_checkpoint_destination` accepts it. The new checkpoint is
-    written to a hidden folder beside `path` first, so a failed save keeps the old one.
+    written to a hidden folder beside `path` first and renamed into place, so a failed save
+    keeps the old one and a killed save of a new path leaves nothing at `path`.
 
     Raises:
         ValueError: `path` exists and `overwrite` is False, `path` is something other than an
@@ -180,8 +181,9 @@ def save_reward_net(
     params = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf, np.float32), params)
     # orbax's `force=True` deletes the old directory before writing the new one, so a failed
     # or killed save would lose it. The new checkpoint is written beside it and swapped in.
+    # A new path is written the same way, so that a killed save leaves only hidden folders.
     token = secrets.token_hex(4)
-    target = path.with_name(f".partial.{path.name}.{token}") if path.exists() else path
+    target = path.with_name(f".partial.{path.name}.{token}")
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
             checkpointer.save(
@@ -191,17 +193,18 @@ def save_reward_net(
                 ),
             )
     except BaseException:
-        if target != path:
-            # orbax 0.12 writes into `<target>.orbax-checkpoint-tmp` before renaming it.
-            for partial in path.parent.glob(f"{target.name}*"):
-                shutil.rmtree(partial, ignore_errors=True)
+        # orbax 0.12 writes into `<target>.orbax-checkpoint-tmp` before renaming it.
+        for partial in path.parent.glob(f"{target.name}*"):
+            shutil.rmtree(partial, ignore_errors=True)
         raise
-    if target != path:
+    if path.exists():
         replaced = path.with_name(f".replaced.{path.name}.{token}")
         # NOTE: a kill between these two renames leaves both checkpoints under hidden names.
         path.rename(replaced)
         target.rename(path)
         shutil.rmtree(replaced)
+    else:
+        target.rename(path)
     return path
 
 
