@@ -575,7 +575,8 @@ def check_sweep_memory(
 
     Groups run one after another, so the largest group decides. Free memory is read from
     `device` (default: this process's first device) with `memory_stats()` on accelerators and
-    MemAvailable on CPU; every device is assumed to have as much free.
+    the free memory of the CPU (see `available_device_bytes`); every device is assumed to have
+    as much free.
     """
     estimates = estimate_sweep_memory(plan, num_devices, env_factory)
     free_bytes, source = available_device_bytes(device)

@@ -1,6 +1,7 @@
 """Tests of the DDPG / G-DDPG agent (targets, Polyak update, bounds, tracing) and the replay."""
 
 import dataclasses
+import sys
 
 import chex
 import jax
@@ -14,6 +15,7 @@ from rlli_jax.agents import (
     AgentConfig,
     Transition,
     TwinCritic,
+    available_device_bytes,
     check_replay_memory,
     critic_target,
     default_hyperparams,
@@ -573,6 +575,21 @@ def test_check_replay_memory_uses_meminfo_on_cpu(monkeypatch):
     check_replay_memory(2048, cpu)
     with pytest.raises(ValueError, match="MemAvailable"):
         check_replay_memory(2049, cpu)
+
+
+def test_free_memory_without_meminfo_uses_psutil(monkeypatch, tmp_path):
+    # macOS and Windows have no /proc/meminfo, and their CPU devices report no memory_stats().
+    import types
+
+    import psutil
+
+    monkeypatch.setattr(replay_module, "MEMINFO_PATH", str(tmp_path / "no-meminfo"))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=4096))
+    cpu = jax.devices("cpu")[0]
+    assert available_device_bytes(cpu) == (4096, "psutil.virtual_memory().available")
+    monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil now raises ImportError
+    with pytest.raises(ValueError, match="psutil is not installed; install it with pip"):
+        available_device_bytes(cpu)
 
 
 def test_make_replay_checks_before_allocating(monkeypatch):

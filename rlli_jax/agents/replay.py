@@ -102,14 +102,19 @@ def estimate_replay_bytes(capacity: int, obs_dim: int, action_dim: int) -> int:
     return int(capacity) * floats_per_transition * _BYTES_PER_FLOAT32
 
 
+# Linux's report of free memory, read for CPU devices.
+MEMINFO_PATH = "/proc/meminfo"
+
+
 def available_device_bytes(device: jax.Device | None = None) -> tuple[int, str]:
     """Return the free memory of `device` in bytes and where the number comes from.
 
     Accelerators report bytes_limit - bytes_in_use from `device.memory_stats()`. CPU devices
-    (whose memory_stats() is None) use MemAvailable from /proc/meminfo.
+    (whose memory_stats() is None) use MemAvailable from /proc/meminfo on Linux, and psutil's
+    available memory where there is no /proc/meminfo (macOS, Windows).
 
     Raises:
-        ValueError: neither source is available on this platform.
+        ValueError: no source is available on this platform.
     """
     if device is None:
         device = jax.local_devices()[0]
@@ -117,10 +122,23 @@ def available_device_bytes(device: jax.Device | None = None) -> tuple[int, str]:
     if stats and "bytes_limit" in stats:
         free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
         return free, f"{device.platform} device {device.id} memory_stats()"
-    return _meminfo_available_bytes(), "/proc/meminfo MemAvailable"
+    if os.path.exists(MEMINFO_PATH):
+        return _meminfo_available_bytes(), f"{MEMINFO_PATH} MemAvailable"
+    return _psutil_available_bytes(), "psutil.virtual_memory().available"
 
 
-def _meminfo_available_bytes(path: str = "/proc/meminfo") -> int:
+def _psutil_available_bytes() -> int:
+    try:
+        import psutil  # imported here, so Linux hosts, which read /proc/meminfo, never need it
+    except ImportError as error:
+        raise ValueError(
+            f"cannot read free memory: {MEMINFO_PATH} not found, the device reports no "
+            "memory_stats() and psutil is not installed; install it with pip install psutil"
+        ) from error
+    return int(psutil.virtual_memory().available)
+
+
+def _meminfo_available_bytes(path: str = MEMINFO_PATH) -> int:
     if not os.path.exists(path):
         raise ValueError(
             f"cannot read free memory: {path} not found and the device reports no memory_stats()"
