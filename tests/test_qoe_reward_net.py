@@ -177,6 +177,20 @@ def test_interrupted_first_save_leaves_nothing(small_result, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["net[1]", "net[ab]"])
+def test_interrupted_save_of_pattern_name(small_result, tmp_path, monkeypatch, name):
+    import orbax.checkpoint as ocp
+
+    def interrupted_save(self, directory, *args, **kwargs):
+        Path(f"{directory}.orbax-checkpoint-tmp-1").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ocp.Checkpointer, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_reward_net(tmp_path / name, small_result.model, small_result.params)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_save_rejects_params_of_other_shape(small_result, tmp_path):
     with pytest.raises(ValueError, match=r"does not match hidden sizes \(64, 64\)"):
         save_reward_net(tmp_path / "x", RewardNetQoE(), small_result.params)

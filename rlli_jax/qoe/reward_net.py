@@ -14,6 +14,7 @@ format name and version, hidden sizes, input names, training config, dataset has
 
 import dataclasses
 import functools
+import glob
 import json
 import secrets
 import shutil
@@ -193,8 +194,9 @@ def save_reward_net(
                 ),
             )
     except BaseException:
-        # orbax 0.12 writes into `<target>.orbax-checkpoint-tmp` before renaming it.
-        for partial in path.parent.glob(f"{target.name}*"):
+        # orbax 0.12 writes into `<target>.orbax-checkpoint-tmp` before renaming it. The name
+        # is escaped because a path such as `net[1]` would otherwise be read as a pattern.
+        for partial in path.parent.glob(f"{glob.escape(target.name)}*"):
             shutil.rmtree(partial, ignore_errors=True)
         raise
     if path.exists():
