@@ -16,6 +16,7 @@ import functools
 import io
 import json
 import math
+import numbers
 import os
 import secrets
 import stat
@@ -163,9 +164,10 @@ def _json_scalar(value: Any) -> Any:
 def json_safe(value: Any) -> Any:
     """Return `value` with every NaN or infinity replaced by None, which JSON can store.
 
-    Dicts, lists and tuples are copied with their items replaced; tuples become lists.
+    Dicts, lists and tuples are copied with their items replaced; tuples become lists. NumPy
+    floats count too (numbers.Real covers them), because `write_json_atomic` writes them.
     """
-    if isinstance(value, float):
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {key: json_safe(item) for key, item in value.items()}

@@ -11,6 +11,7 @@ import pytest
 from rlli_jax.outputs import (
     check_output_file,
     check_output_folder,
+    json_safe,
     save_figure_atomic,
     write_bytes_atomic,
     write_json_atomic,
@@ -171,3 +172,14 @@ def test_atomic_write_keeps_mode_and_link(tmp_path):
     assert target.read_text() == "new"
     assert target.stat().st_mode & 0o777 == 0o600
     assert sorted(item.name for item in tmp_path.iterdir()) == ["config.yaml", "real.yaml"]
+
+
+def test_json_safe_numpy_floats(tmp_path):
+    document = {"nan": np.float32("nan"), "inf": [np.float16("inf")], "finite": np.float32(0.5)}
+    safe = json_safe(document)
+    assert safe["nan"] is None
+    assert safe["inf"] == [None]
+    assert safe["finite"] == 0.5
+    path = tmp_path / "summary.json"
+    write_json_atomic(path, safe, allow_nan=False)
+    assert json.loads(path.read_text()) == {"nan": None, "inf": [None], "finite": 0.5}
