@@ -570,6 +570,26 @@ def test_finished_entry_checks_env_data(study_script, tmp_path, capsys, data_cha
         assert (tmp_path / "tables.md").exists()
 
 
+@pytest.mark.parametrize("signature", ["users=8", "users=8;data=0000"])
+def test_report_compares_entry_without_data_digest(study_script, tmp_path, signature):
+    # Entry files written before baseline signatures had `data=` can share a folder with newer
+    # ones when a study is resumed, and nothing then shows that their data differ.
+    ddpg = _valid_entry_file()
+    ddpg.update(overrides=study_overrides(STUDY_ENTRIES["ddpg"], "tiny"))
+    ddpg.update(baseline_signature=signature)
+    gddpg = json.loads(json.dumps(ddpg))
+    gddpg["entry"] = {"name": "gddpg", "group": "main", "algo": "gddpg", "label": "G-DDPG"}
+    gddpg["per_seed"]["gddpg"] = gddpg["per_seed"].pop("ddpg")
+    gddpg["overrides"] = study_overrides(STUDY_ENTRIES["gddpg"], "tiny")
+    gddpg["baseline_signature"] = "users=8"
+    (tmp_path / "entries").mkdir()
+    (tmp_path / "entries" / "ddpg.json").write_text(json.dumps(ddpg))
+    (tmp_path / "entries" / "gddpg.json").write_text(json.dumps(gddpg))
+    assert study_script.main(["--report-only", "--out", str(tmp_path)]) == 0
+    gains = json.loads((tmp_path / "gain.json").read_text())
+    assert "gddpg vs ddpg" in gains
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
