@@ -454,7 +454,7 @@ def _run_group(
 
         compile_start = time.perf_counter()
         run_chunk = population.run_chunk.lower(state, hyper).compile()
-        check_chunk_memory(run_chunk, num_members=padded)
+        check_chunk_memory(run_chunk, num_members=padded, config=config)
         eval_key_data = sharding.place(sharding.pad(eval_keys, padded), placement)
         evaluate = None
         if train_config.eval_episodes > 0:

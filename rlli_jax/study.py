@@ -397,7 +397,7 @@ def run_entry(
     start = time.perf_counter()
     compiled = train_all.lower(train_keys, hyper).compile()
     # The whole run is one program, so its temporaries include every seed's training state.
-    train_module.check_chunk_memory(compiled, num_members=len(seeds))
+    train_module.check_chunk_memory(compiled, num_members=len(seeds), config=config, whole_run=True)
     compile_s = time.perf_counter() - start
 
     # The evaluation is compiled and its memory checked before training, so an evaluation too

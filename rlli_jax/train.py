@@ -460,7 +460,12 @@ def check_network_memory(
     )
 
 
-def check_chunk_memory(compiled: jax.stages.Compiled, num_members: int = 1) -> None:
+def check_chunk_memory(
+    compiled: jax.stages.Compiled,
+    num_members: int = 1,
+    config: Config | None = None,
+    whole_run: bool = False,
+) -> None:
     """Raise DeviceMemoryError (a ValueError) if a compiled training program needs more than
     the free memory.
 
@@ -472,7 +477,9 @@ def check_chunk_memory(compiled: jax.stages.Compiled, num_members: int = 1) -> N
     configs/quick.yaml at num_envs 64, buffer_size 4096, batch_size 1024 and hidden sizes 256,
     a population of 4 members had 291 MiB of chunk temporaries against a 39 MiB state
     estimate (XLA memory analysis, CPU, jax 0.10.2). `num_members` > 1 names a population
-    trained at once. A backend that reports no analysis is not checked.
+    trained at once. With `config`, the message gives the values of the fields to reduce.
+    `whole_run` names train.buffer_size too, because there the replay buffer is a temporary.
+    A backend that reports no analysis is not checked.
     """
     analysis = compiled.memory_analysis()
     if analysis is None:
@@ -486,10 +493,31 @@ def check_chunk_memory(compiled: jax.stages.Compiled, num_members: int = 1) -> N
     members = f" of {num_members} members" if num_members > 1 else ""
     raise DeviceMemoryError(
         f"the compiled training{members} needs {needed / 2**20:.1f} MiB beyond its arguments, "
-        f"but only {free_bytes / 2**20:.1f} MiB are free according to {source}; "
-        "reduce agent.batch_size, the hidden sizes or train.num_envs"
+        f"but only {free_bytes / 2**20:.1f} MiB are free according to {source}; reduce "
+        + _chunk_memory_fields(config, whole_run)
         + (", or the number of members" if num_members > 1 else "")
     )
+
+
+def _chunk_memory_fields(config: Config | None, whole_run: bool) -> str:
+    """Return the config fields that size a training program's temporaries, as message text."""
+    names = ["agent.batch_size", "agent.actor_hidden_sizes", "agent.critic_hidden_sizes"]
+    if config is None or config.agent.algo == "gddpg":
+        names.append("agent.encoder_hidden_sizes")
+    if whole_run:
+        names.append("train.buffer_size")
+    names.append("train.num_envs")
+    if config is None:
+        items = names
+    else:
+        items = []
+        for name in names:
+            section, field = name.split(".")
+            value = getattr(getattr(config, section), field)
+            if isinstance(value, tuple):
+                value = list(value)
+            items.append(f"{name} (now {value})")
+    return ", ".join(items[:-1]) + " or " + items[-1]
 
 
 def check_env_outputs(env: DiffusionServiceEnv, env_params: EnvParams) -> None:

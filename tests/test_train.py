@@ -2,6 +2,7 @@
 
 import json
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ from rlli_jax.config import load_config
 from rlli_jax.runner import restore_train_state, train_key
 from rlli_jax.train import (
     TrainHyperparams,
+    check_chunk_memory,
     find_nonfinite,
     make_train,
     state_to_checkpoint,
@@ -502,3 +504,45 @@ def test_summary_times_segments_after_upgrade(tmp_path, monkeypatch):
     assert summary["env_steps_per_s"] == pytest.approx(
         len(timed_rows) * steps_per_chunk / summary["train_s"], rel=1e-6
     )
+
+
+class _FakeCompiled:
+    """A compiled program whose memory analysis reports 3 MiB of temporaries."""
+
+    def memory_analysis(self):
+        return types.SimpleNamespace(
+            temp_size_in_bytes=3 << 20, output_size_in_bytes=1 << 20, alias_size_in_bytes=1 << 20
+        )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "whole_run", "expected", "absent"),
+    [
+        (
+            ["agent.algo=ddpg"],
+            False,
+            "agent.batch_size (now 8), agent.actor_hidden_sizes (now [16]), "
+            "agent.critic_hidden_sizes (now [16]) or train.num_envs (now 4)",
+            "encoder_hidden_sizes",
+        ),
+        (
+            ["agent.algo=gddpg", "agent.encoder_hidden_sizes=[16]"],
+            True,
+            "agent.encoder_hidden_sizes (now [16]), train.buffer_size (now 64) or "
+            "train.num_envs (now 4)",
+            None,
+        ),
+    ],
+)
+def test_chunk_memory_error_names_values(monkeypatch, overrides, whole_run, expected, absent):
+    import rlli_jax.train as train_module
+
+    monkeypatch.setattr(train_module, "available_device_bytes", lambda: (1 << 20, "a test"))
+    config = load_config(
+        None, [*TINY_OVERRIDES, "train.buffer_size=64", *overrides], last_wins=True
+    )
+    with pytest.raises(ValueError, match="needs 3.0 MiB") as error:
+        check_chunk_memory(_FakeCompiled(), config=config, whole_run=whole_run)
+    assert expected in str(error.value)
+    if absent is not None:
+        assert absent not in str(error.value)
