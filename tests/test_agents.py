@@ -592,6 +592,24 @@ def test_free_memory_without_meminfo_uses_psutil(monkeypatch, tmp_path):
         available_device_bytes(cpu)
 
 
+@pytest.mark.parametrize("text", ["MemTotal: 1000 kB\n", "MemAvailable: none kB\n", None])
+def test_free_memory_unreadable_meminfo_uses_psutil(monkeypatch, tmp_path, text):
+    # Linux before 3.14 has no MemAvailable line, and a sandbox may deny reading the file.
+    import types
+
+    import psutil
+
+    meminfo = tmp_path / "meminfo"
+    if text is None:
+        meminfo.mkdir()  # exists, but open() fails
+    else:
+        meminfo.write_text(text)
+    monkeypatch.setattr(replay_module, "MEMINFO_PATH", str(meminfo))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=4096))
+    cpu = jax.devices("cpu")[0]
+    assert available_device_bytes(cpu) == (4096, "psutil.virtual_memory().available")
+
+
 def test_make_replay_checks_before_allocating(monkeypatch):
     def fail_init(*args, **kwargs):
         raise AssertionError("allocated before the memory check")

@@ -111,7 +111,8 @@ def available_device_bytes(device: jax.Device | None = None) -> tuple[int, str]:
 
     Accelerators report bytes_limit - bytes_in_use from `device.memory_stats()`. CPU devices
     (whose memory_stats() is None) use MemAvailable from /proc/meminfo on Linux, and psutil's
-    available memory where there is no /proc/meminfo (macOS, Windows).
+    available memory where /proc/meminfo is missing (macOS, Windows) or has no readable
+    MemAvailable line.
 
     Raises:
         ValueError: no source is available on this platform.
@@ -123,31 +124,39 @@ def available_device_bytes(device: jax.Device | None = None) -> tuple[int, str]:
         free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
         return free, f"{device.platform} device {device.id} memory_stats()"
     if os.path.exists(MEMINFO_PATH):
-        return _meminfo_available_bytes(), f"{MEMINFO_PATH} MemAvailable"
+        available = _meminfo_available_bytes()
+        if available is not None:
+            return available, f"{MEMINFO_PATH} MemAvailable"
     return _psutil_available_bytes(), "psutil.virtual_memory().available"
 
 
 def _psutil_available_bytes() -> int:
     try:
-        import psutil  # imported here, so Linux hosts, which read /proc/meminfo, never need it
+        import psutil  # imported here, so Linux hosts with MemAvailable never need it
     except ImportError as error:
         raise ValueError(
-            f"cannot read free memory: {MEMINFO_PATH} not found, the device reports no "
-            "memory_stats() and psutil is not installed; install it with pip install psutil"
+            f"cannot read free memory: {MEMINFO_PATH} is missing or has no MemAvailable line, "
+            "the device reports no memory_stats() and psutil is not installed; install it "
+            "with pip install psutil"
         ) from error
     return int(psutil.virtual_memory().available)
 
 
-def _meminfo_available_bytes(path: str = MEMINFO_PATH) -> int:
-    if not os.path.exists(path):
-        raise ValueError(
-            f"cannot read free memory: {path} not found and the device reports no memory_stats()"
-        )
-    with open(path) as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024  # the value is in kB
-    raise ValueError(f"cannot read free memory: no MemAvailable line in {path}")
+def _meminfo_available_bytes(path: str | None = None) -> int | None:
+    """Return MemAvailable from `path` (default: MEMINFO_PATH) in bytes, or None when it cannot
+    be read.
+
+    Linux before 3.14 has no MemAvailable line, and a sandbox may deny the read. psutil then
+    estimates the free memory from the other lines.
+    """
+    try:
+        with open(MEMINFO_PATH if path is None else path) as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the value is in kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 class DeviceMemoryError(ValueError):
