@@ -543,6 +543,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot
 import rlli_jax.agents.ddpg, rlli_jax.benchmarking, rlli_jax.cli, rlli_jax.config
 import rlli_jax.env.numpy_reference, rlli_jax.outputs, rlli_jax.train
+# Every benchmark environment loads the packaged reward network, whose loader imports orbax
+# only when it runs.
+import rlli_jax.qoe.model
+rlli_jax.qoe.model.default_qoe_model().default_params()
 print("\\n".join(sorted({name.split(".")[0] for name in set(sys.modules) - started_with})))
 """
 
