@@ -465,6 +465,7 @@ def check_chunk_memory(
     num_members: int = 1,
     config: Config | None = None,
     whole_run: bool = False,
+    resumed: bool = False,
 ) -> None:
     """Raise DeviceMemoryError (a ValueError) if a compiled training program needs more than
     the free memory.
@@ -479,6 +480,7 @@ def check_chunk_memory(
     estimate (XLA memory analysis, CPU, jax 0.10.2). `num_members` > 1 names a population
     trained at once. With `config`, the message gives the values of the fields to reduce.
     `whole_run` names train.buffer_size too, because there the replay buffer is a temporary.
+    `resumed` marks a run that keeps its saved config, so the fix is a new run or more memory.
     A backend that reports no analysis is not checked.
     """
     analysis = compiled.memory_analysis()
@@ -496,6 +498,12 @@ def check_chunk_memory(
         f"but only {free_bytes / 2**20:.1f} MiB are free according to {source}; reduce "
         + _chunk_memory_fields(config, whole_run)
         + (", or the number of members" if num_members > 1 else "")
+        + (
+            " in a new run, because a resumed run keeps its saved config; or free memory on "
+            "the device and resume again"
+            if resumed
+            else ""
+        )
     )
 
 

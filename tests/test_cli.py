@@ -657,6 +657,26 @@ def test_run_checks_chunk_memory_first(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
+def test_resumed_run_chunk_memory_hint(tmp_path, monkeypatch, capsys):
+    import rlli_jax.train as train_module
+
+    run_dir = tmp_path / "run"
+    assert train_script.main(tiny_args(64) + ["--out", str(run_dir)]) == 0
+    capsys.readouterr()
+    # As in test_run_checks_chunk_memory_first, the state checks would stop the run earlier.
+    monkeypatch.setattr(train_module, "check_users_memory", lambda config: None)
+    monkeypatch.setattr(train_module, "check_network_memory", lambda *args: None)
+    monkeypatch.setattr(train_module, "available_device_bytes", lambda: (1024, "a test"))
+    (run_dir / "config.yaml").write_text(
+        (run_dir / "config.yaml").read_text().replace("total_env_steps: 64", "total_env_steps: 128")
+    )
+    code = train_script.main(["--resume", str(run_dir)])
+    error = capsys.readouterr().err
+    assert code == 1, error
+    assert "the compiled training needs" in error
+    assert "in a new run, because a resumed run keeps its saved config" in error
+
+
 def test_second_run_on_same_out_is_rejected(tmp_path, capsys):
     lock = RunDirectoryLock(tmp_path / "run")  # a run of another process, still training
     try:
