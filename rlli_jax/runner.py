@@ -780,7 +780,9 @@ def _run_training(
             earlier_train_s, timed_from_chunk = _earlier_timing(resumed_from, start_chunk)
             compile_start = time.perf_counter()
             run_chunk = placement.run_chunk.lower(state, hyper).compile()
-            check_chunk_memory(run_chunk, config=config, resumed=resume)
+            if start_chunk < train_config.num_chunks:
+                # A resumed finished run trains no chunk, so its memory does not matter.
+                check_chunk_memory(run_chunk, config=config, resumed=resume)
             compile_s = time.perf_counter() - compile_start
             if train_config.eval_episodes and (final_evaluation or train_config.eval_every_chunks):
                 # Before the first chunk, so an evaluation too large for memory stops the run
