@@ -667,6 +667,7 @@ def test_resumed_run_chunk_memory_hint(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_module, "check_users_memory", lambda config: None)
     monkeypatch.setattr(train_module, "check_network_memory", lambda *args: None)
     monkeypatch.setattr(train_module, "available_device_bytes", lambda: (1024, "a test"))
+    # A longer run, so that the resume trains a chunk and reaches the check.
     (run_dir / "config.yaml").write_text(
         (run_dir / "config.yaml").read_text().replace("total_env_steps: 64", "total_env_steps: 128")
     )
