@@ -185,6 +185,36 @@ def processes_that_differ(text: str) -> list[int]:
     ]
 
 
+def check_on_every_process(check: Callable[[], object]) -> None:
+    """Run `check` on this process and raise on every process if it raised ValueError on any.
+
+    A check against this process's own free memory may fail on one process only, and the
+    others would then wait in the next collective for a process that has stopped. Every
+    process must call this. With one process it simply runs `check`.
+
+    Raises:
+        ValueError: the local check's own error, or on the other processes a ValueError that
+            names the processes where the check failed.
+    """
+    if jax.process_count() == 1:
+        check()
+        return
+    error = None
+    try:
+        check()
+    except ValueError as local_error:
+        error = local_error
+    flags = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
+    failed = [index for index, flag in enumerate(flags.reshape(-1)) if flag]
+    if error is not None:
+        raise error
+    if failed:
+        raise ValueError(
+            f"a check before training failed on process(es) {failed}, so every process stops; "
+            "the error is in their output"
+        )
+
+
 def check_same_process_count(setup: DistributedSetup) -> None:
     """Raise ValueError on every process unless all were given the group's process count.
 

@@ -47,7 +47,11 @@ from rlli_jax import sharding
 from rlli_jax.agents.baselines import BASELINE_NAMES, make_baseline_policy
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import Config, read_yaml, save_config
-from rlli_jax.distributed import check_shared_directory, processes_that_differ
+from rlli_jax.distributed import (
+    check_on_every_process,
+    check_shared_directory,
+    processes_that_differ,
+)
 from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import check_evaluation_memory, run_episodes, summarize
 from rlli_jax.metrics import MetricsWriter
@@ -454,14 +458,20 @@ def _run_group(
 
         compile_start = time.perf_counter()
         run_chunk = population.run_chunk.lower(state, hyper).compile()
-        check_chunk_memory(run_chunk, num_members=padded, config=config)
+        check_on_every_process(
+            lambda: check_chunk_memory(run_chunk, num_members=padded, config=config)
+        )
         eval_key_data = sharding.place(sharding.pad(eval_keys, padded), placement)
         evaluate = None
         if train_config.eval_episodes > 0:
             # Compiled and checked before the first chunk, so an evaluation too large for
             # memory stops the group now and not after its training.
             evaluate = population.evaluate.lower(state.agent, hyper, eval_key_data).compile()
-            check_evaluation_memory(evaluate, train_config.eval_episodes, num_members=padded)
+            check_on_every_process(
+                lambda: check_evaluation_memory(
+                    evaluate, train_config.eval_episodes, num_members=padded
+                )
+            )
         timing["compile_s"] += time.perf_counter() - compile_start
         _emit(on_event, SweepEvent("group_start", group.index, num_groups, 0,
                                    train_config.num_chunks, group.size, len(failures),

@@ -52,7 +52,11 @@ except ImportError:  # Windows has no flock, so runs there are not locked
 from rlli_jax import sharding
 from rlli_jax.checkpoint import Checkpointer
 from rlli_jax.config import Config, check_gradient_steps, load_config, save_config
-from rlli_jax.distributed import check_shared_directory, processes_that_differ
+from rlli_jax.distributed import (
+    check_on_every_process,
+    check_shared_directory,
+    processes_that_differ,
+)
 from rlli_jax.env.params import EnvParams
 from rlli_jax.env.service import DiffusionServiceEnv
 from rlli_jax.evaluation import check_evaluation_memory, evaluate_baselines, summarize
@@ -782,12 +786,16 @@ def _run_training(
             run_chunk = placement.run_chunk.lower(state, hyper).compile()
             if start_chunk < train_config.num_chunks:
                 # A resumed finished run trains no chunk, so its memory does not matter.
-                check_chunk_memory(run_chunk, config=config, resumed=resume)
+                check_on_every_process(
+                    lambda: check_chunk_memory(run_chunk, config=config, resumed=resume)
+                )
             compile_s = time.perf_counter() - compile_start
             if train_config.eval_episodes and (final_evaluation or train_config.eval_every_chunks):
                 # Before the first chunk, so an evaluation too large for memory stops the run
                 # now and not after its last chunk, where it would leave no summary.
-                check_policy_evaluation_memory(program, state.agent, train_config.seed)
+                check_on_every_process(
+                    lambda: check_policy_evaluation_memory(program, state.agent, train_config.seed)
+                )
         except BaseException:
             if new_run:
                 # No chunk has run, so a retry with a corrected config may reuse run_dir.

@@ -289,6 +289,75 @@ def test_processes_with_different_sweeps_fail(tmp_path):
     assert not (tmp_path / "multi").exists()
 
 
+@pytest.mark.parametrize(
+    ("local_fails", "flags"), [(False, [0, 0]), (False, [0, 1]), (True, [1, 0])]
+)
+def test_check_on_every_process_agrees(monkeypatch, local_fails, flags):
+    import jax
+    from jax.experimental import multihost_utils
+
+    import rlli_jax.distributed as distributed
+
+    def check():
+        if local_fails:
+            raise ValueError("the local check failed")
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda flag: np.asarray(flags))
+    if local_fails:
+        with pytest.raises(ValueError, match="the local check failed"):
+            distributed.check_on_every_process(check)
+    elif any(flags):
+        with pytest.raises(ValueError, match=r"failed on process\(es\) \[1\], so every"):
+            distributed.check_on_every_process(check)
+    else:
+        distributed.check_on_every_process(check)
+
+
+# Wrapper that runs train.py with the chunk memory check failing on process 1 only, as when
+# that host has less free memory.
+SHORT_MEMORY_WRAPPER = """
+import runpy
+import sys
+
+import rlli_jax.runner as runner
+from rlli_jax.agents.replay import DeviceMemoryError
+
+if sys.argv[sys.argv.index("--process-id") + 1] == "1":
+
+    def short_of_memory(*args, **kwargs):
+        raise DeviceMemoryError("the compiled training needs more memory (a test)")
+
+    runner.check_chunk_memory = short_of_memory
+script = sys.argv.pop(1)
+sys.argv[0] = script
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_memory_check_failing_on_one_process_stops_all(tmp_path):
+    # Without agreement, process 0 would wait in the first chunk for process 1, which stopped.
+    (tmp_path / "base.yaml").write_text(TINY_BASE)
+    wrapper = tmp_path / "short_memory.py"
+    wrapper.write_text(SHORT_MEMORY_WRAPPER)
+    coordinator = f"127.0.0.1:{free_port()}"
+    loopback = {"JAX_COORDINATOR_BIND_ADDRESS": coordinator}
+    processes = []
+    for index in range(2):
+        args = [str(TRAIN_SCRIPT), "--config", "base.yaml", "--out", "run"]
+        args += ["--coordinator", coordinator, "--num-processes", "2", "--process-id", str(index)]
+        processes.append(start(args, tmp_path, 2, f"memory{index}.log", loopback, script=wrapper))
+    wait_all(processes)
+
+    logs = [(tmp_path / f"memory{index}.log").read_text() for index in range(2)]
+    for process, log in zip(processes, logs, strict=True):
+        assert process.returncode == 1, log[-3000:]
+    assert "needs more memory (a test)" in logs[1]
+    assert "failed on process(es) [1], so every process stops" in logs[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 # Wrapper that runs a script with process 1 unable to read what process 0 writes in the output
 # directory, as on a host whose --out path is a local directory instead of a shared one.
 BLIND_PROCESS_WRAPPER = """
