@@ -558,26 +558,33 @@ def _gains(results: dict) -> dict:
 def _run_conditions(name: str, result: dict) -> tuple:
     """Return what must match for two entries' QoE to be compared.
 
-    That is the seeds, the budget, the config file, the --set overrides and the environment
-    data digest. The entries' own overrides may differ, because they are the compared change.
+    That is the seeds, the budget, the config file, then the --set overrides and the
+    environment data digest, each None when unknown. The entries' own overrides may differ,
+    because they are the compared change.
     """
+    # The --set overrides are known only for an entry of STUDY_ENTRIES, whose own overrides
+    # can be told apart from them. An entry file under another name is compared as before.
+    known = name in STUDY_ENTRIES and result.get("budget") in BUDGETS
     return (
         result["seeds"],
         result.get("budget"),
         Path(str(result.get("config_path"))).name,
-        _extra_overrides(name, result),
+        _extra_overrides(name, result) if known else None,
         _signature_field(result["baseline_signature"], "data"),
     )
 
 
 def _same_conditions(results: dict, first: str, second: str) -> bool:
-    *first_rest, first_data = _run_conditions(first, results[first])
-    *second_rest, second_data = _run_conditions(second, results[second])
-    if first_rest != second_rest:
+    *first_fixed, first_extra, first_data = _run_conditions(first, results[first])
+    *second_fixed, second_extra, second_data = _run_conditions(second, results[second])
+    if first_fixed != second_fixed:
         return False
     # An entry file written before baseline signatures recorded `data=` has no digest. A
-    # resumed study keeps such files beside newer ones, so only two digests can differ.
-    return first_data is None or second_data is None or first_data == second_data
+    # resumed study keeps such files beside newer ones, so only two recorded values can differ.
+    return all(
+        first_value is None or second_value is None or first_value == second_value
+        for first_value, second_value in ((first_extra, second_extra), (first_data, second_data))
+    )
 
 
 def _markdown_tables(results: dict, summary: dict, gains: dict) -> str:

@@ -620,6 +620,22 @@ def test_report_compares_only_like_runs(study_script, tmp_path, field, value):
     assert "gddpg vs greedy" in gains
 
 
+def test_report_compares_hand_written_entry(study_script, tmp_path):
+    # An entry file under a name outside the study, such as a copy with a setting of one's
+    # own, keeps its comparison with the main entry of its learner.
+    ddpg = _valid_entry_file()
+    ddpg.update(overrides=study_overrides(STUDY_ENTRIES["ddpg"], "tiny"))
+    custom = json.loads(json.dumps(ddpg))
+    custom["entry"] = {"name": "ddpg_custom", "group": "custom", "algo": "ddpg", "label": "DDPG x"}
+    custom["overrides"] = [*ddpg["overrides"], "env.num_users=6"]
+    (tmp_path / "entries").mkdir()
+    (tmp_path / "entries" / "ddpg.json").write_text(json.dumps(ddpg))
+    (tmp_path / "entries" / "ddpg_custom.json").write_text(json.dumps(custom))
+    assert study_script.main(["--report-only", "--out", str(tmp_path)]) == 0
+    gains = json.loads((tmp_path / "gain.json").read_text())
+    assert "ddpg_custom vs ddpg" in gains
+
+
 def test_script_rejects_no_eval_episodes(study_script, tmp_path, capsys):
     config = str(REPO / "configs" / "quick.yaml")
     argv = ["--config", config, "--budget", "tiny", "--seeds", "1", "--only", "ddpg"]
