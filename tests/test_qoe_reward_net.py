@@ -191,6 +191,14 @@ def test_interrupted_save_of_pattern_name(small_result, tmp_path, monkeypatch, n
     assert list(tmp_path.iterdir()) == []
 
 
+def test_save_accepts_a_long_name(small_result, tmp_path):
+    # 230 characters fit a 255-byte file name, but not with the hidden folder's additions.
+    path = tmp_path / ("n" * 230)
+    save_reward_net(path, small_result.model, small_result.params)
+    save_reward_net(path, small_result.model, small_result.params, overwrite=True)
+    assert [entry.name for entry in tmp_path.iterdir()] == [path.name]
+
+
 def test_save_rejects_params_of_other_shape(small_result, tmp_path):
     with pytest.raises(ValueError, match=r"does not match hidden sizes \(64, 64\)"):
         save_reward_net(tmp_path / "x", RewardNetQoE(), small_result.params)

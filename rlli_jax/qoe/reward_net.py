@@ -146,6 +146,10 @@ def _tree_shapes(tree) -> dict[str, tuple[int, ...]]:
     return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in flat}
 
 
+# Characters of a checkpoint's name that its hidden save folders repeat.
+HIDDEN_NAME_CHARS = 64
+
+
 def save_reward_net(
     path: str | Path,
     model: RewardNetQoE,
@@ -184,7 +188,10 @@ def save_reward_net(
     # or killed save would lose it. The new checkpoint is written beside it and swapped in.
     # A new path is written the same way, so that a killed save leaves only hidden folders.
     token = secrets.token_hex(4)
-    target = path.with_name(f".partial.{path.name}.{token}")
+    # The hidden names are cut to a prefix of the name, so a name near the file system's
+    # limit (255 bytes) still fits with orbax's `.orbax-checkpoint-tmp` suffix.
+    hidden_name = path.name[:HIDDEN_NAME_CHARS]
+    target = path.with_name(f".partial.{hidden_name}.{token}")
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
             checkpointer.save(
@@ -200,7 +207,7 @@ def save_reward_net(
             shutil.rmtree(partial, ignore_errors=True)
         raise
     if path.exists():
-        replaced = path.with_name(f".replaced.{path.name}.{token}")
+        replaced = path.with_name(f".replaced.{hidden_name}.{token}")
         # NOTE: a kill between these two renames leaves both checkpoints under hidden names.
         path.rename(replaced)
         target.rename(path)
