@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -201,13 +202,14 @@ def run_labels(run_dirs: list[str | Path]) -> list[str]:
     Usually that is the folder name alone. Folders with the same name (a/seed0, b/seed0) get as
     many parent folders as needed. The same folder given twice gets the same label twice.
     """
-    parts = [Path(run_dir).resolve().parts for run_dir in run_dirs]
-    distinct = len(set(parts))
-    for count in range(1, max((len(p) for p in parts), default=1) + 1):
-        labels = ["/".join(p[-count:]).lstrip("/") for p in parts]
+    # abspath, not resolve: a symbolic link to a run is labelled by the name it was given.
+    paths = [Path(os.path.abspath(run_dir)) for run_dir in run_dirs]
+    distinct = len(set(paths))
+    for count in range(1, max((len(path.parts) for path in paths), default=1) + 1):
+        labels = [Path(*path.parts[-count:]).as_posix() for path in paths]
         if len(set(labels)) == distinct:
             return labels
-    return labels
+    return [path.as_posix() for path in paths]
 
 
 def plot_learning_curves(

@@ -344,3 +344,10 @@ def test_run_labels_separate_same_names(tmp_path):
     relative = os.path.relpath(first)
     assert run_labels([first, relative]) == ["seed0", "seed0"]
     assert run_labels([]) == []
+    assert run_labels(["/", "/"]) == ["/", "/"]
+
+
+def test_run_labels_keep_the_given_link_name(tmp_path):
+    (tmp_path / "runs" / "seed0").mkdir(parents=True)
+    (tmp_path / "latest").symlink_to(tmp_path / "runs" / "seed0")
+    assert run_labels([tmp_path / "latest"]) == ["latest"]
