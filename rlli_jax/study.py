@@ -341,7 +341,7 @@ def entry_env_data_digest(
     """Return the digest of the data files that `entry`'s environment reads.
 
     These are the reward network's weights and the prompt bank (see `env_data_digest`), which
-    `settings_digest` knows only by path. It is the `data=` part of `baseline_signature`.
+    `settings_digest` covers only by path. It is the `data=` part of `baseline_signature`.
     Loading the reward network compiles nothing. A bad config or checkpoint raises ValueError.
     """
     config = _load_entry_config(config_path, entry, budget, extra_overrides)

@@ -562,8 +562,8 @@ def _run_conditions(name: str, result: dict) -> tuple:
     environment data digest, each None when unknown. The entries' own overrides may differ,
     because they are the compared change.
     """
-    # The --set overrides are known only for an entry of STUDY_ENTRIES, whose own overrides
-    # can be told apart from them. An entry file under another name is compared as before.
+    # The --set overrides are known only for an entry of STUDY_ENTRIES, because only there
+    # the entry's own overrides are known. An entry file under another name matches any.
     known = name in STUDY_ENTRIES and result.get("budget") in BUDGETS
     return (
         result["seeds"],
