@@ -657,7 +657,7 @@ def test_run_checks_chunk_memory_first(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
-def test_resumed_run_chunk_memory_hint(tmp_path, monkeypatch, capsys):
+def test_resume_chunk_memory_check(tmp_path, monkeypatch, capsys):
     import rlli_jax.train as train_module
 
     run_dir = tmp_path / "run"
@@ -667,6 +667,11 @@ def test_resumed_run_chunk_memory_hint(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_module, "check_users_memory", lambda config: None)
     monkeypatch.setattr(train_module, "check_network_memory", lambda *args: None)
     monkeypatch.setattr(train_module, "available_device_bytes", lambda: (1024, "a test"))
+
+    # A finished run trains no chunk on resume, so free memory for one does not matter.
+    code = train_script.main(["--resume", str(run_dir)])
+    assert code == 0, capsys.readouterr().err
+
     # A longer run, so that the resume trains a chunk and reaches the check.
     (run_dir / "config.yaml").write_text(
         (run_dir / "config.yaml").read_text().replace("total_env_steps: 64", "total_env_steps: 128")
@@ -676,19 +681,6 @@ def test_resumed_run_chunk_memory_hint(tmp_path, monkeypatch, capsys):
     assert code == 1, error
     assert "the compiled training needs" in error
     assert "in a new run, because a resumed run keeps its saved config" in error
-
-
-def test_resume_finished_run_skips_chunk_memory(tmp_path, monkeypatch, capsys):
-    import rlli_jax.train as train_module
-
-    run_dir = tmp_path / "run"
-    assert train_script.main(tiny_args(64) + ["--out", str(run_dir)]) == 0
-    # A finished run trains no chunk on resume, so free memory for one does not matter.
-    monkeypatch.setattr(train_module, "check_users_memory", lambda config: None)
-    monkeypatch.setattr(train_module, "check_network_memory", lambda *args: None)
-    monkeypatch.setattr(train_module, "available_device_bytes", lambda: (1024, "a test"))
-    code = train_script.main(["--resume", str(run_dir)])
-    assert code == 0, capsys.readouterr().err
 
 
 def test_second_run_on_same_out_is_rejected(tmp_path, capsys):
