@@ -458,9 +458,12 @@ def _run_group(
 
         compile_start = time.perf_counter()
         run_chunk = population.run_chunk.lower(state, hyper).compile()
-        check_on_every_process(
-            lambda: check_chunk_memory(run_chunk, num_members=padded, config=config)
-        )
+        if start_chunk < train_config.num_chunks:
+            # A group killed after its last checkpoint, before its results.json, trains no
+            # chunk on resume, so its chunk memory does not matter.
+            check_on_every_process(
+                lambda: check_chunk_memory(run_chunk, num_members=padded, config=config)
+            )
         eval_key_data = sharding.place(sharding.pad(eval_keys, padded), placement)
         evaluate = None
         if train_config.eval_episodes > 0:

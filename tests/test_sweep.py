@@ -695,6 +695,26 @@ def test_sweep_chunk_memory_checked_first(tmp_path, base_path, monkeypatch, comp
     assert not checkpoints.exists() or not any(checkpoints.iterdir())  # no chunk was trained
 
 
+def test_resume_trained_group_skips_chunk_memory(sweep_runs, tmp_path, monkeypatch):
+    # A group killed after its last checkpoint but before its results.json trains no chunk on
+    # resume, so too little free memory for a chunk must not stop it.
+    import shutil
+
+    import rlli_jax.train as train_module
+
+    out_dir = tmp_path / "out"
+    shutil.copytree(sweep_runs["root"] / "reference", out_dir)
+    (out_dir / GROUPS_DIR / "group-000" / "results.json").unlink()
+    monkeypatch.setattr(train_module, "available_device_bytes", lambda: (1024, "a test"))
+    resumed = run_sweep(sweep_runs["plan"], out_dir, mesh=make_mesh(devices=jax.devices()[:1]))
+    reference = sweep_runs["reference"]
+    # The members with critic_lr 1e30 diverge in the reference too.
+    statuses = [member["status"] for member in resumed.members]
+    assert statuses == [member["status"] for member in reference.members]
+    evaluations = [member["evaluation"] for member in resumed.members]
+    assert evaluations == [member["evaluation"] for member in reference.members]
+
+
 def test_resume_rejects_changed_base_config(finished_copy):
     out_dir, base_path = finished_copy
     group_config = out_dir / GROUPS_DIR / "group-000" / "config.yaml"
