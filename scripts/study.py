@@ -229,7 +229,7 @@ class EntryFileError(Exception):
     """An entry file that cannot be used: unreadable, incomplete or from other settings."""
 
 
-# Entry groups name plot files, so they may hold only these characters.
+# Entry groups name plot files, so they may contain only these characters.
 GROUP_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 # Keys every entry file must contain for the report and the baseline cache.
 ENTRY_FILE_KEYS = (
